@@ -1,0 +1,126 @@
+// Every error the library throws is built here, in Node's style: a `code`
+// ('EEXIST', 'ERR_INVALID_ARG_TYPE', ...), and for syscall failures `errno`,
+// `syscall`, the userfaultfd `operation`, and the range involved.
+import { constants as osConstants } from 'node:os';
+import { getSystemErrorName } from 'node:util';
+
+const errnoText: Record<string, string> = {
+  EEXIST: 'already present (the fault is resolved; faulters in the range must still be woken)',
+  ENOENT: 'range is not inside one registered VMA',
+  EFAULT: 'no page in the page cache at that offset (hole or punched), or bad address',
+  EINVAL: 'invalid argument (alignment, mode, beyond end of file, or not supported here)',
+  EAGAIN: 'interrupted: a non-cooperative event is unread, or only part of the range was done',
+  ESRCH: 'the registered process has exited',
+  EBUSY: 'range is registered with another userfaultfd, or in use',
+  EPERM: 'not permitted (see vm.unprivileged_userfaultfd, CAP_SYS_PTRACE, /dev/userfaultfd permissions)',
+  EACCES: 'permission denied',
+  ENOMEM: 'out of memory or address not mapped',
+  ENOSPC: 'no space (hugetlb pages not reserved?)',
+  EBADF: 'bad file descriptor',
+  ENOSYS: 'not implemented by this kernel',
+  ENOTTY: 'ioctl not supported on this descriptor',
+};
+
+/** Details attached to a syscall error. */
+export interface SyscallErrorDetails {
+  /** The userfaultfd operation, e.g. `UFFDIO_CONTINUE`. */
+  operation?: string;
+  address?: number;
+  length?: number;
+  /** Bytes the kernel completed before failing (partial progress). */
+  bytesDone?: number;
+  path?: string;
+  fd?: number;
+  /** Free text appended to the message. */
+  hint?: string;
+}
+
+/** A failed system call, shaped like Node's own system errors. */
+export class UffdError extends Error {
+  /** Error name, e.g. `EEXIST`. */
+  readonly code: string;
+  /** Negative errno, as in Node's system errors. */
+  readonly errno: number;
+  readonly syscall: string;
+  readonly operation?: string;
+  readonly address?: number;
+  readonly length?: number;
+  readonly bytesDone?: number;
+  readonly path?: string;
+  readonly fd?: number;
+
+  constructor(result: number, syscall: string, details: SyscallErrorDetails = {}) {
+    const errno = result < 0 ? result : -result;
+    const code = safeErrorName(errno);
+    const what = details.operation ? `${syscall} ${details.operation}` : syscall;
+    const parts: string[] = [];
+    if (details.address !== undefined) parts.push(`address 0x${details.address.toString(16)}`);
+    if (details.length !== undefined) parts.push(`length ${details.length}`);
+    if (details.bytesDone) parts.push(`${details.bytesDone} bytes done`);
+    if (details.path !== undefined) parts.push(`path ${details.path}`);
+    const where = parts.length ? ` (${parts.join(', ')})` : '';
+    const hint = details.hint ? `: ${details.hint}` : '';
+    super(`${code}: ${errnoText[code] ?? 'system error'}, ${what}${where}${hint}`);
+    this.name = 'UffdError';
+    this.code = code;
+    this.errno = errno;
+    this.syscall = syscall;
+    Object.assign(this, details);
+    delete (this as { hint?: string }).hint;
+  }
+}
+
+function safeErrorName(errno: number): string {
+  try {
+    return getSystemErrorName(errno);
+  } catch {
+    return `E${-errno}`;
+  }
+}
+
+/** Throws a UffdError when `result` is a negative errno; returns it otherwise. */
+export function check(result: number, syscall: string, details?: SyscallErrorDetails): number {
+  if (result < 0) throw new UffdError(result, syscall, details);
+  return result;
+}
+
+/** Throws when a native call returned -errno instead of its compound result. */
+export function checkValue<T>(result: number | T, syscall: string, details?: SyscallErrorDetails): T {
+  if (typeof result === 'number') {
+    check(result, syscall, details);
+    throw new UffdError(-osConstants.errno.EIO, syscall, details);
+  }
+  return result;
+}
+
+type ErrorCtor = new (message: string) => Error;
+
+function coded<E extends Error>(Base: ErrorCtor, code: string, message: string): E {
+  const err = new Base(`${message}`) as E & { code: string };
+  err.code = code;
+  return err;
+}
+
+export const argTypeError = (name: string, expected: string, actual: unknown): TypeError =>
+  coded(TypeError, 'ERR_INVALID_ARG_TYPE', `The "${name}" argument must be ${expected}. Received ${describe(actual)}`);
+
+export const argRangeError = (name: string, rule: string, actual: unknown): RangeError =>
+  coded(RangeError, 'ERR_OUT_OF_RANGE', `The value of "${name}" is out of range. It must be ${rule}. Received ${describe(actual)}`);
+
+export const argValueError = (name: string, reason: string, actual: unknown): TypeError =>
+  coded(TypeError, 'ERR_INVALID_ARG_VALUE', `The argument '${name}' ${reason}. Received ${describe(actual)}`);
+
+export const closedError = (what: string): Error =>
+  coded(Error, 'ERR_UFFD_CLOSED', `${what} is closed`);
+
+export const stateError = (code: string, message: string): Error => coded(Error, code, message);
+
+function describe(value: unknown): string {
+  if (typeof value === 'bigint') return `type bigint (${value}n)`;
+  if (typeof value === 'number') return Number.isInteger(value) && Math.abs(value) > 0xffff ? `0x${value.toString(16)}` : `${value}`;
+  if (typeof value === 'string') return `type string ('${value.length > 40 ? value.slice(0, 40) + '…' : value}')`;
+  if (value === null) return 'null';
+  if (typeof value === 'function') return `function ${value.name || '<anonymous>'}`;
+  if (typeof value === 'object') return `an instance of ${value.constructor?.name ?? 'Object'}`;
+  return `type ${typeof value} (${String(value)})`;
+}

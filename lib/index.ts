@@ -1,0 +1,19 @@
+/**
+ * userfaultfd for Node.js: memfd views, MINOR registration, UFFDIO_CONTINUE,
+ * event streams and fd passing, over a small native addon.
+ * @packageDocumentation
+ */
+export { probe } from './probe';
+export type { Capabilities, OpenPath } from './probe';
+export { Memfd, Mapping, PAGE_SIZE } from './memfd';
+export type { MemfdOptions, MapOptions, FromFdOptions } from './memfd';
+export { Userfaultfd } from './userfaultfd';
+export type { OpenOptions, RegisterModes, Registration, ContinueOptions, WakeOptions, UffdEvent, Range } from './userfaultfd';
+export type { PagefaultEvent, ForkEvent, RemapEvent, RemoveEvent, UnmapEvent } from './events';
+export { UffdError } from './errors';
+export { FEATURES, FEATURE_SINCE, IOCTLS } from './constants';
+export type { FeatureName, IoctlName, Advice } from './constants';
+export { touchPages } from './touch';
+export type { TouchOptions, TouchResult } from './touch';
+export { FdSocket, FdServer } from './fd-socket';
+export type { FdMessage, PeerCredentials } from './fd-socket';

@@ -1,0 +1,15 @@
+// Writes dist/lib/index.mjs, the ESM face of the CommonJS build, from the
+// names the CommonJS entry really exports (so the two can never drift).
+'use strict';
+const fs = require('node:fs');
+const path = require('node:path');
+
+const dir = path.join(__dirname, '..', 'dist', 'lib');
+const names = Object.keys(require(path.join(dir, 'index.js'))).filter((n) => n !== 'default' && n !== '__esModule');
+const body = [
+  "import cjs from './index.js';",
+  `export const { ${names.join(', ')} } = cjs;`,
+  'export default cjs;',
+  '',
+].join('\n');
+fs.writeFileSync(path.join(dir, 'index.mjs'), body);
