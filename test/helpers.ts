@@ -1,0 +1,46 @@
+// Shared test plumbing: capability-based skips that print their reason, and
+// paths to the compiled build for worker threads and child processes.
+import { join } from 'node:path';
+import { it } from 'vitest';
+
+import { FEATURE_SINCE, FeatureName, probe } from '../lib/index';
+
+export const caps = probe();
+export const root = join(__dirname, '..');
+/** The compiled entry point, for code that runs in workers and children. */
+export const distEntry = join(root, 'dist', 'lib', 'index.js');
+export const fixture = (name: string): string => join(__dirname, 'fixtures', name);
+
+/** Why `features` cannot be used on this kernel, or undefined when they can. */
+export function missingReason(...features: FeatureName[]): string | undefined {
+  if (!caps.available) return `no userfaultfd on this host: ${caps.reasons[0]}`;
+  const missing = features.filter((f) => !caps.features[f]);
+  if (!missing.length) return undefined;
+  return `kernel ${caps.kernel} lacks ${missing.map((m) => `${m} (Linux ${FEATURE_SINCE[m]}+)`).join(', ')}`;
+}
+
+/**
+ * `it` that runs only where the kernel offers `features`; elsewhere the test
+ * is skipped and the reason is part of its name (and printed), so reports
+ * from older kernels say why.
+ */
+export function itWith(features: FeatureName[], name: string, fn: () => unknown, timeout?: number): void {
+  const reason = missingReason(...features);
+  if (reason) {
+    console.log(`skipped "${name}": ${reason}`);
+    it.skip(`${name} [skipped: ${reason}]`, fn);
+  } else {
+    it(name, fn, timeout);
+  }
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `cond` on the event loop until it holds or `ms` passes. */
+export async function waitFor(cond: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(1);
+  }
+}
