@@ -73,6 +73,7 @@ export interface WakeOptions {
 }
 
 let offeredCache: number | undefined;
+const ALL_FEATURES = featureBits(Object.keys(FEATURES) as FeatureName[]);
 
 /** Features the running kernel offers (handshake on a throwaway fd, cached). Throws when no uffd can be opened. */
 export function offeredFeatures(): number {
@@ -108,7 +109,8 @@ function fdinfoFeatures(fd: number): number | undefined {
     return undefined;
   }
   const api = /^API:\s*([0-9a-f]+):([0-9a-f]+):([0-9a-f]+)/m.exec(text);
-  return api ? parseInt(api[2], 16) : undefined;
+  // The kernel adds internal bits (0x80000000 marks a finished handshake).
+  return api ? parseInt(api[2], 16) & ALL_FEATURES : undefined;
 }
 
 /**
@@ -158,9 +160,11 @@ export class Userfaultfd implements Disposable {
         Object.assign(err, { unsupported: missing });
         throw err;
       }
-      const [negotiated] = checkValue(native.uffdApi(fd, bits), 'ioctl', { operation: 'UFFDIO_API', fd });
-      trace('uffd %d open (%s): features %s', fd, userModeOnly ? 'user-mode only' : 'all modes', featureNames(negotiated).join(',') || 'none');
-      return new Userfaultfd(fd, negotiated);
+      // The kernel answers with every feature it offers, but enables only
+      // the requested ones: those are what this uffd has.
+      checkValue(native.uffdApi(fd, bits), 'ioctl', { operation: 'UFFDIO_API', fd });
+      trace('uffd %d open (%s): features %s', fd, userModeOnly ? 'user-mode only' : 'all modes', featureNames(bits).join(',') || 'none');
+      return new Userfaultfd(fd, bits);
     } catch (err) {
       native.closeFd(fd);
       throw err;
