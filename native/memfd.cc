@@ -90,14 +90,17 @@ void FinalizeMapping(Napi::Env, void*, MappingRecord* rec) {
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   AddonState* state = AddonState::Of(env);
-  int fd;
+  int64_t fd;
   uint64_t offset, length;
   int64_t prot, flags;
-  if (!args::Fd(info, 0, &fd) || !args::U64(info, 1, &offset) || !args::U64(info, 2, &length) ||
+  if (!args::Int(info, 0, &fd) || !args::U64(info, 1, &offset) || !args::U64(info, 2, &length) ||
       !args::Int(info, 3, &prot) || !args::Int(info, 4, &flags))
     return env.Undefined();
+  // fd -1 with MAP_ANONYMOUS: private anonymous memory, the only kind UFFDIO_MOVE accepts.
+  bool anonymous = (flags & MAP_ANONYMOUS) != 0;
+  if (anonymous ? fd != -1 : (fd < 0 || fd > INT32_MAX)) return args::Fail(info, "expected a file descriptor"), env.Undefined();
   if (length == 0) return args::Result(env, -EINVAL);
-  void* p = mmap(nullptr, length, static_cast<int>(prot), static_cast<int>(flags), fd, static_cast<off_t>(offset));
+  void* p = mmap(nullptr, length, static_cast<int>(prot), static_cast<int>(flags), static_cast<int>(fd), static_cast<off_t>(offset));
   if (p == MAP_FAILED) return args::Result(env, -errno);
   auto* rec = new MappingRecord{reinterpret_cast<uintptr_t>(p), static_cast<size_t>(length), false, state, 0};
   state->mappings[rec->address] = rec;
