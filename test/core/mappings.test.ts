@@ -114,7 +114,7 @@ describe('detaching', () => {
 
 const HUGE = 2 * 1024 * 1024;
 const NR_HUGEPAGES = '/proc/sys/vm/nr_hugepages';
-let hugeSaved: string | undefined;
+let hugeAdded = 0;
 let hugeReason: string | undefined;
 
 function freeHugePages(): number {
@@ -125,8 +125,10 @@ describe('hugetlb 2 MiB memfd', () => {
   beforeAll(() => {
     const need = 4;
     try {
-      hugeSaved = readFileSync(NR_HUGEPAGES, 'utf8').trim();
-      if (freeHugePages() < need) writeFileSync(NR_HUGEPAGES, String(Number(hugeSaved) + need));
+      if (freeHugePages() < need) {
+        writeFileSync(NR_HUGEPAGES, String(Number(readFileSync(NR_HUGEPAGES, 'utf8')) + need));
+        hugeAdded = need;
+      }
       if (freeHugePages() < need) hugeReason = `could reserve only ${freeHugePages()} of ${need} huge pages`;
     } catch (err) {
       hugeReason = `cannot reserve huge pages (${(err as Error).message})`;
@@ -135,7 +137,8 @@ describe('hugetlb 2 MiB memfd', () => {
   });
   afterAll(() => {
     closer.closeAll();
-    if (hugeSaved !== undefined) writeFileSync(NR_HUGEPAGES, hugeSaved);
+    // Give back only what this file added (others may have reserved some meanwhile).
+    if (hugeAdded) writeFileSync(NR_HUGEPAGES, String(Math.max(0, Number(readFileSync(NR_HUGEPAGES, 'utf8')) - hugeAdded)));
   });
 
   itWith(['minorHugetlbfs'], 'write through the internal mapping, MINOR fault per 2 MiB page, CONTINUE in 2 MiB units', async (ctx) => {
