@@ -103,4 +103,14 @@ describe('events', () => {
     // Its process has exec'ed and exited: nothing left to serve there.
     expect(fork.uffd.readEvents()).toEqual([]);
   });
+
+  itWith(['minorShmem', 'eventRemove', 'eventUnmap', 'eventRemap'], 'fallocate(PUNCH_HOLE) and ftruncate send no event', async () => {
+    const { mem, uffd, w } = await setup(['eventRemove', 'eventUnmap', 'eventRemap']);
+    const punched = w.call('punchHole', { offset: PAGE_SIZE, length: PAGE_SIZE });
+    expect(await serve(uffd, punched)).toEqual([]);
+    const truncated = w.call('truncate', { size: 2 * PAGE_SIZE });
+    expect(await serve(uffd, truncated)).toEqual([]);
+    expect(mem.size).toBe(2 * PAGE_SIZE);
+    expect(mem.read(PAGE_SIZE, 1)[0]).toBe(0);
+  });
 });

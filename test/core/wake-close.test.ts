@@ -71,4 +71,21 @@ describe('waking', () => {
     expect([ra.checksum, rb.checksum]).toEqual([pageByte(0), pageByte(3)]);
     expect(uffd.closed).toBe(true);
   });
+
+  itWith(['minorShmem', 'threadId'], 'EEXIST wakes nobody: a raw CONTINUE on a mapped page leaves the faulter asleep, continue() wakes it', async () => {
+    const { uffd, guest } = setup(4);
+    let finished = false;
+    const touched = touchPages(guest, [1]).finally(() => (finished = true));
+    const [ev] = (await collect(uffd, 1)) as Pagefault[];
+    await blockedInFault(ev);
+    // Someone else mapped the page without waking (another handler, say).
+    expect(uffd.continue(ev.address, PAGE_SIZE, { dontWake: true })).toBe(PAGE_SIZE);
+    expect(native.uffdContinue(uffd.fd, ev.address, PAGE_SIZE, 0)).toBe(-17);
+    await sleep(100);
+    expect(finished).toBe(false);
+    expect(sleepingIn(ev.threadId)).toBe('handle_userfault');
+    // The library treats EEXIST as "resolved, now wake".
+    expect(uffd.continue(ev.address, PAGE_SIZE)).toBe(0);
+    expect((await touched).checksum).toBe(pageByte(1));
+  });
 });
