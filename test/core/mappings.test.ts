@@ -154,7 +154,11 @@ describe('hugetlb 2 MiB memfd', () => {
     const uffd = closer.add(Userfaultfd.open({ features: ['minorHugetlbfs', 'threadId'] }));
     const guest = mem.map();
     expect(guest.address % HUGE).toBe(0);
+    // A hugetlb range must be registered in whole huge pages.
+    expect(() => uffd.register({ address: guest.address, length: PAGE_SIZE }, { minor: true })).toThrow(expect.objectContaining({ code: 'EINVAL' }));
     const reg = uffd.register(guest, { minor: true });
+    // No ZEROPAGE on hugetlb (0x18c).
+    expect(reg.ioctlMask).toBe(0x18cn);
     expect(reg.ioctls).toEqual(['wake', 'copy', 'continue', 'poison']);
     const touched = touchPages(guest, [1, 0]);
     const events = (await serve(uffd, touched, (ev) => {
