@@ -96,6 +96,36 @@ describe('MINOR faults', () => {
   });
 });
 
+describe('the event stream', () => {
+  itWith(['minorShmem', 'threadId'], 'events() yields faults as the kernel posts them, one reader at a time, and ends on abort', async () => {
+    const mem = filledMemfd(closer, 8);
+    const uffd = openUffd();
+    const guest = mem.map();
+    uffd.register(guest, { minor: true });
+    const touched = touchPages(guest, [4, 6]);
+    const controller = new AbortController();
+    const pages: number[] = [];
+    const stream = uffd.events({ signal: controller.signal });
+    for await (const ev of stream) {
+      if (ev.type !== 'pagefault') continue;
+      pages.push((ev.address - guest.address) / PAGE_SIZE);
+      uffd.continue(ev.address, PAGE_SIZE);
+      // While the stream reads, a second reader is refused.
+      await expect(uffd.events().next()).rejects.toMatchObject({ code: 'ERR_UFFD_BUSY' });
+      if (pages.length === 2) controller.abort();
+    }
+    expect(pages).toEqual([4, 6]);
+    expect((await touched).checksum).toBe(pageByte(4) + pageByte(6));
+    // The reader was released when the stream ended.
+    expect(uffd.readEvents()).toEqual([]);
+    // close() ends a waiting stream; a stream started after close() fails.
+    const pending = uffd.events().next();
+    uffd.close();
+    expect(await pending).toEqual({ done: true, value: undefined });
+    await expect(uffd.events().next()).rejects.toMatchObject({ code: 'ERR_UFFD_CLOSED' });
+  });
+});
+
 describe('holes', () => {
   itWith(['minorShmem'], 'the hole trap: a MINOR-only range over a hole raises no fault and reads zeros', async () => {
     const mem = closer.add(Memfd.create(4 * PAGE_SIZE, { name: 'holes' }));
