@@ -16,6 +16,7 @@ export type UffdEvent = UffdEventOf<Userfaultfd>;
 export type { Range } from './validate';
 
 const EEXIST = -17;
+const HANDSHAKE_DONE = 0x80000000;
 const EAGAIN = -11;
 
 /** Options of {@link Userfaultfd.open}. */
@@ -73,7 +74,6 @@ export interface WakeOptions {
 }
 
 let offeredCache: number | undefined;
-const ALL_FEATURES = featureBits(Object.keys(FEATURES) as FeatureName[]);
 
 /** Features the running kernel offers (handshake on a throwaway fd, cached). Throws when no uffd can be opened. */
 export function offeredFeatures(): number {
@@ -109,8 +109,10 @@ function fdinfoFeatures(fd: number): number | undefined {
     return undefined;
   }
   const api = /^API:\s*([0-9a-f]+):([0-9a-f]+):([0-9a-f]+)/m.exec(text);
-  // The kernel adds internal bits (0x80000000 marks a finished handshake).
-  return api ? parseInt(api[2], 16) & ALL_FEATURES : undefined;
+  if (!api) return undefined;
+  // The kernel marks a handshaken context with UFFD_FEATURE_INITIALIZED (bit 31).
+  const word = parseInt(api[2], 16);
+  return word >= HANDSHAKE_DONE ? word - HANDSHAKE_DONE : undefined;
 }
 
 /**
@@ -160,11 +162,12 @@ export class Userfaultfd implements Disposable {
         Object.assign(err, { unsupported: missing });
         throw err;
       }
-      // The kernel answers with every feature it offers, but enables only
-      // the requested ones: those are what this uffd has.
+      // The answer's features word lists everything the kernel offers, not
+      // what this fd enabled: the handshake succeeded, so `bits` is what holds.
       checkValue(native.uffdApi(fd, bits), 'ioctl', { operation: 'UFFDIO_API', fd });
-      trace('uffd %d open (%s): features %s', fd, userModeOnly ? 'user-mode only' : 'all modes', featureNames(bits).join(',') || 'none');
-      return new Userfaultfd(fd, bits);
+      const negotiated = bits;
+      trace('uffd %d open (%s): features %s', fd, userModeOnly ? 'user-mode only' : 'all modes', featureNames(negotiated).join(',') || 'none');
+      return new Userfaultfd(fd, negotiated);
     } catch (err) {
       native.closeFd(fd);
       throw err;
