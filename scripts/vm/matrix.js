@@ -352,7 +352,7 @@ const PROBE_JS = "process.stdout.write(JSON.stringify(require('./dist/lib').prob
 
 function jobScript(target, results) {
   const r = '/uffd-vm-results';
-  const lines = ['set -u', `cd ${shellQuote(repo)}`, 'export HOME=/tmp CI=true TERM=dumb NO_COLOR=1', 'export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin'];
+  const lines = ['set -u', `cd ${shellQuote(repo)}`, 'export HOME=/tmp CI=true TERM=dumb NO_COLOR=1 UFFD_TEST_DIST_PREBUILT=1', 'export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin'];
   if (target.arch === 'aarch64') lines.push('mkdir -p build/Release', `cp ${r}/userfaultfd.node build/Release/userfaultfd.node`);
   lines.push(`node -p 'process.version + " " + process.arch' > ${r}/node.txt 2>&1`);
   lines.push(`node -e ${shellQuote(PROBE_JS)} > ${r}/probe.json 2> ${r}/probe.err`);
