@@ -360,10 +360,9 @@ function jobScript(target, results) {
   if (target.run === 'vitest') {
     const filters = args.tests.map(shellQuote).join(' ');
     lines.push(`node node_modules/vitest/vitest.mjs run ${filters} --reporter=default --reporter=json --outputFile.json=${r}/vitest.json > ${r}/tests.log 2>&1`);
-  } else {
-    lines.push(`node scripts/vm/smoke.js > ${r}/smoke.json 2> ${r}/tests.log`);
+    lines.push(`echo $? > ${r}/tests.rc`);
   }
-  lines.push(`echo $? > ${r}/tests.rc`, 'sync');
+  lines.push(`node scripts/vm/smoke.js > ${r}/smoke.json 2> ${r}/smoke.log`, `echo $? > ${r}/smoke.rc`, 'sync');
   fs.writeFileSync(path.join(results, 'job.sh'), lines.join('\n') + '\n');
 }
 
@@ -498,7 +497,7 @@ function summarizeVitest(report) {
 }
 
 function summarizeSmoke(report) {
-  const tests = report?.tests || [];
+  const tests = (report?.tests || []).map((t) => ({ ...t, name: `smoke: ${t.name}` }));
   const skipped = tests.filter((t) => t.status === 'skipped');
   const reasons = {};
   for (const t of skipped) reasons[t.reason] = (reasons[t.reason] || 0) + 1;
@@ -510,6 +509,32 @@ function summarizeSmoke(report) {
     failures: tests.filter((t) => t.status === 'failed').map((t) => `${t.name}: ${t.error}`),
     suiteErrors: [],
   };
+}
+
+/** The vitest suite (where it runs) plus the smoke test (everywhere), counted together. */
+function summarize(results, withVitest) {
+  const parts = [summarizeSmoke(readJson(path.join(results, 'smoke.json')))];
+  if (!readJson(path.join(results, 'smoke.json'))) parts[0].suiteErrors.push('the smoke test wrote no report (see smoke.log)');
+  if (withVitest) {
+    const report = readJson(path.join(results, 'vitest.json'));
+    const v = summarizeVitest(report);
+    if (!report) v.suiteErrors.push('vitest wrote no report (see tests.log)');
+    parts.unshift(v);
+  }
+  const out = { passed: 0, failed: 0, skipped: 0, skipReasons: {}, failures: [], suiteErrors: [], vitest: withVitest ? parts[0] : undefined, smoke: parts[parts.length - 1] };
+  for (const p of parts) {
+    out.passed += p.passed;
+    out.failed += p.failed;
+    out.skipped += p.skipped;
+    for (const [k, n] of Object.entries(p.skipReasons)) out.skipReasons[k] = (out.skipReasons[k] || 0) + n;
+    out.failures.push(...p.failures);
+    out.suiteErrors.push(...p.suiteErrors);
+  }
+  return out;
+}
+
+function known(probe) {
+  return Object.keys(probe?.features || {});
 }
 
 function offered(probe) {
@@ -530,27 +555,30 @@ async function runHost() {
       fs.writeFileSync(path.join(results, 'doctor.txt'), String(err.stdout || err));
     }
   }
-  await new Promise((resolve) => {
-    const child = spawn(node, ['node_modules/vitest/vitest.mjs', 'run', ...args.tests, '--reporter=default', '--reporter=json', `--outputFile.json=${path.join(results, 'vitest.json')}`], {
-      cwd: repo, stdio: ['ignore', fs.openSync(path.join(results, 'tests.log'), 'w'), 'inherit'], env: { ...process.env, NO_COLOR: '1' },
+  const child = (argv, out, err) => new Promise((resolve) => {
+    const c = spawn(node, argv, {
+      cwd: repo, stdio: ['ignore', fs.openSync(path.join(results, out), 'w'), fs.openSync(path.join(results, err), 'w')],
+      env: { ...process.env, NO_COLOR: '1', UFFD_TEST_DIST_PREBUILT: '1' },
     });
-    running.add(child);
-    child.on('exit', () => {
-      running.delete(child);
+    running.add(c);
+    c.on('exit', () => {
+      running.delete(c);
       resolve();
     });
   });
+  await child(['node_modules/vitest/vitest.mjs', 'run', ...args.tests, '--reporter=default', '--reporter=json', `--outputFile.json=${path.join(results, 'vitest.json')}`], 'tests.log', 'tests.err');
+  await child(['scripts/vm/smoke.js'], 'smoke.json', 'smoke.log');
   const probe = readJson(path.join(results, 'probe.json'));
   return {
     id: 'host', kernel: os.release(), arch: os.arch() === 'x64' ? 'x86_64' : os.arch(), pageSize: probe?.pageSize, accel: 'none (host)',
-    node: process.version, verdict: 'done', seconds: (Date.now() - started) / 1000, features: offered(probe), reasons: probe?.reasons || [],
-    ...summarizeVitest(readJson(path.join(results, 'vitest.json'))), results,
+    node: process.version, verdict: 'done', seconds: (Date.now() - started) / 1000, features: offered(probe), allFeatures: known(probe), reasons: probe?.reasons || [],
+    ...summarize(results, true), results,
   };
 }
 
 function rowFromGuest(target, { kernel, results, accel, outcome }) {
   const probe = readJson(path.join(results, 'probe.json'));
-  const summary = target.run === 'vitest' ? summarizeVitest(readJson(path.join(results, 'vitest.json'))) : summarizeSmoke(readJson(path.join(results, 'smoke.json')));
+  const summary = summarize(results, target.run === 'vitest');
   let node = '';
   try {
     node = fs.readFileSync(path.join(results, 'node.txt'), 'utf8').trim();
@@ -567,7 +595,7 @@ function rowFromGuest(target, { kernel, results, accel, outcome }) {
   }
   return {
     id: target.id, kernel: probe?.kernel || kernel.release, package: kernel.pkg, arch: target.arch, pageSize: probe?.pageSize, accel,
-    node, verdict, seconds: outcome.seconds, features: offered(probe), reasons: probe?.reasons || [], ...summary, results,
+    node, verdict, seconds: outcome.seconds, features: offered(probe), allFeatures: known(probe), reasons: probe?.reasons || [], ...summary, results,
   };
 }
 
@@ -589,6 +617,25 @@ function printTable(rows) {
   const skipped = rows.reduce((n, r) => n + r.skipped, 0);
   console.log(`\n${passed} passed, ${failed} failed, ${skipped} skipped`);
   return failed;
+}
+
+/** The "Tested kernels and architectures" table for the README, from one run. */
+function markdown(report) {
+  const all = report.rows.find((r) => r.allFeatures)?.allFeatures || [];
+  const lines = [
+    `Last run: ${report.date.slice(0, 16).replace('T', ' ')} UTC (host kernel ${report.host}; guests under QEMU ${report.accel || 'TCG'}).`,
+    '',
+    '| Row | Kernel | Arch | Page size | Node | Features offered | Tests | Passed | Failed | Skipped (reason) | Time |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+  ];
+  for (const r of report.rows) {
+    const lacking = all.filter((f) => !r.features.includes(f));
+    const feats = !r.features.length ? 'none (probe failed)' : lacking.length ? `${r.features.length}/${all.length}; lacks ${lacking.join(', ')}` : `all ${all.length}`;
+    const skipped = Object.entries(r.skipReasons).map(([why, n]) => `${n}: ${why}`).join('; ');
+    const ran = r.vitest ? 'vitest + smoke' : 'smoke';
+    lines.push(`| ${r.id} | ${r.kernel} | ${r.arch} | ${r.pageSize ? `${r.pageSize / 1024} KiB` : '?'} | ${r.node.split(' ')[0]} | ${feats} | ${ran} | ${r.passed} | ${r.failed + r.suiteErrors.length} | ${r.skipped}${skipped ? ` (${skipped})` : ''} | ${r.seconds.toFixed(0)} s |`);
+  }
+  return lines.join('\n') + '\n';
 }
 
 async function main() {
@@ -613,9 +660,10 @@ async function main() {
     log(`${target.id}: ${row.passed} passed, ${row.failed} failed, ${row.skipped} skipped in ${row.seconds.toFixed(0)} s (${row.verdict}, ${row.accel}); results in ${row.results}`);
     rows.push(row);
   }
-  const report = { date: new Date().toISOString(), host: os.release(), rows };
+  const report = { date: new Date().toISOString(), host: os.release(), accel: kvmUsable ? 'KVM' : 'TCG (software emulation)', rows };
   const out = process.env.UFFD_VM_RESULTS || path.join(cacheDir, 'last-run.json');
   fs.writeFileSync(out, JSON.stringify(report, null, 2));
+  fs.writeFileSync(out.replace(/\.json$/, '') + '.md', markdown(report));
   const failed = printTable(rows);
   console.log(`results: ${out}`);
   process.exitCode = failed ? 1 : 0;
