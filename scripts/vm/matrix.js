@@ -29,8 +29,8 @@ const TARGETS = [
   { id: 'x86_64-5.10-bullseye', arch: 'x86_64', suite: 'bullseye', debArch: 'amd64', meta: 'linux-image-amd64', run: 'vitest' },
   { id: 'x86_64-6.1-bookworm', arch: 'x86_64', suite: 'bookworm', debArch: 'amd64', meta: 'linux-image-amd64', run: 'vitest' },
   { id: 'x86_64-6.12-trixie', arch: 'x86_64', suite: 'trixie', debArch: 'amd64', meta: 'linux-image-amd64', run: 'vitest' },
-  { id: 'arm64-6.12-4k-trixie', arch: 'aarch64', suite: 'trixie', debArch: 'arm64', meta: 'linux-image-arm64', run: 'smoke' },
-  { id: 'arm64-6.12-16k-trixie', arch: 'aarch64', suite: 'trixie', debArch: 'arm64', meta: 'linux-image-arm64-16k', run: 'smoke' },
+  { id: 'arm64-6.12-4k-trixie', arch: 'aarch64', suite: 'trixie', debArch: 'arm64', meta: 'linux-image-arm64', run: 'vitest' },
+  { id: 'arm64-6.12-16k-trixie', arch: 'aarch64', suite: 'trixie', debArch: 'arm64', meta: 'linux-image-arm64-16k', run: 'vitest' },
 ];
 
 /** Modules the guests load; their dependencies come from modules.dep. */
@@ -342,6 +342,32 @@ function crossCompileAddon() {
   return out;
 }
 
+/**
+ * vitest's bundler and CSS tools are native packages installed for x64 only;
+ * fetch the arm64 builds of the same versions from npm (cached) so the arm64
+ * guests can run vitest too. Returns a directory laid out like node_modules.
+ */
+function arm64NativePackages() {
+  const out = path.join(cacheDir, 'npm-arm64', 'node_modules');
+  const nm = path.join(repo, 'node_modules');
+  const dirs = fs.readdirSync(nm).flatMap((d) => (d.startsWith('@') ? fs.readdirSync(path.join(nm, d)).map((s) => `${d}/${s}`) : [d]));
+  for (const name of dirs.filter((d) => /linux-x64-gnu$/.test(d))) {
+    const armName = name.replace(/linux-x64-gnu$/, 'linux-arm64-gnu');
+    const version = JSON.parse(fs.readFileSync(path.join(nm, name, 'package.json'), 'utf8')).version;
+    const dest = path.join(out, armName);
+    const stamp = path.join(dest, '.version');
+    if (fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === version) continue;
+    log(`fetching ${armName}@${version} from npm for the arm64 guests`);
+    const tgzDir = path.join(cacheDir, 'npm-arm64');
+    const tgz = run('npm', ['pack', '--silent', `${armName}@${version}`], { cwd: tgzDir }).trim().split('\n').pop();
+    fs.rmSync(dest, { recursive: true, force: true });
+    fs.mkdirSync(dest, { recursive: true });
+    run('tar', ['-xzf', path.join(tgzDir, tgz), '-C', dest, '--strip-components=1']);
+    fs.writeFileSync(stamp, version);
+  }
+  return out;
+}
+
 // -------------------------------------------------------------------- guests
 
 function shellQuote(s) {
@@ -353,7 +379,11 @@ const PROBE_JS = "process.stdout.write(JSON.stringify(require('./dist/lib').prob
 function jobScript(target, results) {
   const r = '/uffd-vm-results';
   const lines = ['set -u', `cd ${shellQuote(repo)}`, 'export HOME=/tmp CI=true TERM=dumb NO_COLOR=1 UFFD_TEST_DIST_PREBUILT=1', 'export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin'];
-  if (target.arch === 'aarch64') lines.push('mkdir -p build/Release', `cp ${r}/userfaultfd.node build/Release/userfaultfd.node`);
+  if (target.arch === 'aarch64') {
+    // The repository is overlaid in the guest: these copies never reach the host.
+    lines.push('mkdir -p build/Release', `cp ${r}/userfaultfd.node build/Release/userfaultfd.node`);
+    lines.push(`cp -r ${r}/npm-arm64/. node_modules/`);
+  }
   lines.push(`node -p 'process.version + " " + process.arch' > ${r}/node.txt 2>&1`);
   lines.push(`node -e ${shellQuote(PROBE_JS)} > ${r}/probe.json 2> ${r}/probe.err`);
   lines.push(`if [ -f dist/lib/cli.js ]; then node dist/lib/cli.js doctor > ${r}/doctor.txt 2>&1; fi`);
@@ -440,6 +470,7 @@ async function runGuest(target) {
     rootfs = prepareArm64Userland(target.suite);
     busybox = arm64Busybox(target.suite);
     fs.copyFileSync(crossCompileAddon(), path.join(results, 'userfaultfd.node'));
+    if (target.run === 'vitest') fs.cpSync(arm64NativePackages(), path.join(results, 'npm-arm64'), { recursive: true });
   } else {
     busybox = fs.realpathSync(run('sh', ['-c', 'command -v busybox']).trim());
   }
