@@ -404,14 +404,14 @@ function qemuCommand(target, kernelImage, initrd, results, accel, rootfs) {
     return ['qemu-system-x86_64', [
       '-accel', accel, '-cpu', accel === 'kvm' ? 'host' : 'max', '-smp', smp, '-m', mem,
       '-nographic', '-no-reboot', '-kernel', kernelImage, '-initrd', initrd,
-      '-append', 'console=ttyS0 panic=-1 quiet loglevel=3',
+      '-append', 'console=ttyS0 panic=-1 quiet loglevel=3 hugepages=4',
       ...share('hostroot', '/', true), ...share('results', results, false),
     ]];
   }
   return ['qemu-system-aarch64', [
     '-M', 'virt', '-accel', 'tcg', '-cpu', 'max,pauth-impdef=on', '-smp', smp, '-m', mem,
     '-nographic', '-no-reboot', '-kernel', kernelImage, '-initrd', initrd,
-    '-append', `console=ttyAMA0 panic=-1 quiet loglevel=3 uffdvm.repo=${repo}`,
+    '-append', `console=ttyAMA0 panic=-1 quiet loglevel=3 hugepages=4 uffdvm.repo=${repo}`,
     ...share('hostroot', rootfs, true), ...share('repo', repo, true), ...share('results', results, false),
   ]];
 }
