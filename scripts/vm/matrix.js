@@ -494,6 +494,8 @@ async function runGuest(target) {
     }
   }
   if (!outcome) outcome = await boot(qemuCommand(target, image, initrd, results, 'tcg', rootfs), consoleLog, { bootTimeout: 180, totalTimeout: args.timeout });
+  // Inputs copied for the guest are cached elsewhere; keep only what it produced.
+  fs.rmSync(path.join(results, 'npm-arm64'), { recursive: true, force: true });
   return { kernel, results, accel, outcome };
 }
 
