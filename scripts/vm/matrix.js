@@ -452,7 +452,6 @@ function boot([cmd, argv], consoleLog, { bootTimeout, totalTimeout }) {
       resolve({
         verdict: verdict || (done ? 'done' : `qemu exited ${code ?? signal}`),
         seconds: (Date.now() - started) / 1000,
-        bootSeconds: sawInit ? undefined : null,
         console: text,
       });
     });
