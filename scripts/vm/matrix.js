@@ -1,8 +1,8 @@
 #!/usr/bin/env node
-// Kernel and architecture matrix: boots Debian kernels under QEMU and runs the
-// test suite (x86-64) or the fault smoke test (arm64) inside each guest against
-// this checkout, then prints per kernel what passed, failed and was skipped
-// (with the kernel's reason) and how long it took.
+// Kernel and architecture matrix: boots Debian kernels (x86-64 and arm64)
+// under QEMU and runs the vitest suite plus the fault smoke test inside each
+// guest against this checkout, then prints per kernel what passed, failed and
+// was skipped (with the kernel's reason) and how long it took.
 //
 //   npm run test:vm                        whole matrix, host row first
 //   npm run test:vm -- --only=5.10,arm64   rows whose id contains any of these
@@ -703,6 +703,6 @@ async function main() {
 
 main().catch((err) => {
   killAll();
-  console.error(err.stderr ? `${err.message}\n${err.stderr}` : err);
+  console.error(err.stderr ? `${err.message}\n${err.stderr}` : err.message || err);
   process.exit(1);
 });
