@@ -1,3 +1,5 @@
+import { readFileSync, readdirSync } from 'node:fs';
+
 import { MADVISE, Advice, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MAP_PRIVATE, MAP_SHARED, MFD_HUGE_SHIFT, PROT_READ, PROT_WRITE } from './constants';
 import { trace } from './debug';
 import { UffdError, check, checkValue, closedError, stateError, argValueError } from './errors';
@@ -12,8 +14,10 @@ export interface MemfdOptions {
   /** Name shown in /proc/PID/maps (`memfd:NAME`). Default `userfaultfd`. */
   name?: string;
   /**
-   * Back the memfd with huge pages (MFD_HUGETLB). `true` means 2 MiB; a number
-   * is the huge page size in bytes (2 MiB or 1 GiB). Needs `vm.nr_hugepages`.
+   * Back the memfd with huge pages (MFD_HUGETLB). `true` means the kernel's
+   * default huge page size (2 MiB on x86-64 and 4 KiB-page arm64, 32 MiB on
+   * 16 KiB-page arm64); a number is one of the sizes listed in
+   * /sys/kernel/mm/hugepages, in bytes. Needs huge pages reserved (`vm.nr_hugepages`).
    */
   hugetlb?: boolean | number;
   /** Allocate every page up front (fallocate), so that every page faults MINOR. Default false. */
@@ -40,7 +44,39 @@ export interface FromFdOptions {
   hugePageSize?: number;
 }
 
-const HUGE_SIZES = [2 * 1024 * 1024, 1024 * 1024 * 1024];
+/**
+ * Huge page sizes this kernel supports, from /sys/kernel/mm/hugepages. They
+ * depend on the architecture and base page size (arm64 with 16 KiB pages has
+ * 2 MiB, 32 MiB and 1 GiB, 32 MiB being the default), so nothing is assumed.
+ */
+function hugePageSizes(): number[] {
+  try {
+    return readdirSync('/sys/kernel/mm/hugepages')
+      .map((d) => /^hugepages-(\d+)kB$/.exec(d))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => Number(m[1]) * 1024)
+      .sort((a, b) => a - b);
+  } catch {
+    return [];
+  }
+}
+
+/** The kernel's default huge page size (Hugepagesize in /proc/meminfo), what `hugetlb: true` means. */
+function defaultHugePageSize(): number {
+  try {
+    const m = /^Hugepagesize:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'));
+    if (m) return Number(m[1]) * 1024;
+  } catch {
+    // fall through
+  }
+  return 2 * 1024 * 1024;
+}
+
+function checkHugePageSize(name: string, size: number): number {
+  const sizes = hugePageSizes();
+  if (!sizes.includes(size)) throw argValueError(name, `must be a huge page size this kernel supports (${sizes.join(', ') || 'none'})`, size);
+  return size;
+}
 
 /**
  * A memory file (memfd_create) whose pages can be mapped any number of times.
@@ -74,11 +110,9 @@ export class Memfd implements Disposable {
     if (typeof name !== 'string' || name.length > 249 || name.includes('\0') || name.includes('/'))
       throw argValueError('options.name', 'must be a string of at most 249 characters without "/" or NUL', name);
     let hugePageSize = 0;
-    if (opts.hugetlb === true) hugePageSize = HUGE_SIZES[0];
-    else if (typeof opts.hugetlb === 'number') {
-      if (!HUGE_SIZES.includes(opts.hugetlb)) throw argValueError('options.hugetlb', 'must be true, 2097152 or 1073741824', opts.hugetlb);
-      hugePageSize = opts.hugetlb;
-    } else if (opts.hugetlb !== undefined && opts.hugetlb !== false) throw argValueError('options.hugetlb', 'must be a boolean or a huge page size', opts.hugetlb);
+    if (opts.hugetlb === true) hugePageSize = defaultHugePageSize();
+    else if (typeof opts.hugetlb === 'number') hugePageSize = checkHugePageSize('options.hugetlb', opts.hugetlb);
+    else if (opts.hugetlb !== undefined && opts.hugetlb !== false) throw argValueError('options.hugetlb', 'must be a boolean or a huge page size', opts.hugetlb);
     const pageSize = hugePageSize || PAGE_SIZE;
     v.pageLength('size', size, pageSize);
     const allocate = v.boolean('options.allocate', opts.allocate, false);
@@ -108,8 +142,7 @@ export class Memfd implements Disposable {
     const owned = v.boolean('options.owned', opts.owned, false);
     let pageSize = PAGE_SIZE;
     if (opts.hugePageSize !== undefined) {
-      if (!HUGE_SIZES.includes(opts.hugePageSize)) throw argValueError('options.hugePageSize', 'must be 2097152 or 1073741824', opts.hugePageSize);
-      pageSize = opts.hugePageSize;
+      pageSize = checkHugePageSize('options.hugePageSize', opts.hugePageSize);
     }
     check(native.fdSize(fd), 'fstat', { fd });
     if (owned) native.adoptFd(fd);

@@ -5,7 +5,7 @@ import { FEATURES, FEATURE_SINCE, FeatureName, IoctlName, featureNames } from '.
 import { UffdError } from './errors';
 import { Memfd, PAGE_SIZE } from './memfd';
 import { native } from './native';
-import { Userfaultfd, offeredFeatures } from './userfaultfd';
+import { Userfaultfd, offeredFeatures, userModeOnlyUnsupported } from './userfaultfd';
 
 /** One way of opening a userfaultfd, and how it went. */
 export interface OpenPath {
@@ -97,6 +97,8 @@ export function probe(): Capabilities {
   }
   if (devicePresent && !open.device.ok && available)
     reasons.push(`/dev/userfaultfd exists but cannot be opened (${open.device.error}): its file permissions do not admit this user; the syscall is used instead.`);
+  if (available && userModeOnlyUnsupported())
+    reasons.push(`UFFD_USER_MODE_ONLY is not known to this kernel (${kernel}; it needs Linux 5.11 or later): userfaultfds are opened without it and also receive kernel-mode faults.`);
   if (!open.allModes.ok && available)
     reasons.push('Only user-mode faults can be handled (kernel-mode needs root or CAP_SYS_PTRACE while vm.unprivileged_userfaultfd=0).');
   const features = Object.fromEntries(

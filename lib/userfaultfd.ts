@@ -17,6 +17,8 @@ export type { Range } from './validate';
 
 const EEXIST = -17;
 const HANDSHAKE_DONE = 0x80000000;
+const EINVAL_ERRNO = 22;
+const ENOENT_ERRNO = 2;
 const EAGAIN = -11;
 
 /** Options of {@link Userfaultfd.open}. */
@@ -28,6 +30,8 @@ export interface OpenOptions {
    * default: kernel accesses to registered ranges (read(2) into them, say) fail
    * with EFAULT instead of waiting for this handler. Set false to handle them
    * too; that needs root or CAP_SYS_PTRACE when vm.unprivileged_userfaultfd=0.
+   * Kernels before 5.11 know no user-mode-only uffd: there the uffd is opened
+   * without it (probe() says so) and also sees kernel-mode faults.
    */
   userModeOnly?: boolean;
   /** How to open: the syscall, then /dev/userfaultfd (`auto`, default), or only one of them. */
@@ -88,8 +92,33 @@ export function offeredFeatures(): number {
   return offeredCache;
 }
 
+/**
+ * True once this kernel refused UFFD_USER_MODE_ONLY (added in Linux 5.11).
+ * Before 5.11 there is no such distinction: every uffd also sees kernel-mode
+ * faults, and vm.unprivileged_userfaultfd alone decides who may open one.
+ */
+let userModeOnlyUnknown = false;
+
+/** Whether the kernel lacked UFFD_USER_MODE_ONLY (pre-5.11) so uffds were opened without it. */
+export function userModeOnlyUnsupported(): boolean {
+  return userModeOnlyUnknown;
+}
+
 function openFd(userModeOnly: boolean, via: 'auto' | 'syscall' | 'device'): number {
-  const fd = native.uffdOpen(userModeOnly ? 1 : 0, via === 'auto' ? 0 : via === 'syscall' ? 1 : 2);
+  const how = via === 'auto' ? 0 : via === 'syscall' ? 1 : 2;
+  let fd = native.uffdOpen(userModeOnly ? 1 : 0, how);
+  // Pre-5.11 kernels reject the unknown flag with EINVAL (and have no
+  // /dev/userfaultfd, added in 6.1): open without it rather than refuse a
+  // kernel that can otherwise do everything asked.
+  if (fd < 0 && userModeOnly && native.scratch[1] === EINVAL_ERRNO && (native.scratch[2] === 0 || native.scratch[2] === ENOENT_ERRNO)) {
+    const plain = native.uffdOpen(0, how);
+    if (plain >= 0) {
+      if (!userModeOnlyUnknown) trace('UFFD_USER_MODE_ONLY refused (kernel %s, before 5.11): opened without it', release());
+      userModeOnlyUnknown = true;
+      return plain;
+    }
+    fd = plain;
+  }
   if (fd >= 0) return fd;
   const bySyscall = native.scratch[1];
   const byDevice = native.scratch[2];

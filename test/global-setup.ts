@@ -4,6 +4,9 @@ import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 
 export default function setup(): void {
+  // The VM matrix (scripts/vm) compiles dist/ on the host just before it boots
+  // each guest; recompiling under software emulation would cost minutes.
+  if (process.env.UFFD_TEST_DIST_PREBUILT === '1') return;
   const root = join(__dirname, '..');
   execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.json')], { stdio: 'inherit' });
   execFileSync(process.execPath, [join(root, 'scripts/write-esm-entry.js')], { stdio: 'inherit' });
