@@ -792,6 +792,9 @@ export class FaultHandler implements AsyncDisposable {
     );
     if (typeof handle === 'number') throw new UffdError(handle, 'pthread_create', { operation: 'resolver', fd: this.#fd });
     this.#resolver = handle;
+    // The native thread reads REMOVE/UNMAP events, so munmap and madvise of
+    // attached views from the JavaScript thread no longer wait forever.
+    this.uffd.setReadOnOtherThread(true);
     this.#syncRegions();
   }
 
@@ -860,6 +863,7 @@ export class FaultHandler implements AsyncDisposable {
       this.#lastNativeStats = native.resolverStats(this.#resolver);
       native.resolverStop(this.#resolver);
       this.#resolver = undefined;
+      this.uffd.setReadOnOtherThread(false);
     }
     this.#stopping = this.#drain();
     return this.#stopping;
