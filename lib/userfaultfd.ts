@@ -17,6 +17,7 @@ export type UffdEvent = UffdEventOf<Userfaultfd>;
 export type { Range } from './validate';
 
 const EEXIST = -17;
+const HANDSHAKE_DONE = 0x80000000;
 const EAGAIN = -11;
 
 /** Options of {@link Userfaultfd.open}. */
@@ -109,7 +110,10 @@ function fdinfoFeatures(fd: number): number | undefined {
     return undefined;
   }
   const api = /^API:\s*([0-9a-f]+):([0-9a-f]+):([0-9a-f]+)/m.exec(text);
-  return api ? parseInt(api[2], 16) : undefined;
+  if (!api) return undefined;
+  // The kernel marks a handshaken context with UFFD_FEATURE_INITIALIZED (bit 31).
+  const word = parseInt(api[2], 16);
+  return word >= HANDSHAKE_DONE ? word - HANDSHAKE_DONE : undefined;
 }
 
 /**
@@ -161,7 +165,10 @@ export class Userfaultfd implements Disposable {
         Object.assign(err, { unsupported: missing });
         throw err;
       }
-      const [negotiated] = checkValue(native.uffdApi(fd, bits), 'ioctl', { operation: 'UFFDIO_API', fd });
+      // The answer's features word lists everything the kernel offers, not
+      // what this fd enabled: the handshake succeeded, so `bits` is what holds.
+      checkValue(native.uffdApi(fd, bits), 'ioctl', { operation: 'UFFDIO_API', fd });
+      const negotiated = bits;
       trace('uffd %d open (%s): features %s', fd, userModeOnly ? 'user-mode only' : 'all modes', featureNames(negotiated).join(',') || 'none');
       return new Userfaultfd(fd, negotiated);
     } catch (err) {
