@@ -275,7 +275,7 @@ describe('hostile arguments to every entry point', () => {
       { seed: SEED, numRuns: RUNS },
     );
     expect(watch.leaks()).toEqual({ fds: [], memfdMappings: 0 });
-  }, 120_000);
+  }, Number(process.env.FUZZ_TIMEOUT_MS ?? 120_000));
 
   it('every case refuses a clearly wrong value with an argument error', async () => {
     const f = fixture();
