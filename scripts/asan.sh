@@ -1,41 +1,42 @@
 #!/usr/bin/env bash
-# Builds the addon with AddressSanitizer + UndefinedBehaviorSanitizer, runs
-# the whole vitest suite (or the files given as arguments) with gcc's libasan
-# preloaded into every Node process, then rebuilds the addon normally (also
-# on failure or Ctrl-C). Exit status: the suite's, or 3 when a sanitizer
-# reported anything even though the tests passed.
+# Builds the addon with AddressSanitizer + UndefinedBehaviorSanitizer in a
+# separate copy of the tree (so the normal build is never replaced), runs the
+# whole vitest suite there (or the files given as arguments) with gcc's
+# libasan preloaded into every Node process, and collects the reports.
+# Exit status: the suite's, or 3 when a sanitizer reported anything although
+# the tests passed.
 #   npm run test:asan [-- test/some/file.test.ts]
 set -uo pipefail
-cd "$(dirname "$0")/.."
-
-rebuild_normal() {
-  echo "asan: rebuilding the addon without sanitizers"
-  UFFD_SANITIZE= npx node-gyp rebuild -j 2 >/dev/null 2>&1 || echo "asan: normal rebuild FAILED: run npx node-gyp rebuild"
-}
-trap rebuild_normal EXIT
+src="$(cd "$(dirname "$0")/.." && pwd)"
+work="${ASAN_DIR:-$(mktemp -d /tmp/uffd-asan.XXXXXX)}"
+echo "asan: copying the tree to $work"
+mkdir -p "$work"
+tar -C "$src" --exclude=./node_modules --exclude=./build --exclude=./dist --exclude=./.git -cf - . | tar -C "$work" -xf -
+ln -sfn "$src/node_modules" "$work/node_modules"
+cd "$work"
 
 echo "asan: building with -fsanitize=address,undefined"
-UFFD_SANITIZE=address,undefined npx node-gyp rebuild -j 2 >/dev/null 2>&1 || { echo "asan: build failed"; exit 2; }
-ldd build/Release/userfaultfd.node | grep -q libasan || { echo "asan: the addon is not linked with libasan"; exit 2; }
+UFFD_SANITIZE=address,undefined npx node-gyp rebuild -j 2 >build.log 2>&1 || { tail -30 build.log; echo "asan: build failed"; exit 2; }
+case "$(ldd build/Release/userfaultfd.node)" in *libasan*) ;; *) echo "asan: the addon is not linked with libasan"; exit 2 ;; esac
 
-log=${ASAN_LOG:-$(mktemp /tmp/uffd-asan.XXXXXX.log)}
+reports="$work/sanitizer-report"
 # Node itself is not built with ASan: its own allocations at exit are not
 # ours to judge (detect_leaks=0); V8 handles SIGSEGV itself
-# (allow_user_segv_handler). Any report stops the process with a stack.
+# (allow_user_segv_handler, handle_segv=0). Any report stops the process.
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so)"
-export ASAN_OPTIONS="detect_leaks=0:allow_user_segv_handler=1:handle_segv=0:halt_on_error=1:abort_on_error=0:detect_stack_use_after_return=0:log_path=${log%.log}.report"
-export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=${log%.log}.report"
-echo "asan: running vitest (log $log, reports ${log%.log}.report.<pid>)"
-npx vitest run "$@" 2>&1 | tee "$log"
+export ASAN_OPTIONS="detect_leaks=0:allow_user_segv_handler=1:handle_segv=0:halt_on_error=1:detect_stack_use_after_return=0:log_path=$reports"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$reports"
+echo "asan: running vitest in $work (reports: $reports.<pid>)"
+npx vitest run "$@" 2>&1 | tee vitest-asan.log
 status=${PIPESTATUS[0]}
 unset LD_PRELOAD
 
-reports=$(ls "${log%.log}".report.* 2>/dev/null | wc -l)
-if [ "$reports" -gt 0 ]; then
-  echo "asan: $reports sanitizer report(s):"
-  cat "${log%.log}".report.*
+count=$(ls "$reports".* 2>/dev/null | wc -l)
+if [ "$count" -gt 0 ]; then
+  echo "asan: $count sanitizer report(s):"
+  cat "$reports".*
   [ "$status" -eq 0 ] && status=3
 else
-  echo "asan: no sanitizer reports"
+  echo "asan: no sanitizer reports (suite exit $status)"
 fi
 exit "$status"

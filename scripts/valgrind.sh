@@ -6,7 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind: not installed"; exit 2; }
-ldd build/Release/userfaultfd.node | grep -q libasan && { echo "valgrind: the addon is an ASan build; run npx node-gyp rebuild first"; exit 2; }
+case "$(ldd build/Release/userfaultfd.node)" in *libasan*) echo "valgrind: the addon is an ASan build; run npx node-gyp rebuild first"; exit 2 ;; esac
 log=${VALGRIND_LOG:-$(mktemp /tmp/uffd-valgrind.XXXXXX.log)}
 # --jitless keeps V8 from generating code valgrind must re-translate; the
 # uffd ioctls are unknown to valgrind, which then warns once per request.

@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { FdServer, FdSocket, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
+import { FaultHandler, FdServer, FdSocket, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
 import { distEntry, itWith } from '../helpers';
 import { leakWatch, openFds, outcome, typedError } from './support';
 
@@ -18,7 +18,7 @@ const SIZE = PAGES * PAGE_SIZE;
 const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 
 /** The kinds of parameter, and what each accepts. */
-type Kind = 'addr' | 'len' | 'memOff' | 'byteOff' | 'size' | 'fd' | 'max' | 'readLen' | 'recvLen' | 'opts' | 'bytes' | 'range' | 'pages' | 'fdList' | 'data' | 'advice' | 'path';
+type Kind = 'addr' | 'len' | 'memOff' | 'byteOff' | 'size' | 'fd' | 'max' | 'readLen' | 'recvLen' | 'opts' | 'bytes' | 'range' | 'pages' | 'fdList' | 'data' | 'advice' | 'path' | 'uffd';
 
 const isInt = (x: unknown, min: number, max: number): boolean => typeof x === 'number' && Number.isSafeInteger(x) && x >= min && x <= max;
 const aligned = (x: number | bigint) => (typeof x === 'bigint' ? x % BigInt(PAGE_SIZE) === 0n : x % PAGE_SIZE === 0);
@@ -63,6 +63,8 @@ function acceptable(kind: Kind, x: unknown): boolean {
       return ['normal', 'random', 'sequential', 'willneed', 'dontneed', 'remove', 'hugepage', 'nohugepage', 'populateRead', 'populateWrite', 'collapse'].includes(x as string);
     case 'path':
       return typeof x === 'string' && x.length > 0 && !x.includes('\0');
+    case 'uffd':
+      return x instanceof Userfaultfd;
   }
 }
 
@@ -103,6 +105,8 @@ function hostile(kind: Kind, f: Fixture): fc.Arbitrary<unknown> {
       return fc.oneof(fc.constantFrom('normal', 'willneed', 'dontneed', 'remove', 'nohugepage', 'explode', 'toString', '__proto__'), anyScalar);
     case 'path':
       return fc.oneof(fc.constantFrom('', 'a\0b', '/nonexistent/socket', `/tmp/${'x'.repeat(200)}`), anyScalar);
+    case 'uffd':
+      return fc.oneof(fc.constantFrom<unknown>(f.uffd, f.closedUffd, f.view, f.mem, { fd: f.uffd.fd }), anyScalar);
     case 'fd':
       return fc.oneof(fc.constantFrom(-1, 0x80000000, 1.5, NaN, 99_999, 65_535), anyScalar);
     default:
@@ -195,6 +199,10 @@ const CASES: Case[] = [
   { name: 'Userfaultfd#move', kinds: ['addr', 'addr', 'len'], defaults: (f) => [f.view.address, f.spare.address, PAGE_SIZE], call: (f, [a, s, l]) => f.uffd.move(a as any, s as any, l as any) },
   { name: 'Userfaultfd#readEvents', kinds: ['max'], defaults: () => [64], call: (f, [m]) => f.uffd.readEvents(m as any), optional: [0] },
   { name: 'Userfaultfd#events', kinds: ['opts'], defaults: () => [undefined], call: (f, [o]) => f.uffd.events(o as any) },
+  { name: 'new FaultHandler', kinds: ['opts'], defaults: (f) => [{ memfd: f.mem, fetch: () => {} }], call: (f, [o]) => new FaultHandler(f.uffd, o as any) },
+  { name: 'new FaultHandler(uffd)', kinds: ['uffd'], defaults: (f) => [f.uffd], call: (f, [u]) => new FaultHandler(u as any, { memfd: f.mem, fetch: () => {} }) },
+  { name: 'FaultHandler#attach', kinds: ['range', 'opts'], defaults: (f) => [f.view, undefined], call: (f, [r, o]) => new FaultHandler(f.uffd, { memfd: f.mem, fetch: () => {} }).attach(r as any, o as any) },
+  { name: 'FaultHandler#markPresent', kinds: ['byteOff', 'byteOff'], defaults: () => [0, PAGE_SIZE], call: (f, [o, l]) => new FaultHandler(f.uffd, { memfd: f.mem, fetch: () => {} }).markPresent(o as any, l as any) },
   { name: 'touchPages', kinds: ['pages', 'opts'], defaults: () => [[0], undefined], call: (f, [p, o]) => touchPages(f.spare, p as any, o as any) },
   { name: 'touchPages(mapping)', kinds: ['range'], defaults: (f) => [f.spare], call: (_f, [m]) => touchPages(m as any, [0]) },
   { name: 'FdSocket', kinds: ['fd'], defaults: () => [99_999], call: (_f, [fd]) => new FdSocket(fd as any), unsafe: ([fd]) => fdIsOpen(fd) },
@@ -218,7 +226,7 @@ const CASES: Case[] = [
   } },
 ];
 
-const PARAMS: Record<Kind, string> = { addr: 'address', len: 'length', memOff: 'offset', byteOff: 'offset', size: 'size', fd: 'fd', max: 'count', readLen: 'length', recvLen: 'length', fdList: 'fds', data: 'data', opts: 'options', bytes: 'bytes', range: 'range', pages: 'pages', advice: 'advice', path: 'path' };
+const PARAMS: Record<Kind, string> = { addr: 'address', len: 'length', memOff: 'offset', byteOff: 'offset', size: 'size', fd: 'fd', max: 'count', readLen: 'length', recvLen: 'length', fdList: 'fds', data: 'data', uffd: 'uffd', opts: 'options', bytes: 'bytes', range: 'range', pages: 'pages', advice: 'advice', path: 'path' };
 
 describe('hostile arguments to every entry point', () => {
   let watch: ReturnType<typeof leakWatch>;
@@ -492,5 +500,44 @@ describe('kernel refusals come back as UffdErrors', () => {
     expect(() => mem.map({ offset: SIZE, length: 2 * SIZE })).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
     uffd.close();
     mem.close();
+  });
+});
+
+describe('FaultHandler misuse', () => {
+  itWith(['minorShmem', 'threadId'], 'start twice, stop twice, attach after stop, start on a closed uffd: typed errors, no leak', async () => {
+    const watch = leakWatch();
+    for (const mode of ['event-loop', 'native'] as const) {
+      const mem = Memfd.create(SIZE);
+      const view = mem.map();
+      const uffd = Userfaultfd.open({ features: ['minorShmem', 'threadId'] });
+      const handler = new FaultHandler(uffd, { memfd: mem, mode, fetch: () => {} }).attach(view).start();
+      expect(() => handler.start()).toThrow(expect.objectContaining({ code: 'ERR_UFFD_HANDLER_STATE' }));
+      // A second reader on the same uffd would steal the handler's messages.
+      expect(() => uffd.events()).not.toThrow();
+      await expect(uffd.events().next()).rejects.toMatchObject({ code: 'ERR_UFFD_BUSY' });
+      await Promise.all([handler.stop(), handler.stop()]);
+      await handler.stop();
+      expect(() => handler.attach(view)).toThrow(expect.objectContaining({ code: 'ERR_UFFD_HANDLER_STATE' }));
+      uffd.close();
+      const late = new FaultHandler(uffd, { memfd: mem, mode, fetch: () => {} });
+      expect(() => late.start()).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
+      mem.close();
+    }
+    expect(watch.leaks()).toEqual({ fds: [], memfdMappings: 0 });
+  });
+
+  itWith(['minorShmem', 'threadId'], 'closing the uffd under a running handler stops it; closing the memfd afterwards unmaps everything', async () => {
+    const watch = leakWatch();
+    for (const mode of ['event-loop', 'native'] as const) {
+      const mem = Memfd.create(SIZE);
+      const view = mem.map();
+      const uffd = Userfaultfd.open({ features: ['minorShmem', 'threadId'] });
+      const handler = new FaultHandler(uffd, { memfd: mem, mode, fetch: () => {} }).attach(view).start();
+      uffd.close();
+      expect(await handler.finished).toBeUndefined();
+      expect(handler.state).toBe('stopped');
+      mem.close();
+    }
+    expect(watch.leaks()).toEqual({ fds: [], memfdMappings: 0 });
   });
 });
