@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { FaultHandler, FdServer, FdSocket, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
+import { FaultHandler, FdServer, FdSocket, Memfd, PAGE_SIZE, Userfaultfd, probe, touchPages } from '../../lib/index';
 import { distEntry, itWith } from '../helpers';
 import { leakWatch, openFds, outcome, typedError } from './support';
 
@@ -333,6 +333,19 @@ describe('hostile arguments to every entry point', () => {
       require('node:fs').rmSync(server.path, { force: true });
     } finally {
       f.close();
+    }
+    expect(watch.leaks()).toEqual({ fds: [], memfdMappings: 0 });
+  });
+});
+
+describe('probe', () => {
+  it('never throws, ignores stray arguments, and leaves nothing open', () => {
+    probe();
+    const watch = leakWatch();
+    for (const junk of [undefined, null, 5, 'x', {}, Symbol('s')]) {
+      const caps = (probe as (...a: unknown[]) => ReturnType<typeof probe>)(junk);
+      expect(caps.available).toBe(true);
+      expect(caps.pageSize).toBe(PAGE_SIZE);
     }
     expect(watch.leaks()).toEqual({ fds: [], memfdMappings: 0 });
   });
