@@ -625,29 +625,34 @@ export class FaultHandler implements AsyncDisposable {
       }
     }
     let at = address;
+    let mapped = 0;
     while (at < end) {
       const r = native.uffdContinue(fd, at, end - at, 0);
       if (r >= 0) {
+        mapped += end - at;
         at = end;
         break;
       }
       const done = native.scratch[0];
       if (done > 0) {
         // Partial progress: only the prefix is mapped and woken; go on with the rest.
+        mapped += done;
         at += done;
         continue;
       }
       if (r === EEXIST) {
         // EEXIST proves the page is mapped, not that its faulter was woken.
         native.uffdWake(fd, at, ps);
+        // A repeated fault on a mapped page: its window was mapped with it.
+        if (at === address) return 0;
         at += ps;
         continue;
       }
       if (at === address) return r;
       break; // a read-ahead page failed: it will fault on its own if ever touched
     }
-    const extra = (at - address) / ps - 1;
-    if (extra > 0) this.#counts.readAheadPages += extra;
+    // The faulting page is the first one mapped whenever anything was mapped.
+    if (mapped > ps) this.#counts.readAheadPages += mapped / ps - 1;
     return 0;
   }
 

@@ -117,29 +117,33 @@ int MapRange(Resolver* r, const Region& region, uint64_t address, uint64_t page)
     for (uint64_t next = page + 1; end < limit && r->Present(next); next++) end += ps;
   }
   uint64_t at = address;
+  uint64_t mapped = 0;
   while (at < end) {
     uffdx_continue c = {};
     c.range.start = at;
     c.range.len = end - at;
     int rc = Ioctl(r->uffd, uffd_abi::kContinue, &c);
     if (rc == 0) {
+      mapped += end - at;
       at = end;
       break;
     }
     if (c.mapped > 0) {  // partial progress: the prefix is mapped and woken
+      mapped += static_cast<uint64_t>(c.mapped);
       at += static_cast<uint64_t>(c.mapped);
       continue;
     }
     if (rc == -EEXIST) {  // mapped, but its faulter is not woken by the EEXIST
       Wake(r->uffd, at, ps);
+      if (at == address) return 0;  // a repeated fault: its window was mapped with it
       at += ps;
       continue;
     }
     if (at == address) return rc;
     break;
   }
-  uint64_t pages = (at - address) / ps;
-  if (pages > 1) r->read_ahead_pages.fetch_add(pages - 1, std::memory_order_relaxed);
+  // The faulting page is the first mapped whenever anything was mapped.
+  if (mapped > ps) r->read_ahead_pages.fetch_add(mapped / ps - 1, std::memory_order_relaxed);
   return 0;
 }
 
