@@ -817,6 +817,7 @@ export class FaultHandler implements AsyncDisposable {
       else if (code === EVENT.unmap) this.#applyEvent({ type: 'unmap', start: events[i + 1], end: events[i + 2] });
       else if (code === EVENT.remap) this.#applyEvent({ type: 'remap', from: events[i + 1], to: events[i + 2], length: events[i + 3] });
       else if (code === EVENT.fork) this.#applyEvent({ type: 'fork', uffd: this.uffd.adoptForkChild(events[i + 1]) });
+      else if (code === RESOLVER_FAILED) void this.#shutdown(new UffdError(-events[i + 1], 'read', { fd: this.#fd, operation: 'native resolver' }));
       else if (code === LOOP_THREAD_MAPPED) {
         const region = this.#regionOf(events[i + 1]);
         const offset = region ? region.offset + (events[i + 1] - region.address) : -1;
@@ -909,6 +910,8 @@ export class FaultHandler implements AsyncDisposable {
 
 /** Event code the native resolver uses to report a loop-thread fault it mapped as-is. */
 const LOOP_THREAD_MAPPED = 0x100;
+/** Event code of a native resolver that stopped reading on an error (errno follows). */
+const RESOLVER_FAILED = 0x101;
 
 /** Native latency buckets: 0..1023 µs one bucket per µs, then 64 log2 buckets above. */
 const NATIVE_BUCKETS = 1024 + 32;
