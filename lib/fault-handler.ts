@@ -159,6 +159,8 @@ export interface FaultHandlerStats {
   events: { remove: number; unmap: number; remap: number; fork: number };
   /** Faults on ranges the handler no longer tracks (woken, left to fault again). */
   untracked: number;
+  /** CONTINUEs answered EAGAIN because a non-cooperative event was unread, retried after reading events. */
+  retriedAfterEvents: number;
   latencyUs: LatencyStats;
 }
 
@@ -243,7 +245,7 @@ export class FaultHandler implements AsyncDisposable {
   readonly #histogram: Histogram = buildHistogram({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 2 });
   readonly #counts = {
     faults: 0, resolved: 0, fetched: 0, duplicatesMerged: 0, alreadyPresent: 0, readAheadPages: 0, errors: 0,
-    zeroFilled: 0, poisoned: 0, loopThreadFaults: 0, untracked: 0, remove: 0, unmap: 0, remap: 0, fork: 0,
+    zeroFilled: 0, poisoned: 0, loopThreadFaults: 0, untracked: 0, retriedAfterEvents: 0, remove: 0, unmap: 0, remap: 0, fork: 0,
   };
 
   constructor(uffd: Userfaultfd, options: FaultHandlerOptions) {
@@ -393,6 +395,7 @@ export class FaultHandler implements AsyncDisposable {
       loopThreadFaults: c.loopThreadFaults + (nativeStats ? nativeStats[4] : 0),
       events: { remove: c.remove, unmap: c.unmap, remap: c.remap, fork: c.fork },
       untracked: c.untracked,
+      retriedAfterEvents: c.retriedAfterEvents + (nativeStats ? nativeStats[5 + NATIVE_BUCKETS] : 0),
       latencyUs: {
         count: total,
         min: total ? merged.minNonZeroValue : 0,
@@ -446,18 +449,22 @@ export class FaultHandler implements AsyncDisposable {
 
   #drainDeferred(): void {
     for (let round = 0; round < 8 && this.#deferred.length; round++) {
+      let read = 0;
       if (this.mode === 'event-loop' && !this.#uffdClosed && this.#state !== 'stopped') {
         // The EAGAIN said an event is unread: read it (and whatever came with it) now.
-        const n = native.uffdRead(this.#fd, this.#messages.buffer);
-        if (n < 0) {
-          void this.#shutdown(new UffdError(n, 'read', { fd: this.#fd }));
+        read = native.uffdRead(this.#fd, this.#messages.buffer);
+        if (read < 0) {
+          void this.#shutdown(new UffdError(read, 'read', { fd: this.#fd }));
           return;
         }
-        if (n > 0) this.#processBatch(n);
+        if (read > 0) this.#processBatch(read);
       }
       const list = this.#deferred;
       this.#deferred = [];
       for (let i = 0; i < list.length; i += 4) this.#onFault(list[i], list[i + 1], list[i + 2], list[i + 3]);
+      // Nothing new to read: the event is read but the thread that caused it
+      // has not finished its mm change yet. Give it time instead of spinning.
+      if (read === 0) break;
     }
     if (this.#deferred.length && !this.#retryTimer)
       this.#retryTimer = setImmediate(() => {
@@ -467,6 +474,7 @@ export class FaultHandler implements AsyncDisposable {
   }
 
   #defer(address: number, flags: number, tid: number, time: number): void {
+    this.#counts.retriedAfterEvents++;
     this.#deferred.push(address, flags, tid, time);
   }
 

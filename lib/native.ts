@@ -79,7 +79,7 @@ export interface NativeBinding {
   resolverSetRegions(handle: ResolverHandle, regions: Float64Array): void;
   /** Stops and joins the thread. Idempotent. */
   resolverStop(handle: ResolverHandle): void;
-  /** [faults, resolved, alreadyPresent, readAheadPages, loopThreadFaults, ...latency buckets]. */
+  /** [faults, resolved, alreadyPresent, readAheadPages, loopThreadFaults, ...latency buckets, deferrals]. */
   resolverStats(handle: ResolverHandle): Float64Array;
 
   socketPair(): SysResult | [number, number];

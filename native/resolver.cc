@@ -68,7 +68,7 @@ struct Resolver {
   bool joined = false;
   AddonState* state = nullptr;
 
-  std::atomic<uint64_t> faults{0}, resolved{0}, already_present{0}, read_ahead_pages{0}, loop_faults{0};
+  std::atomic<uint64_t> faults{0}, resolved{0}, already_present{0}, read_ahead_pages{0}, loop_faults{0}, deferrals{0};
   std::atomic<uint64_t> buckets[kBuckets] = {};
 
   bool Present(uint64_t page) const {
@@ -318,6 +318,7 @@ void Run(std::shared_ptr<Resolver> r) {
             continue;
           }
           if (res == -EAGAIN) {
+            r->deferrals.fetch_add(1, std::memory_order_relaxed);
             deferred.insert(deferred.end(), {retry[i], retry[i + 1], retry[i + 2], retry[i + 3]});
             continue;
           }
@@ -431,13 +432,14 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
   Handle* h = HandleOf(info);
   if (!h) return info.Env().Undefined();
   Resolver* r = h->get();
-  Napi::Float64Array out = Napi::Float64Array::New(info.Env(), 5 + kBuckets);
+  Napi::Float64Array out = Napi::Float64Array::New(info.Env(), 6 + kBuckets);
   out[0] = static_cast<double>(r->faults.load());
   out[1] = static_cast<double>(r->resolved.load());
   out[2] = static_cast<double>(r->already_present.load());
   out[3] = static_cast<double>(r->read_ahead_pages.load());
   out[4] = static_cast<double>(r->loop_faults.load());
   for (size_t b = 0; b < kBuckets; b++) out[5 + b] = static_cast<double>(r->buckets[b].load());
+  out[5 + kBuckets] = static_cast<double>(r->deferrals.load());
   return out;
 }
 

@@ -51,6 +51,7 @@ for (const mode of ['event-loop', 'native'] as const) {
         await waitFor(() => handler.stats().events.unmap === 1, 5000, 'the UNMAP event');
         const stats = handler.stats();
         expect(stats.events.remove).toBe(out.advised);
+        console.log(`${mode}: ${out.advised} REMOVEs, ${stats.faults} faults, ${stats.fetched} fetches, ${stats.retriedAfterEvents} CONTINUEs retried after EAGAIN`);
         expect(removes).toHaveLength(out.advised);
         expect(fetches.size).toBe(pages);
         // Pages freed by a REMOVE were fetched again.
