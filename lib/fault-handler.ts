@@ -11,9 +11,9 @@ import { trace } from './debug';
 import { UffdError, argValueError, fetchError, stateError } from './errors';
 import { MessageBuffer } from './events';
 import { Mapping, Memfd } from './memfd';
-import { PollerHandle, ResolverHandle, native } from './native';
+import { ResolverHandle, native } from './native';
 import { PresentPages } from './present-pages';
-import { Userfaultfd, UffdEvent, startPoller } from './userfaultfd';
+import { Poller, Userfaultfd, UffdEvent } from './userfaultfd';
 import * as v from './validate';
 
 const EEXIST = -17;
@@ -225,7 +225,7 @@ export class FaultHandler implements AsyncDisposable {
   #state: State = 'idle';
   #uffdClosed = false;
   readonly #messages = new MessageBuffer(128);
-  #poller: PollerHandle | undefined;
+  #poller: Poller | undefined;
   #resolver: ResolverHandle | undefined;
   #releaseReader: (() => void) | undefined;
   #forgetClose: (() => void) | undefined;
@@ -326,7 +326,7 @@ export class FaultHandler implements AsyncDisposable {
     this.#releaseReader = this.uffd.claimReader(`FaultHandler (${this.mode})`);
     try {
       if (this.mode === 'native') this.#startNative();
-      else this.#poller = startPoller(this.#fd, this.#messages.buffer, (count) => this.#onReadable(count));
+      else this.#poller = new Poller(this.#fd, this.#messages.buffer, (count) => this.#onReadable(count));
     } catch (err) {
       this.#releaseReader();
       throw err;
@@ -866,10 +866,8 @@ export class FaultHandler implements AsyncDisposable {
     this.#state = 'stopping';
     trace('handler uffd %d: stopping%s', this.#fd, error ? ` on error: ${error.message}` : '');
     this.#signal?.removeEventListener('abort', this.#onAbort);
-    if (this.#poller) {
-      native.pollerStop(this.#poller);
-      this.#poller = undefined;
-    }
+    this.#poller?.stop();
+    this.#poller = undefined;
     if (this.#resolver) {
       this.#lastNativeStats = native.resolverStats(this.#resolver);
       native.resolverStop(this.#resolver);

@@ -4,7 +4,7 @@
 import { trace } from './debug';
 import { UffdError, check, checkValue, closedError, stateError } from './errors';
 import { native } from './native';
-import { startPoller } from './userfaultfd';
+import { Poller } from './userfaultfd';
 import * as v from './validate';
 
 const EAGAIN = -11;
@@ -25,19 +25,27 @@ export interface PeerCredentials {
   gid: number;
 }
 
-function waitReadable(fd: number, signal?: AbortSignal): Promise<void> {
+/**
+ * Waits until `fd` is readable. The poller must be gone before the fd is
+ * closed (libuv keys watchers by fd number), so the owner keeps a cancel
+ * function that its close() calls.
+ */
+function waitReadable(fd: number, owner: { cancelWait?: () => void }, what: string, signal?: AbortSignal): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     signal?.throwIfAborted();
-    const onAbort = () => {
-      native.pollerStop(handle);
-      reject(signal!.reason);
-    };
-    const handle = startPoller(fd, null, (result) => {
-      native.pollerStop(handle);
+    const settle = (err?: unknown) => {
+      poller.stop();
+      owner.cancelWait = undefined;
       signal?.removeEventListener('abort', onAbort);
-      if (result < 0 && result !== -32 /* EPIPE: peer hung up, read() will say so */) reject(new UffdError(result, 'poll', { fd }));
+      if (err) reject(err);
       else resolve();
+    };
+    const onAbort = () => settle(signal!.reason);
+    const poller = new Poller(fd, null, (result) => {
+      // EPIPE (peer hung up) is left for the next read to report as end of stream.
+      settle(result < 0 && result !== -32 ? new UffdError(result, 'poll', { fd }) : undefined);
     });
+    owner.cancelWait = () => settle(closedError(what));
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
@@ -46,6 +54,7 @@ function waitReadable(fd: number, signal?: AbortSignal): Promise<void> {
 export class FdSocket implements Disposable {
   readonly fd: number;
   #closed = false;
+  readonly #waiter: { cancelWait?: () => void } = {};
 
   /** Wraps (and owns) a connected Unix socket descriptor. */
   constructor(fd: number) {
@@ -95,7 +104,7 @@ export class FdSocket implements Disposable {
         const [n, fds, truncated] = checkValue(result, 'recvmsg', { fd: this.fd });
         return { data: into.subarray(0, n), fds, truncated };
       }
-      await waitReadable(this.fd, opts.signal);
+      await waitReadable(this.fd, this.#waiter, 'FdSocket', opts.signal);
     }
   }
 
@@ -124,6 +133,7 @@ export class FdSocket implements Disposable {
   /** Stops owning the descriptor without closing it (after handing it to a child, say). */
   release(): number {
     this.#assertOpen();
+    this.#waiter.cancelWait?.();
     this.#closed = true;
     native.disownFd(this.fd);
     return this.fd;
@@ -131,6 +141,7 @@ export class FdSocket implements Disposable {
 
   close(): void {
     if (this.#closed) return;
+    this.#waiter.cancelWait?.();
     this.#closed = true;
     native.closeFd(this.fd);
   }
@@ -160,6 +171,7 @@ export class FdServer implements Disposable {
   readonly fd: number;
   readonly path: string;
   #closed = false;
+  readonly #waiter: { cancelWait?: () => void } = {};
 
   private constructor(fd: number, path: string) {
     this.fd = fd;
@@ -182,12 +194,13 @@ export class FdServer implements Disposable {
         return new FdSocket(fd);
       }
       if (fd !== EAGAIN) throw new UffdError(fd, 'accept', { path: this.path });
-      await waitReadable(this.fd, options?.signal);
+      await waitReadable(this.fd, this.#waiter, 'FdServer', options?.signal);
     }
   }
 
   close(): void {
     if (this.#closed) return;
+    this.#waiter.cancelWait?.();
     this.#closed = true;
     native.closeFd(this.fd);
   }

@@ -16,6 +16,7 @@ export type UffdEvent = UffdEventOf<Userfaultfd>;
 export type { Range } from './validate';
 
 const EEXIST = -17;
+const HANDSHAKE_DONE = 0x80000000;
 const EAGAIN = -11;
 
 /** Options of {@link Userfaultfd.open}. */
@@ -108,7 +109,10 @@ function fdinfoFeatures(fd: number): number | undefined {
     return undefined;
   }
   const api = /^API:\s*([0-9a-f]+):([0-9a-f]+):([0-9a-f]+)/m.exec(text);
-  return api ? parseInt(api[2], 16) : undefined;
+  if (!api) return undefined;
+  // The kernel marks a handshaken context with UFFD_FEATURE_INITIALIZED (bit 31).
+  const word = parseInt(api[2], 16);
+  return word >= HANDSHAKE_DONE ? word - HANDSHAKE_DONE : undefined;
 }
 
 /**
@@ -158,7 +162,10 @@ export class Userfaultfd implements Disposable {
         Object.assign(err, { unsupported: missing });
         throw err;
       }
-      const [negotiated] = checkValue(native.uffdApi(fd, bits), 'ioctl', { operation: 'UFFDIO_API', fd });
+      // The answer's features word lists everything the kernel offers, not
+      // what this fd enabled: the handshake succeeded, so `bits` is what holds.
+      checkValue(native.uffdApi(fd, bits), 'ioctl', { operation: 'UFFDIO_API', fd });
+      const negotiated = bits;
       trace('uffd %d open (%s): features %s', fd, userModeOnly ? 'user-mode only' : 'all modes', featureNames(negotiated).join(',') || 'none');
       return new Userfaultfd(fd, negotiated);
     } catch (err) {
@@ -348,15 +355,19 @@ export class Userfaultfd implements Disposable {
     let wake: (() => void) | undefined;
     let failure: Error | undefined;
     let done = false;
-    const finish = () => {
-      done = true;
-      wake?.();
-    };
-    const handle = startPoller(this.fd, messages.buffer, (result) => {
-      if (result < 0) failure = new UffdError(result, 'read', { fd: this.fd });
-      else for (let i = 0; i < result; i++) queue.push(messages.decode(i, (fd) => this.#adoptFork(fd)));
+    const poller = new Poller(this.fd, messages.buffer, (result) => {
+      if (result < 0) {
+        failure = new UffdError(result, 'read', { fd: this.fd });
+        poller.stop();
+      } else for (let i = 0; i < result; i++) queue.push(messages.decode(i, (fd) => this.#adoptFork(fd)));
       wake?.();
     });
+    // Runs synchronously from close() and abort, so the poller is gone before the fd is.
+    const finish = () => {
+      done = true;
+      poller.stop();
+      wake?.();
+    };
     this.#closeHooks.add(finish);
     signal?.addEventListener('abort', finish, { once: true });
     try {
@@ -368,7 +379,7 @@ export class Userfaultfd implements Disposable {
         wake = undefined;
       }
     } finally {
-      native.pollerStop(handle);
+      poller.stop();
       this.#closeHooks.delete(finish);
       signal?.removeEventListener('abort', finish);
       release();
@@ -460,9 +471,34 @@ export class Userfaultfd implements Disposable {
   }
 }
 
-/** @internal Starts a poller on the event loop; throws on failure. */
-export function startPoller(fd: number, into: ArrayBuffer | null, onReady: (result: number) => void): PollerHandle {
-  const handle = native.pollerStart(fd, into, onReady);
-  if (typeof handle === 'number') throw new UffdError(handle, 'uv_poll_start', { fd });
-  return handle;
+/**
+ * @internal Readiness of a descriptor on this thread's libuv loop. With a
+ * message buffer, each wake-up reads a batch of uffd messages into it and
+ * reports the count (or -errno); without one it only reports readiness.
+ * `stop()` is idempotent and must run before the descriptor is closed: libuv
+ * keys its watchers by fd number, which the kernel reuses.
+ */
+export class Poller {
+  #handle: PollerHandle | undefined;
+
+  constructor(fd: number, into: ArrayBuffer | null, onReady: (result: number) => void) {
+    const handle = native.pollerStart(fd, into, onReady);
+    if (typeof handle === 'number') throw new UffdError(handle, 'uv_poll_start', { fd });
+    this.#handle = handle;
+  }
+
+  get active(): boolean {
+    return this.#handle !== undefined;
+  }
+
+  /** Whether the poller keeps the event loop alive (it does by default). */
+  ref(keepAlive: boolean): void {
+    if (this.#handle) native.pollerRef(this.#handle, keepAlive);
+  }
+
+  stop(): void {
+    if (!this.#handle) return;
+    native.pollerStop(this.#handle);
+    this.#handle = undefined;
+  }
 }
