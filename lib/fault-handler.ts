@@ -159,6 +159,8 @@ export interface FaultHandlerStats {
   events: { remove: number; unmap: number; remap: number; fork: number };
   /** Faults on ranges the handler no longer tracks (woken, left to fault again). */
   untracked: number;
+  /** CONTINUEs answered EAGAIN because a non-cooperative event was unread, retried after reading events. */
+  retriedAfterEvents: number;
   latencyUs: LatencyStats;
 }
 
@@ -243,7 +245,7 @@ export class FaultHandler implements AsyncDisposable {
   readonly #histogram: Histogram = buildHistogram({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 2 });
   readonly #counts = {
     faults: 0, resolved: 0, fetched: 0, duplicatesMerged: 0, alreadyPresent: 0, readAheadPages: 0, errors: 0,
-    zeroFilled: 0, poisoned: 0, loopThreadFaults: 0, untracked: 0, remove: 0, unmap: 0, remap: 0, fork: 0,
+    zeroFilled: 0, poisoned: 0, loopThreadFaults: 0, untracked: 0, retriedAfterEvents: 0, remove: 0, unmap: 0, remap: 0, fork: 0,
   };
 
   constructor(uffd: Userfaultfd, options: FaultHandlerOptions) {
@@ -393,6 +395,7 @@ export class FaultHandler implements AsyncDisposable {
       loopThreadFaults: c.loopThreadFaults + (nativeStats ? nativeStats[4] : 0),
       events: { remove: c.remove, unmap: c.unmap, remap: c.remap, fork: c.fork },
       untracked: c.untracked,
+      retriedAfterEvents: c.retriedAfterEvents + (nativeStats ? nativeStats[5 + NATIVE_BUCKETS] : 0),
       latencyUs: {
         count: total,
         min: total ? merged.minNonZeroValue : 0,
@@ -446,18 +449,22 @@ export class FaultHandler implements AsyncDisposable {
 
   #drainDeferred(): void {
     for (let round = 0; round < 8 && this.#deferred.length; round++) {
+      let read = 0;
       if (this.mode === 'event-loop' && !this.#uffdClosed && this.#state !== 'stopped') {
         // The EAGAIN said an event is unread: read it (and whatever came with it) now.
-        const n = native.uffdRead(this.#fd, this.#messages.buffer);
-        if (n < 0) {
-          void this.#shutdown(new UffdError(n, 'read', { fd: this.#fd }));
+        read = native.uffdRead(this.#fd, this.#messages.buffer);
+        if (read < 0) {
+          void this.#shutdown(new UffdError(read, 'read', { fd: this.#fd }));
           return;
         }
-        if (n > 0) this.#processBatch(n);
+        if (read > 0) this.#processBatch(read);
       }
       const list = this.#deferred;
       this.#deferred = [];
       for (let i = 0; i < list.length; i += 4) this.#onFault(list[i], list[i + 1], list[i + 2], list[i + 3]);
+      // Nothing new to read: the event is read but the thread that caused it
+      // has not finished its mm change yet. Give it time instead of spinning.
+      if (read === 0) break;
     }
     if (this.#deferred.length && !this.#retryTimer)
       this.#retryTimer = setImmediate(() => {
@@ -467,6 +474,7 @@ export class FaultHandler implements AsyncDisposable {
   }
 
   #defer(address: number, flags: number, tid: number, time: number): void {
+    this.#counts.retriedAfterEvents++;
     this.#deferred.push(address, flags, tid, time);
   }
 
@@ -625,29 +633,34 @@ export class FaultHandler implements AsyncDisposable {
       }
     }
     let at = address;
+    let mapped = 0;
     while (at < end) {
       const r = native.uffdContinue(fd, at, end - at, 0);
       if (r >= 0) {
+        mapped += end - at;
         at = end;
         break;
       }
       const done = native.scratch[0];
       if (done > 0) {
         // Partial progress: only the prefix is mapped and woken; go on with the rest.
+        mapped += done;
         at += done;
         continue;
       }
       if (r === EEXIST) {
         // EEXIST proves the page is mapped, not that its faulter was woken.
         native.uffdWake(fd, at, ps);
+        // A repeated fault on a mapped page: its window was mapped with it.
+        if (at === address) return 0;
         at += ps;
         continue;
       }
       if (at === address) return r;
       break; // a read-ahead page failed: it will fault on its own if ever touched
     }
-    const extra = (at - address) / ps - 1;
-    if (extra > 0) this.#counts.readAheadPages += extra;
+    // The faulting page is the first one mapped whenever anything was mapped.
+    if (mapped > ps) this.#counts.readAheadPages += mapped / ps - 1;
     return 0;
   }
 
@@ -815,6 +828,7 @@ export class FaultHandler implements AsyncDisposable {
       else if (code === EVENT.unmap) this.#applyEvent({ type: 'unmap', start: events[i + 1], end: events[i + 2] });
       else if (code === EVENT.remap) this.#applyEvent({ type: 'remap', from: events[i + 1], to: events[i + 2], length: events[i + 3] });
       else if (code === EVENT.fork) this.#applyEvent({ type: 'fork', uffd: this.uffd.adoptForkChild(events[i + 1]) });
+      else if (code === RESOLVER_FAILED) void this.#shutdown(new UffdError(-events[i + 1], 'read', { fd: this.#fd, operation: 'native resolver' }));
       else if (code === LOOP_THREAD_MAPPED) {
         const region = this.#regionOf(events[i + 1]);
         const offset = region ? region.offset + (events[i + 1] - region.address) : -1;
@@ -855,13 +869,13 @@ export class FaultHandler implements AsyncDisposable {
     this.#state = 'stopping';
     trace('handler uffd %d: stopping%s', this.#fd, error ? ` on error: ${error.message}` : '');
     this.#signal?.removeEventListener('abort', this.#onAbort);
-    if (this.#poller) {
-      this.#poller.stop();
-      this.#poller = undefined;
-    }
+    this.#poller?.stop();
+    this.#poller = undefined;
     if (this.#resolver) {
-      this.#lastNativeStats = native.resolverStats(this.#resolver);
+      // Stop (join) first: the thread counts a fault after its CONTINUE has
+      // already woken the faulter, so counters read earlier can trail by one.
       native.resolverStop(this.#resolver);
+      this.#lastNativeStats = native.resolverStats(this.#resolver);
       this.#resolver = undefined;
       this.uffd.setReadOnOtherThread(false);
     }
@@ -908,6 +922,8 @@ export class FaultHandler implements AsyncDisposable {
 
 /** Event code the native resolver uses to report a loop-thread fault it mapped as-is. */
 const LOOP_THREAD_MAPPED = 0x100;
+/** Event code of a native resolver that stopped reading on an error (errno follows). */
+const RESOLVER_FAILED = 0x101;
 
 /** Native latency buckets: 0..1023 µs one bucket per µs, then 64 log2 buckets above. */
 const NATIVE_BUCKETS = 1024 + 32;

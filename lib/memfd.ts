@@ -5,7 +5,7 @@ import { trace } from './debug';
 import { UffdError, argRangeError, argValueError, check, checkValue, closedError, deadlockError, stateError } from './errors';
 import { FEATURES } from './constants';
 import { native } from './native';
-import { blockingUffds, removeRange } from './registrations';
+import { blockingUffds, relocate, removeRange } from './registrations';
 import * as v from './validate';
 
 /** The system page size (from sysconf: 4 KiB, 16 KiB or 64 KiB on arm64). */
@@ -156,9 +156,15 @@ export class Memfd implements Disposable {
     const prot = readOnly ? PROT_READ : PROT_READ | PROT_WRITE;
     const result = native.mmap(this.fd, offset, length, prot, isPrivate ? MAP_PRIVATE : MAP_SHARED);
     const [address, buffer] = checkValue(result, 'mmap', { length, fd: this.fd });
+    const mapping = this.adoptMapping(address, buffer, offset, length, isPrivate, readOnly);
+    trace('memfd %d: mapped %d bytes at offset %d -> 0x%s%s', this.fd, length, offset, address.toString(16), isPrivate ? ' (private)' : '');
+    return mapping;
+  }
+
+  /** @internal Tracks a mapping of this memfd made by map() or Mapping#remap(). */
+  adoptMapping(address: number, buffer: ArrayBuffer, offset: number, length: number, isPrivate: boolean, readOnly: boolean): Mapping {
     const mapping = new Mapping(this, address, buffer, offset, length, isPrivate, readOnly, () => this.#mappings.delete(mapping));
     this.#mappings.add(mapping);
-    trace('memfd %d: mapped %d bytes at offset %d -> 0x%s%s', this.fd, length, offset, address.toString(16), isPrivate ? ' (private)' : '');
     return mapping;
   }
 
@@ -345,6 +351,28 @@ export class Mapping implements Disposable, v.Range {
     this.#closed = true;
     this.#forget();
     trace('unmapped 0x%s (%d bytes)', this.address.toString(16), this.length);
+  }
+
+  /**
+   * Resizes the mapping with mremap, letting the kernel move it. This Mapping
+   * is closed (its buffer detached) and the returned one covers the new
+   * range. On a registered range the uffd receives a `remap` event, and the
+   * calling thread waits until that event is read.
+   */
+  remap(length: number): Mapping {
+    this.#assertOpen();
+    v.pageLength('length', length, this.pageSize);
+    // Like munmap: with eventRemap/eventUnmap the mremap waits until its
+    // events are read, which from the only reader's thread is forever.
+    const blocking = blockingUffds(FEATURES.eventRemap | FEATURES.eventUnmap, this.address, this.length);
+    if (blocking.length)
+      throw deadlockError(`mremap of a range registered with userfaultfd ${blocking.map((u) => u.fd).join(', ')} (eventRemap/eventUnmap) would block this thread until its events are read, and only this thread reads them: call it from another thread, or read events on a native resolver thread`);
+    const [address, buffer] = checkValue(native.mremap(this.address, this.#buffer, length), 'mremap', { address: this.address, length });
+    relocate(this.address, Math.min(this.length, length), address);
+    this.#closed = true;
+    this.#forget();
+    trace('remapped 0x%s (%d bytes) -> 0x%s (%d bytes)', this.address.toString(16), this.length, address.toString(16), length);
+    return this.memfd.adoptMapping(address, buffer, this.offset, length, this.private, this.readOnly);
   }
 
   [Symbol.dispose](): void {

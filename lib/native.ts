@@ -46,6 +46,7 @@ export interface NativeBinding {
   pread(fd: number, into: ArrayBufferView, offset: number): SysResult;
   mmap(fd: number, offset: number, length: number, prot: number, flags: number): SysResult | [number, ArrayBuffer];
   munmap(address: number, buffer: ArrayBuffer): SysResult;
+  mremap(address: number, buffer: ArrayBuffer, newLength: number): SysResult | [number, ArrayBuffer];
   madvise(address: number, length: number, advice: number): SysResult;
 
   pollerStart(fd: number, into: ArrayBuffer | null, onReady: (result: number) => void): SysResult | PollerHandle;
@@ -79,7 +80,7 @@ export interface NativeBinding {
   resolverSetRegions(handle: ResolverHandle, regions: Float64Array): void;
   /** Stops and joins the thread. Idempotent. */
   resolverStop(handle: ResolverHandle): void;
-  /** [faults, resolved, alreadyPresent, readAheadPages, loopThreadFaults, ...latency buckets]. */
+  /** [faults, resolved, alreadyPresent, readAheadPages, loopThreadFaults, ...latency buckets, deferrals]. */
   resolverStats(handle: ResolverHandle): Float64Array;
 
   socketPair(): SysResult | [number, number];

@@ -95,6 +95,8 @@ export function probe(): Capabilities {
   } catch (err) {
     reasons.push(`No userfaultfd could be opened: ${(err as Error).message}.`);
   }
+  if (devicePresent && !open.device.ok && available)
+    reasons.push(`/dev/userfaultfd exists but cannot be opened (${open.device.error}): its file permissions do not admit this user; the syscall is used instead.`);
   if (!open.allModes.ok && available)
     reasons.push('Only user-mode faults can be handled (kernel-mode needs root or CAP_SYS_PTRACE while vm.unprivileged_userfaultfd=0).');
   const features = Object.fromEntries(

@@ -52,3 +52,14 @@ export function blockingUffds(feature: number, start: number, length: number): G
   }
   return found;
 }
+
+/** mremap moved [from, from+length) to `to`: registrations inside it moved with it (the kernel carries them). */
+export function relocate(from: number, length: number, to: number): void {
+  const end = from + length;
+  for (const entry of live)
+    for (const range of entry.ranges)
+      if (range[0] >= from && range[1] <= end) {
+        range[0] += to - from;
+        range[1] += to - from;
+      }
+}

@@ -90,14 +90,17 @@ void FinalizeMapping(Napi::Env, void*, MappingRecord* rec) {
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   AddonState* state = AddonState::Of(env);
-  int fd;
+  int64_t fd;
   uint64_t offset, length;
   int64_t prot, flags;
-  if (!args::Fd(info, 0, &fd) || !args::U64(info, 1, &offset) || !args::U64(info, 2, &length) ||
+  if (!args::Int(info, 0, &fd) || !args::U64(info, 1, &offset) || !args::U64(info, 2, &length) ||
       !args::Int(info, 3, &prot) || !args::Int(info, 4, &flags))
     return env.Undefined();
+  // fd -1 with MAP_ANONYMOUS: private anonymous memory, the only kind UFFDIO_MOVE accepts.
+  bool anonymous = (flags & MAP_ANONYMOUS) != 0;
+  if (anonymous ? fd != -1 : (fd < 0 || fd > INT32_MAX)) return args::Fail(info, "expected a file descriptor"), env.Undefined();
   if (length == 0) return args::Result(env, -EINVAL);
-  void* p = mmap(nullptr, length, static_cast<int>(prot), static_cast<int>(flags), fd, static_cast<off_t>(offset));
+  void* p = mmap(nullptr, length, static_cast<int>(prot), static_cast<int>(flags), static_cast<int>(fd), static_cast<off_t>(offset));
   if (p == MAP_FAILED) return args::Result(env, -errno);
   auto* rec = new MappingRecord{reinterpret_cast<uintptr_t>(p), static_cast<size_t>(length), false, state, 0};
   state->mappings[rec->address] = rec;
@@ -125,6 +128,33 @@ Napi::Value Munmap(const Napi::CallbackInfo& info) {
   Napi::ArrayBuffer ab = info[1].As<Napi::ArrayBuffer>();
   if (!ab.IsDetached()) ab.Detach();
   return args::Result(env, munmap(reinterpret_cast<void*>(address), length) == 0 ? 0 : -errno);
+}
+
+// mremap(address, arrayBuffer, newLength) -> -errno | [address, ArrayBuffer]:
+// resizes a mapping, letting the kernel move it. On success the old buffer is
+// detached and a new one covers the new range; on failure nothing changed.
+Napi::Value Mremap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  AddonState* state = AddonState::Of(env);
+  uint64_t address, new_length;
+  if (!args::U64(info, 0, &address) || !info[1].IsArrayBuffer() || !args::U64(info, 2, &new_length)) return env.Undefined();
+  auto it = state->mappings.find(static_cast<uintptr_t>(address));
+  if (it == state->mappings.end() || new_length == 0) return args::Result(env, -EINVAL);
+  MappingRecord* old_rec = it->second;
+  if (old_rec->pins > 0) return args::Result(env, -EBUSY);
+  void* p = mremap(reinterpret_cast<void*>(address), old_rec->length, new_length, MREMAP_MAYMOVE);
+  if (p == MAP_FAILED) return args::Result(env, -errno);
+  state->mappings.erase(it);
+  old_rec->unmapped = true;
+  Napi::ArrayBuffer old_ab = info[1].As<Napi::ArrayBuffer>();
+  if (!old_ab.IsDetached()) old_ab.Detach();
+  auto* rec = new MappingRecord{reinterpret_cast<uintptr_t>(p), static_cast<size_t>(new_length), false, state, 0};
+  state->mappings[rec->address] = rec;
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, p, new_length, FinalizeMapping, rec);
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(0u, Napi::Number::New(env, static_cast<double>(rec->address)));
+  out.Set(1u, ab);
+  return out;
 }
 
 Napi::Value Madvise(const Napi::CallbackInfo& info) {
@@ -157,4 +187,5 @@ void InitMemfd(Napi::Env env, Napi::Object exports) {
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
   exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));
   exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
+  exports.Set("mremap", Napi::Function::New(env, Mremap, "mremap"));
 }

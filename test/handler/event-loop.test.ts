@@ -1,4 +1,4 @@
-import { Worker } from 'node:worker_threads';
+import { spawnSync } from 'node:child_process';
 import { afterEach, describe, expect } from 'vitest';
 
 import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
@@ -55,6 +55,30 @@ describe('FaultHandler, event-loop mode', () => {
     expect(handler.present.count()).toBe(pages);
   });
 
+  itWith(['minorShmem', 'threadId'], 'concurrency bounds the fetches in flight; six threads over 200 pages still get every byte', async () => {
+    const pages = 200;
+    const { mem, uffd } = setup(pages);
+    const guest = mem.map();
+    let active = 0;
+    let peak = 0;
+    const handler = new FaultHandler(uffd, {
+      memfd: mem,
+      concurrency: 3,
+      async fetch(f) {
+        peak = Math.max(peak, ++active);
+        await delay(1);
+        mem.write(f.offset, pageContent(f.page));
+        active--;
+      },
+    });
+    handlers.push(handler);
+    handler.attach(guest).start();
+    await Promise.all([1, 2, 3, 4, 5, 6].map((s) => touchPages(guest, shuffled(pages, rng(s)))));
+    expect(peak).toBe(3);
+    expect(handler.stats().fetched).toBe(pages);
+    expectPages(new Uint8Array(guest.buffer), shuffled(pages, rng(1)));
+  });
+
   itWith(['minorShmem', 'missingShmem', 'threadId'], 'MISSING|MINOR: holes fault too and are served', async () => {
     const pages = 256;
     const { mem, uffd } = setup(pages, false);
@@ -69,30 +93,40 @@ describe('FaultHandler, event-loop mode', () => {
   });
 });
 
-describe('FaultHandler on a worker thread', () => {
+describe('FaultHandler on a worker thread (the main thread touches; run in a child process)', () => {
+  const run = (mode: string, ending: string) => {
+    const child = spawnSync(process.execPath, [fixture('worker-handler-main.js'), distEntry, pageContentModule, mode, ending], { encoding: 'utf8', timeout: 20_000 });
+    expect(child.error).toBeUndefined();
+    expect(child.status, child.stderr).toBe(0);
+    return JSON.parse(child.stdout.trim());
+  };
   for (const mode of ['event-loop', 'native'] as const) {
-    itWith(['minorShmem', 'missingShmem', 'threadId'], `${mode}: serves faults the main thread takes itself, every byte checked`, async () => {
-      const pages = 64;
-      const mem = Memfd.create(pages * PAGE_SIZE, { name: 'worker-handler' });
-      open.push(mem);
-      const guest = mem.map();
-      const worker = new Worker(fixture('handler-worker.js'), {
-        workerData: { entry: distEntry, util: pageContentModule, fd: mem.fd, address: guest.address, length: guest.length, mode },
-      });
-      try {
-        await new Promise((resolve, reject) => {
-          worker.once('message', resolve);
-          worker.once('error', reject);
-        });
-        const order = shuffled(pages, rng(31));
-        // This thread faults; the worker's loop fetches and CONTINUEs.
-        expectPages(new Uint8Array(guest.buffer), order);
-        worker.postMessage('stop');
-        const { stats } = await new Promise<{ stats: { faults: number; fetched: number; resolved: number } }>((r) => worker.once('message', r));
-        expect(stats).toMatchObject({ faults: pages, fetched: pages, resolved: pages });
-      } finally {
-        await worker.terminate();
-      }
-    });
+    itWith(['minorShmem', 'missingShmem', 'threadId'], `${mode}: serves faults the main thread takes itself, every byte checked`, () => {
+      const out = run(mode, 'stop');
+      expect(out).toMatchObject({ bad: [], touched: 64, stats: { faults: 64, fetched: 64, resolved: 64 } });
+      expect(out.after).toBe(pageContent(40)[0]);
+    }, 25_000);
   }
+  itWith(['minorShmem', 'missingShmem', 'threadId'], 'a worker running a native-mode handler can be terminated without stop(): env cleanup joins the resolver and closes its uffd', () => {
+    const out = run('native', 'terminate');
+    expect(out).toMatchObject({ bad: [], touched: 8, exitCode: 1 });
+    expect(out.after).toBe(0); // never fetched: the memfd's zeros, no fault left to serve
+  }, 25_000);
+});
+
+describe('FaultHandler argument and state checks', () => {
+  itWith(['minorShmem'], 'rejects views of another memfd, private views, a second start, and a second reader', () => {
+    const { mem, uffd } = setup(4);
+    const other = Memfd.create(4 * PAGE_SIZE);
+    open.push(other);
+    const handler = new FaultHandler(uffd, { memfd: mem, fetch() {} });
+    handlers.push(handler);
+    expect(() => handler.attach(other.map())).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
+    expect(() => handler.attach(mem.map({ private: true }))).toThrow(/shared mapping/);
+    expect(() => new FaultHandler(uffd, { memfd: mem, fetch: 1 as never })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    expect(() => new FaultHandler(uffd, { memfd: mem, fetch() {}, mode: 'threads' as never })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
+    handler.start();
+    expect(() => handler.start()).toThrow(expect.objectContaining({ code: 'ERR_UFFD_HANDLER_STATE' }));
+    expect(() => new FaultHandler(uffd, { memfd: mem, fetch() {} }).start()).toThrow(expect.objectContaining({ code: 'ERR_UFFD_BUSY' }));
+  });
 });

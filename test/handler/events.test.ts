@@ -51,6 +51,7 @@ for (const mode of ['event-loop', 'native'] as const) {
         await waitFor(() => handler.stats().events.unmap === 1, 5000, 'the UNMAP event');
         const stats = handler.stats();
         expect(stats.events.remove).toBe(out.advised);
+        console.log(`${mode}: ${out.advised} REMOVEs, ${stats.faults} faults, ${stats.fetched} fetches, ${stats.retriedAfterEvents} CONTINUEs retried after EAGAIN`);
         expect(removes).toHaveLength(out.advised);
         expect(fetches.size).toBe(pages);
         // Pages freed by a REMOVE were fetched again.
@@ -90,6 +91,39 @@ for (const mode of ['event-loop', 'native'] as const) {
     }, 60_000);
   });
 }
+
+describe('REMAP events', () => {
+  itWith([...EVENTS], 'native mode: mremap moves a served view during a storm; the region follows, the grown part is attached, every byte checked', async () => {
+    const pages = 64;
+    const mem = Memfd.create(2 * pages * PAGE_SIZE, { name: 'remap', allocate: true });
+    const uffd = Userfaultfd.open({ features: [...EVENTS] });
+    open.push(mem, uffd);
+    const remaps: unknown[] = [];
+    const handler = new FaultHandler(uffd, {
+      memfd: mem, mode: 'native',
+      fetch: (f) => void mem.write(f.offset, pageContent(f.page)),
+      onEvent: (ev) => void (ev.type === 'remap' && remaps.push(ev)),
+    });
+    handlers.push(handler);
+    const view = mem.map({ length: pages * PAGE_SIZE });
+    handler.attach(view).start();
+    await touchPages(view, shuffled(pages / 2, rng(1))); // half of it is mapped before the move
+    // The native thread reads the REMAP, so this (the loop) thread may mremap.
+    const moved = view.remap(2 * pages * PAGE_SIZE);
+    expect(remaps).toEqual([]); // delivered to JavaScript after this turn of the loop
+    // mremap grew the VMA, and the registration with it; the kernel's REMAP
+    // only names the old length, so the new part is attached explicitly.
+    handler.attach({ address: moved.address + pages * PAGE_SIZE, length: pages * PAGE_SIZE, offset: pages * PAGE_SIZE }, { register: false });
+    await Promise.all([2, 3].map((s) => touchPages(moved, shuffled(2 * pages, rng(s)))));
+    await waitFor(() => remaps.length === 1, 5000, 'the REMAP event');
+    expect(remaps).toEqual([{ type: 'remap', from: view.address, to: moved.address, length: pages * PAGE_SIZE }]);
+    const stats = handler.stats();
+    expect(stats.events).toMatchObject({ remap: 1, unmap: 1 });
+    expect(stats.untracked).toBe(0);
+    expect(stats.fetched).toBe(2 * pages);
+    expectPages(new Uint8Array(moved.buffer), shuffled(2 * pages, rng(4)));
+  });
+});
 
 describe('FORK events', () => {
   itWith([...EVENTS], 'native mode: a fork during a fault storm yields the child uffd through onFork; the storm completes', async () => {
