@@ -350,9 +350,8 @@ export class Userfaultfd implements Disposable {
    * (an iterator or a FaultHandler) may consume a uffd at a time.
    */
   events(options?: { signal?: AbortSignal }): AsyncGenerator<UffdEvent, void, undefined> {
-    // Checked here, not in the generator body, so that a bad call throws at
-    // the call site instead of at the first next().
-    this.#assertOpen();
+    // Arguments are checked here, not in the generator body, so that a bad
+    // call throws at the call site; a closed uffd rejects at the first next().
     const signal = v.options<{ signal?: AbortSignal }>('options', options).signal;
     if (signal !== undefined && !(signal instanceof AbortSignal)) throw argValueError('options.signal', 'must be an AbortSignal', signal);
     return this.#eventStream(signal);
