@@ -1,4 +1,7 @@
 {
+  "variables": {
+    "uffd_sanitize%": "<!(node -p \"process.env.UFFD_SANITIZE || ''\")"
+  },
   "targets": [
     {
       "target_name": "userfaultfd",
@@ -9,13 +12,18 @@
         "native/memfd.cc",
         "native/poller.cc",
         "native/toucher.cc",
-        "native/fd_passing.cc"
+        "native/fd_passing.cc",
+        "native/resolver.cc"
       ],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api"],
       "defines": ["NAPI_VERSION=8"],
       "cflags_cc": ["-std=c++17", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter"],
       "conditions": [
-        ["OS!='linux'", {"type": "none"}]
+        ["OS!='linux'", {"type": "none"}],
+        ["uffd_sanitize!=''", {
+          "cflags_cc+": ["-fsanitize=<(uffd_sanitize)", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-g", "-O1"],
+          "ldflags+": ["-fsanitize=<(uffd_sanitize)"]
+        }]
       ]
     }
   ]

@@ -24,6 +24,9 @@ export const FEATURES = {
 
 export type FeatureName = keyof typeof FEATURES;
 
+/** Features whose events make the thread changing the mm wait until the event is read. */
+export const EVENT_FEATURES = FEATURES.eventFork | FEATURES.eventRemap | FEATURES.eventRemove | FEATURES.eventUnmap;
+
 /** The first kernel release that offers each feature. */
 export const FEATURE_SINCE: Record<FeatureName, string> = {
   pagefaultFlagWp: '5.7',

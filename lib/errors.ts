@@ -2,7 +2,7 @@
 // ('EEXIST', 'ERR_INVALID_ARG_TYPE', ...), and for syscall failures `errno`,
 // `syscall`, the userfaultfd `operation`, and the range involved.
 import { constants as osConstants } from 'node:os';
-import { getSystemErrorName } from 'node:util';
+import { getSystemErrorMap, getSystemErrorName } from 'node:util';
 
 const errnoText: Record<string, string> = {
   EEXIST: 'already present (the fault is resolved; faulters in the range must still be woken)',
@@ -60,7 +60,11 @@ export class UffdError extends Error {
     if (details.path !== undefined) parts.push(`path ${details.path}`);
     const where = parts.length ? ` (${parts.join(', ')})` : '';
     const hint = details.hint ? `: ${details.hint}` : '';
-    super(`${code}: ${errnoText[code] ?? 'system error'}, ${what}${where}${hint}`);
+    // The userfaultfd-specific explanations only fit the uffd ioctls; any other
+    // syscall (connect, bind, fstat...) gets the C library's own wording.
+    const uffdCall = details.operation?.startsWith('UFFDIO') === true;
+    const text = (uffdCall ? errnoText[code] : undefined) ?? systemMessage(errno) ?? errnoText[code] ?? 'system error';
+    super(`${code}: ${text}, ${what}${where}${hint}`);
     this.name = 'UffdError';
     this.code = code;
     this.errno = errno;
@@ -68,6 +72,10 @@ export class UffdError extends Error {
     Object.assign(this, details);
     delete (this as { hint?: string }).hint;
   }
+}
+
+function systemMessage(errno: number): string | undefined {
+  return getSystemErrorMap().get(errno)?.[1];
 }
 
 function safeErrorName(errno: number): string {
@@ -115,6 +123,12 @@ export const closedError = (what: string): Error =>
 
 export const stateError = (code: string, message: string): Error => coded(Error, code, message);
 
+/**
+ * The call would block this thread in the kernel until a userfaultfd event is
+ * read, and the only reader of that event is this same thread.
+ */
+export const deadlockError = (message: string): Error => coded(Error, 'ERR_UFFD_WOULD_DEADLOCK', message);
+
 function describe(value: unknown): string {
   if (typeof value === 'bigint') return `type bigint (${value}n)`;
   if (typeof value === 'number') return Number.isInteger(value) && Math.abs(value) > 0xffff ? `0x${value.toString(16)}` : `${value}`;
@@ -123,4 +137,19 @@ function describe(value: unknown): string {
   if (typeof value === 'function') return `function ${value.name || '<anonymous>'}`;
   if (typeof value === 'object') return `an instance of ${value.constructor?.name ?? 'Object'}`;
   return `type ${typeof value} (${String(value)})`;
+}
+
+/**
+ * The error a FaultHandler stops with when a fetch failed and the policy said
+ * stop: names the page and keeps the policy's own error as `cause`.
+ */
+export function fetchError(cause: unknown, page: number, offset: number, address: number): Error {
+  const reason = cause instanceof Error ? cause.message : String(cause);
+  const err = coded<Error & { cause?: unknown; page?: number; offset?: number; address?: number }>(Error, 'ERR_UFFD_FETCH_FAILED',
+    `fetch of memfd page ${page} (offset ${offset}, faulting address 0x${address.toString(16)}) failed: ${reason}`);
+  err.cause = cause;
+  err.page = page;
+  err.offset = offset;
+  err.address = address;
+  return err;
 }

@@ -2,7 +2,9 @@
 // tied to the process that created it, so a page server in another process
 // receives it over such a socket; Firecracker's page-server protocol is one.
 import { trace } from './debug';
-import { UffdError, check, checkValue, closedError, stateError } from './errors';
+import { fstatSync } from 'node:fs';
+
+import { UffdError, argValueError, check, checkValue, closedError, stateError } from './errors';
 import { native } from './native';
 import { Poller } from './userfaultfd';
 import * as v from './validate';
@@ -59,12 +61,21 @@ export class FdSocket implements Disposable {
   /** Wraps (and owns) a connected Unix socket descriptor. */
   constructor(fd: number) {
     this.fd = v.fd('fd', fd);
+    // Adopting means closing it later: refuse anything that is not a socket
+    // (a mistyped number could otherwise take stdout away from the process).
+    let isSocket = false;
+    try {
+      isSocket = fstatSync(fd).isSocket();
+    } catch {
+      // EBADF and friends: reported below as not a socket.
+    }
+    if (!isSocket) throw argValueError('fd', 'must be an open socket descriptor', fd);
     native.adoptFd(fd);
   }
 
   /** Connects to a listening Unix socket at `path`. */
   static connect(path: string): FdSocket {
-    if (typeof path !== 'string' || path.length === 0) throw new TypeError('path must be a non-empty string');
+    v.nonEmptyString('path', path);
     return new FdSocket(check(native.unixConnect(path), 'connect', { path }));
   }
 
@@ -82,9 +93,8 @@ export class FdSocket implements Disposable {
   send(data: Uint8Array | string, fds: readonly number[] = []): void {
     this.#assertOpen();
     const bytes = typeof data === 'string' ? Buffer.from(data) : v.bytes('data', data);
-    if (!Array.isArray(fds) || fds.length > 16) throw new TypeError('fds must be an array of at most 16 descriptors');
-    fds.forEach((fd, i) => v.fd(`fds[${i}]`, fd));
-    const sent = check(native.sendFds(this.fd, bytes, [...fds]), 'sendmsg', { fd: this.fd });
+    const list = v.fdList('fds', fds, 16);
+    const sent = check(native.sendFds(this.fd, bytes, list), 'sendmsg', { fd: this.fd });
     if (sent < Math.max(1, bytes.byteLength)) this.#sendRest(bytes.subarray(sent));
     trace('socket %d: sent %d bytes with fds [%s]', this.fd, bytes.byteLength, fds.join(','));
   }
@@ -110,6 +120,7 @@ export class FdSocket implements Disposable {
 
   /** Reads exactly `length` bytes (descriptors arriving meanwhile are collected too). */
   async receiveExactly(length: number, options?: { signal?: AbortSignal }): Promise<FdMessage> {
+    v.integer('length', length, 0, 1 << 26);
     const parts: Buffer[] = [];
     const fds: number[] = [];
     let got = 0;
@@ -180,7 +191,7 @@ export class FdServer implements Disposable {
 
   /** Listens at `path` (which must not exist). */
   static listen(path: string, backlog = 16): FdServer {
-    if (typeof path !== 'string' || path.length === 0) throw new TypeError('path must be a non-empty string');
+    v.nonEmptyString('path', path);
     return new FdServer(check(native.unixListen(path, v.integer('backlog', backlog, 1, 4096)), 'bind', { path }), path);
   }
 

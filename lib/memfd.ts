@@ -1,9 +1,12 @@
 import { readFileSync, readdirSync } from 'node:fs';
+import { totalmem } from 'node:os';
 
 import { MADVISE, Advice, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MAP_PRIVATE, MAP_SHARED, MFD_HUGE_SHIFT, PROT_READ, PROT_WRITE } from './constants';
 import { trace } from './debug';
-import { UffdError, check, checkValue, closedError, stateError, argValueError } from './errors';
+import { UffdError, argRangeError, argValueError, check, checkValue, closedError, deadlockError, stateError } from './errors';
+import { FEATURES } from './constants';
 import { native } from './native';
+import { blockingUffds, relocate, removeRange } from './registrations';
 import * as v from './validate';
 
 /** The system page size (from sysconf: 4 KiB, 16 KiB or 64 KiB on arm64). */
@@ -116,6 +119,7 @@ export class Memfd implements Disposable {
     const pageSize = hugePageSize || PAGE_SIZE;
     v.pageLength('size', size, pageSize);
     const allocate = v.boolean('options.allocate', opts.allocate, false);
+    if (allocate && size > totalmem()) throw argRangeError('size', `<= the machine's memory (${totalmem()}) when options.allocate is set`, size);
     const fd = check(native.memfdCreate(name, hugePageSize ? Math.log2(hugePageSize) : 0), 'memfd_create', {
       hint: hugePageSize ? 'hugetlb memfds need the kernel built with CONFIG_HUGETLBFS' : undefined,
     });
@@ -173,8 +177,12 @@ export class Memfd implements Disposable {
     this.#assertOpen();
     const opts = v.options<MapOptions>('options', options);
     const offset = opts.offset === undefined ? 0 : v.aligned('options.offset', v.integer('options.offset', opts.offset), this.pageSize);
-    const length = opts.length === undefined ? this.size - offset : v.pageLength('options.length', opts.length, this.pageSize);
+    const size = this.size;
+    const length = opts.length === undefined ? size - offset : v.pageLength('options.length', opts.length, this.pageSize);
     if (length <= 0) throw argValueError('options.offset', 'must leave at least one page to map', offset);
+    // Pages of a mapping beyond the end of the file raise SIGBUS when
+    // touched, which kills the process: refuse to create such a view.
+    if (offset + length > size) throw argRangeError('options.length', `such that offset + length <= the memfd size (${size})`, length);
     const isPrivate = v.boolean('options.private', opts.private, false);
     const readOnly = v.boolean('options.readOnly', opts.readOnly, false);
     const prot = readOnly ? PROT_READ : PROT_READ | PROT_WRITE;
@@ -201,6 +209,7 @@ export class Memfd implements Disposable {
     this.#assertOpen();
     v.integer('offset', offset);
     const data = v.bytes('bytes', bytes);
+    if (offset + data.byteLength > Number.MAX_SAFE_INTEGER) throw argRangeError('offset', 'such that offset + bytes.byteLength <= 2^53 - 1', offset);
     if (this.hugetlb) return this.#viaFillView(offset, data.byteLength, (view) => view.set(data));
     return check(native.pwrite(this.fd, data, offset), 'pwrite', { fd: this.fd, address: offset, length: data.byteLength });
   }
@@ -212,8 +221,10 @@ export class Memfd implements Disposable {
   read(offset: number, lengthOrInto: number | ArrayBufferView): Buffer {
     this.#assertOpen();
     v.integer('offset', offset);
+    // Never allocate more than the file can return: a huge length is answered
+    // with the bytes that exist, not with a multi-gigabyte zeroed buffer.
     const into = typeof lengthOrInto === 'number'
-      ? Buffer.alloc(v.integer('length', lengthOrInto, 0, 2 ** 31 - 1))
+      ? Buffer.alloc(Math.min(v.integer('length', lengthOrInto, 0, 2 ** 31 - 1), Math.max(0, this.size - offset)))
       : v.bytes('into', lengthOrInto);
     const target = Buffer.from(into.buffer, into.byteOffset, into.byteLength);
     if (this.hugetlb) {
@@ -226,6 +237,12 @@ export class Memfd implements Disposable {
 
   /** Allocates pages (fallocate mode 0): they become present zeros, so touches fault MINOR. */
   allocate(offset: number, length: number): void {
+    // fallocate on the kernel's internal shmem mount has no size limit: an
+    // oversized request would eat all memory and summon the OOM killer.
+    // Growing the file is truncate's job; allocate stays inside it.
+    const size = this.size;
+    if (typeof offset === 'number' && typeof length === 'number' && offset + length > size)
+      throw argRangeError('length', `such that offset + length <= the memfd size (${size}); grow it with truncate() first`, length);
     this.#fallocate(0, offset, length, 'allocate');
   }
 
@@ -324,6 +341,7 @@ export class Mapping implements Disposable, v.Range {
 
   /** The address of the byte at `offset` within this mapping. */
   addressOf(offset: number): number {
+    this.#assertOpen();
     v.integer('offset', offset, 0, this.length - 1);
     return this.address + offset;
   }
@@ -336,16 +354,31 @@ export class Mapping implements Disposable, v.Range {
   /** madvise on the whole mapping or a page-aligned part of it. */
   advise(advice: Advice, offset = 0, length = this.length - offset): void {
     this.#assertOpen();
-    if (typeof advice !== 'string' || !(advice in MADVISE)) throw argValueError('advice', `must be one of ${Object.keys(MADVISE).join(', ')}`, advice);
+    // oneOf checks own names only: 'toString' or '__proto__' are not advice.
+    v.oneOf('advice', advice, Object.keys(MADVISE) as Advice[], 'normal');
+    if (advice === undefined) throw argValueError('advice', `must be one of ${Object.keys(MADVISE).join(', ')}`, advice);
     v.aligned('offset', v.integer('offset', offset, 0, this.length - 1), this.pageSize);
     v.pageLength('length', length, this.pageSize);
     if (offset + length > this.length) throw argValueError('length', 'reaches beyond the mapping', length);
+    if (advice === 'dontneed' || advice === 'remove') {
+      const blocking = blockingUffds(FEATURES.eventRemove, this.address + offset, length);
+      if (blocking.length)
+        throw deadlockError(`madvise(${advice}) of a range registered with userfaultfd ${blocking.map((u) => u.fd).join(', ')} (eventRemove) would block this thread until the REMOVE event is read, and only this thread reads it: call it from another thread, or read events on a native resolver thread`);
+    }
     check(native.madvise(this.address + offset, length, MADVISE[advice]), 'madvise', { operation: advice, address: this.address + offset, length });
   }
 
   /** Detaches `buffer`, then unmaps. Idempotent. Refused (EBUSY) while a native toucher is using the mapping. */
   unmap(): void {
     if (this.#closed) return;
+    // With eventUnmap, munmap of a registered range waits until the UNMAP
+    // event is read; if only this thread reads it, that wait never ends (not
+    // even SIGTERM ends it). The view is going away: unregister it first.
+    for (const uffd of blockingUffds(FEATURES.eventUnmap, this.address, this.length)) {
+      check(native.uffdUnregister(uffd.fd, this.address, this.length), 'ioctl', { operation: 'UFFDIO_UNREGISTER', address: this.address, length: this.length, hint: 'before munmap' });
+      native.uffdWake(uffd.fd, this.address, this.length);
+      removeRange(uffd, this.address, this.length);
+    }
     check(native.munmap(this.address, this.#buffer), 'munmap', { address: this.address, length: this.length });
     this.#closed = true;
     this.#forget();
@@ -361,7 +394,13 @@ export class Mapping implements Disposable, v.Range {
   remap(length: number): Mapping {
     this.#assertOpen();
     v.pageLength('length', length, this.pageSize);
+    // Like munmap: with eventRemap/eventUnmap the mremap waits until its
+    // events are read, which from the only reader's thread is forever.
+    const blocking = blockingUffds(FEATURES.eventRemap | FEATURES.eventUnmap, this.address, this.length);
+    if (blocking.length)
+      throw deadlockError(`mremap of a range registered with userfaultfd ${blocking.map((u) => u.fd).join(', ')} (eventRemap/eventUnmap) would block this thread until its events are read, and only this thread reads them: call it from another thread, or read events on a native resolver thread`);
     const [address, buffer] = checkValue(native.mremap(this.address, this.#buffer, length), 'mremap', { address: this.address, length });
+    relocate(this.address, Math.min(this.length, length), address);
     this.#closed = true;
     this.#forget();
     trace('remapped 0x%s (%d bytes) -> 0x%s (%d bytes)', this.address.toString(16), this.length, address.toString(16), length);

@@ -1,5 +1,5 @@
 import { trace } from './debug';
-import { check } from './errors';
+import { check, closedError } from './errors';
 import { Mapping } from './memfd';
 import { TouchReport, native } from './native';
 import * as v from './validate';
@@ -28,10 +28,10 @@ export interface TouchResult {
  * mapping cannot be unmapped until the toucher has finished (EBUSY).
  */
 export function touchPages(mapping: Mapping, pages: ArrayLike<number>, options?: TouchOptions): Promise<TouchResult> {
-  if (!(mapping instanceof Mapping)) throw new TypeError('mapping must be a Mapping');
+  v.instance('mapping', mapping, Mapping, 'a Mapping');
+  if (mapping.closed) throw closedError('Mapping');
   const opts = v.options<TouchOptions>('options', options);
-  const pageCount = mapping.length / mapping.pageSize;
-  const list = Uint32Array.from(pages as ArrayLike<number>, (p, i) => v.integer(`pages[${i}]`, p, 0, pageCount - 1));
+  const list = v.pageIndexes('pages', pages, mapping.length / mapping.pageSize);
   const writeValue = opts.write === undefined ? -1 : v.integer('options.write', opts.write, 0, 255);
   const cpu = opts.cpu === undefined ? -1 : v.integer('options.cpu', opts.cpu, 0, 1023);
   return new Promise<TouchResult>((resolve) => {

@@ -10,6 +10,7 @@ import { UffdError, argValueError, check, checkValue, closedError, stateError } 
 import { MessageBuffer, UffdEventOf } from './events';
 import { PAGE_SIZE } from './memfd';
 import { PollerHandle, native } from './native';
+import * as guard from './registrations';
 import * as v from './validate';
 
 export type UffdEvent = UffdEventOf<Userfaultfd>;
@@ -163,10 +164,12 @@ export class Userfaultfd implements Disposable {
   #closed = false;
   #reader: string | undefined;
   readonly #closeHooks = new Set<() => void>();
+  readonly #guard: guard.GuardedUffd | undefined;
 
   private constructor(fd: number, features: number) {
     this.fd = fd;
     this.featureMask = features;
+    this.#guard = guard.track(fd, features);
   }
 
   /** Opens a userfaultfd and performs the handshake with the requested features. */
@@ -175,7 +178,7 @@ export class Userfaultfd implements Disposable {
     const requested: readonly FeatureName[] = opts.features ?? [];
     if (!Array.isArray(requested)) throw argValueError('options.features', 'must be an array of feature names', requested);
     for (const name of requested)
-      if (typeof name !== 'string' || !(name in FEATURES)) throw argValueError('options.features', `contains an unknown feature (known: ${Object.keys(FEATURES).join(', ')})`, name);
+      if (typeof name !== 'string' || !Object.prototype.hasOwnProperty.call(FEATURES, name)) throw argValueError('options.features', `contains an unknown feature (known: ${Object.keys(FEATURES).join(', ')})`, name);
     const userModeOnly = v.boolean('options.userModeOnly', opts.userModeOnly, true);
     const via = v.oneOf('options.via', opts.via, ['auto', 'syscall', 'device'] as const, 'auto');
     const bits = featureBits(requested);
@@ -244,6 +247,7 @@ export class Userfaultfd implements Disposable {
       | (v.boolean('modes.minor', m.minor, false) ? REGISTER_MODE.minor : 0);
     if (mode === 0) throw argValueError('modes', 'must enable at least one of missing, wp, minor', modes);
     const mask = checkValue(native.uffdRegister(this.fd, r.address, r.length, mode), 'ioctl', { operation: 'UFFDIO_REGISTER', ...r });
+    guard.addRange(this.#guard, r.address, r.length);
     trace('uffd %d: registered 0x%s+%d mode %d', this.fd, r.address.toString(16), r.length, mode);
     return { ...r, ioctls: ioctlNames(mask), ioctlMask: mask };
   }
@@ -256,6 +260,7 @@ export class Userfaultfd implements Disposable {
     this.#assertOpen();
     const r = this.#range('range', range);
     check(native.uffdUnregister(this.fd, r.address, r.length), 'ioctl', { operation: 'UFFDIO_UNREGISTER', ...r });
+    guard.removeRange(this.#guard, r.address, r.length);
     check(native.uffdWake(this.fd, r.address, r.length), 'ioctl', { operation: 'UFFDIO_WAKE', ...r });
   }
 
@@ -373,10 +378,16 @@ export class Userfaultfd implements Disposable {
    * messages. Ends when `signal` aborts or the uffd is closed. Only one reader
    * (an iterator or a FaultHandler) may consume a uffd at a time.
    */
-  async *events(options?: { signal?: AbortSignal }): AsyncGenerator<UffdEvent, void, undefined> {
-    this.#assertOpen();
+  events(options?: { signal?: AbortSignal }): AsyncGenerator<UffdEvent, void, undefined> {
+    // Arguments are checked here, not in the generator body, so that a bad
+    // call throws at the call site; a closed uffd rejects at the first next().
     const signal = v.options<{ signal?: AbortSignal }>('options', options).signal;
     if (signal !== undefined && !(signal instanceof AbortSignal)) throw argValueError('options.signal', 'must be an AbortSignal', signal);
+    return this.#eventStream(signal);
+  }
+
+  async *#eventStream(signal: AbortSignal | undefined): AsyncGenerator<UffdEvent, void, undefined> {
+    this.#assertOpen();
     signal?.throwIfAborted();
     const release = this.claimReader('events()');
     const messages = new MessageBuffer(64);
@@ -425,6 +436,7 @@ export class Userfaultfd implements Disposable {
     this.#closed = true;
     for (const hook of [...this.#closeHooks]) hook();
     this.#closeHooks.clear();
+    guard.untrack(this.#guard);
     check(native.closeFd(this.fd), 'close', { fd: this.fd });
     trace('uffd %d closed', this.fd);
   }
@@ -445,10 +457,28 @@ export class Userfaultfd implements Disposable {
     };
   }
 
+  /**
+   * @internal A resolver that reads this uffd's events on another thread
+   * declares it here, so unmap/madvise of registered ranges may proceed
+   * (the kernel's wait for the event to be read will end).
+   */
+  setReadOnOtherThread(value: boolean): void {
+    if (this.#guard) this.#guard.readOnOtherThread = value;
+  }
+
   /** @internal Runs `hook` when the uffd closes (before the fd is closed). */
   onClose(hook: () => void): () => void {
     this.#closeHooks.add(hook);
     return () => this.#closeHooks.delete(hook);
+  }
+
+  /**
+   * @internal Wraps the child uffd of a FORK event read by someone else (the
+   * native resolver). The child context inherits this one's features; fdinfo
+   * cannot tell (it lists every feature the kernel offers).
+   */
+  adoptForkChild(fd: number): Userfaultfd {
+    return this.#adoptFork(fd);
   }
 
   /** @internal Builds the error of a failed resolving ioctl, with bytes done. */

@@ -86,3 +86,33 @@ export function range(name: string, value: unknown, pageSize: number): { address
   if (start + length > MAX_SAFE) throw argRangeError(`${name}.length`, 'such that the range ends below 2^53', length);
   return { address: start, length };
 }
+
+/** A non-empty string without NUL bytes (paths, names). */
+export function nonEmptyString(name: string, value: unknown): string {
+  if (typeof value !== 'string') throw argTypeError(name, 'of type string', value);
+  if (value.length === 0 || value.includes('\0')) throw argValueError(name, 'must be a non-empty string without NUL bytes', value);
+  return value;
+}
+
+/** An instance of `type` (checked with instanceof). */
+export function instance<T>(name: string, value: unknown, type: abstract new (...args: never[]) => T, expected: string): T {
+  if (!(value instanceof type)) throw argTypeError(name, expected, value);
+  return value;
+}
+
+/** An array of at most `max` file descriptors. */
+export function fdList(name: string, value: unknown, max: number): number[] {
+  if (!Array.isArray(value)) throw argTypeError(name, `an array of at most ${max} file descriptors`, value);
+  if (value.length > max) throw argRangeError(`${name}.length`, `<= ${max}`, value.length);
+  return value.map((item, i) => fd(`${name}[${i}]`, item));
+}
+
+/** A list of page indexes below `pageCount`, as the native toucher takes them. */
+export function pageIndexes(name: string, value: unknown, pageCount: number): Uint32Array {
+  if (value === null || typeof value !== 'object' || typeof (value as ArrayLike<number>).length !== 'number')
+    throw argTypeError(name, 'an array of page indexes', value);
+  const length = (value as ArrayLike<number>).length;
+  // A list longer than the mapping many times over is a mistake, not a workload.
+  integer(`${name}.length`, length, 0, Math.max(pageCount, 1) * 64);
+  return Uint32Array.from(value as ArrayLike<number>, (p, i) => integer(`${name}[${i}]`, p, 0, pageCount - 1));
+}

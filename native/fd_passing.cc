@@ -111,7 +111,9 @@ Napi::Value SendFds(const Napi::CallbackInfo& info) {
   struct iovec iov;
   iov.iov_base = data.ByteLength() ? static_cast<uint8_t*>(data.ArrayBuffer().Data()) + data.ByteOffset() : &dummy;
   iov.iov_len = data.ByteLength() ? data.ByteLength() : 1;
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
+  // Zeroed: CMSG_SPACE pads past CMSG_LEN, and those padding bytes go to
+  // the kernel too (valgrind flagged them as uninitialised).
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)] = {};
   struct msghdr msg = {};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;

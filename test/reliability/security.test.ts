@@ -1,0 +1,179 @@
+// Security properties: no descriptor the library creates or receives leaks
+// into a child process (close-on-exec everywhere), the default uffd handles
+// user-mode faults only (a kernel access to a registered, unresolved page
+// fails with EFAULT instead of waiting for a handler), and native code only
+// touches memory inside mappings the library made.
+import { spawnSync } from 'node:child_process';
+import { rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+import { FaultHandler, FdServer, FdSocket, Memfd, PAGE_SIZE, Userfaultfd } from '../../lib/index';
+import { native } from '../../lib/native';
+import { distEntry, itWith } from '../helpers';
+import { openFds } from './support';
+
+const FD_CLOEXEC = 1;
+
+/** Targets of the descriptors a freshly spawned child holds. */
+function childFds(): string[] {
+  const child = spawnSync(process.execPath, ['-e', `
+    const fs = require('fs');
+    const out = [];
+    for (const n of fs.readdirSync('/proc/self/fd')) { try { out.push(fs.readlinkSync('/proc/self/fd/' + n)); } catch {} }
+    process.stdout.write(JSON.stringify(out));
+  `], { encoding: 'utf8', timeout: 10_000 });
+  expect(child.status, child.stderr).toBe(0);
+  return JSON.parse(child.stdout);
+}
+
+describe('security', () => {
+  itWith(['minorShmem', 'threadId'], 'every descriptor the library creates or receives is close-on-exec and absent from a spawned child', async () => {
+    const before = openFds();
+    const path = join(tmpdir(), `uffd-sec-${process.pid}.sock`);
+    rmSync(path, { force: true });
+    const mem = Memfd.create(4 * PAGE_SIZE);
+    const view = mem.map();
+    const uffd = Userfaultfd.open({ features: ['minorShmem', 'threadId'] });
+    const handler = new FaultHandler(uffd, { memfd: mem, mode: 'native', fetch: () => {} }).attach(view).start();
+    const [a, b] = FdSocket.pair();
+    const server = FdServer.listen(path);
+    const client = FdSocket.connect(path);
+    const accepted = await server.accept();
+    // A received descriptor: the memfd and the uffd sent over the socket.
+    a.send('fds', [mem.fd, uffd.fd]);
+    const received = await b.receive();
+    expect(received.fds).toHaveLength(2);
+    const ours = [...openFds()].filter(([fd, target]) => before.get(fd) !== target);
+    // uffd, memfd, socket pair, listener, client, accepted, two received, the resolver's eventfd
+    expect(ours.length).toBeGreaterThanOrEqual(10);
+    for (const [fd] of ours) {
+      const flags = native.fdFlags(Number(fd));
+      expect(flags, `fd ${fd}`).toBeGreaterThanOrEqual(0);
+      expect(Math.floor(flags / 2 ** 32) & FD_CLOEXEC, `fd ${fd} (${ours.find(([f]) => f === fd)![1]}) is close-on-exec`).toBe(FD_CLOEXEC);
+    }
+    const inChild = childFds();
+    // Sockets and memfds have unique targets; anon inodes (eventfd, userfaultfd) do not, so they are told apart by name only.
+    for (const [, target] of ours) if (!target.startsWith('anon_inode:')) expect(inChild, `child holds ${target}`).not.toContain(target);
+    expect(inChild.some((t) => t.includes('userfaultfd') || t.includes('/memfd:'))).toBe(false);
+    await handler.stop();
+    for (const fd of received.fds) native.closeFd(fd);
+    for (const s of [a, b, client, accepted, server]) s.close();
+    uffd.close();
+    mem.close();
+    rmSync(path, { force: true });
+  });
+
+  // read(2) into a registered page is an access by the kernel. With the
+  // default user-mode-only uffd it must fail at once with EFAULT; if it were
+  // delivered as a fault, the JavaScript thread (the only reader) would wait
+  // forever, so it runs in a child with a hard kill.
+  itWith(['minorShmem'], 'the default uffd is user-mode-only: read(2) into a registered, unresolved page gets EFAULT', () => {
+    const file = join(tmpdir(), `uffd-sec-${process.pid}.txt`);
+    writeFileSync(file, 'kernel-mode access');
+    const script = `
+      const fs = require('fs');
+      const { Memfd, PAGE_SIZE, Userfaultfd } = require(${JSON.stringify(distEntry)});
+      const mem = Memfd.create(PAGE_SIZE, { allocate: true });
+      const view = mem.map();
+      const uffd = Userfaultfd.open({ features: ['minorShmem'] });
+      uffd.register(view, { minor: true });
+      const fd = fs.openSync(${JSON.stringify(file)}, 'r');
+      let result;
+      try { result = { read: fs.readSync(fd, new Uint8Array(view.buffer), 0, 18, 0) }; }
+      catch (e) { result = { code: e.code }; }
+      // The page is still unmapped in the view: no message was queued for it.
+      result.events = uffd.readEvents().length;
+      process.stdout.write(JSON.stringify(result));
+    `;
+    try {
+      const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 10_000, killSignal: 'SIGKILL' });
+      expect(child.signal, child.stderr).toBeNull();
+      expect(JSON.parse(child.stdout)).toEqual({ code: 'EFAULT', events: 0 });
+    } finally {
+      rmSync(file, { force: true });
+    }
+  }, 20_000);
+
+  itWith(['minorShmem', 'threadId'], 'with userModeOnly: false the same kernel access is a fault, served by a native handler', () => {
+    const file = join(tmpdir(), `uffd-sec2-${process.pid}.txt`);
+    writeFileSync(file, 'kernel-mode access');
+    const script = `
+      const fs = require('fs');
+      const { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd } = require(${JSON.stringify(distEntry)});
+      const mem = Memfd.create(PAGE_SIZE, { allocate: true });
+      const view = mem.map();
+      const uffd = Userfaultfd.open({ features: ['minorShmem', 'threadId'], userModeOnly: false });
+      const handler = new FaultHandler(uffd, { memfd: mem, mode: 'native', fetch: () => {} }).attach(view).start();
+      handler.markPresent(0, PAGE_SIZE);
+      const fd = fs.openSync(${JSON.stringify(file)}, 'r');
+      const n = fs.readSync(fd, new Uint8Array(view.buffer), 0, 18, 0);
+      // The resolver counts a fault after its CONTINUE has already woken this
+      // thread: read the counters once the handler has stopped.
+      handler.stop().then(() => {
+        const stats = handler.stats();
+        process.stdout.write(JSON.stringify({ n, text: mem.read(0, n).toString(), faults: stats.faults }));
+        uffd.close();
+        mem.close();
+      });
+    `;
+    try {
+      const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 10_000, killSignal: 'SIGKILL' });
+      expect(child.signal, child.stderr).toBeNull();
+      const out = JSON.parse(child.stdout);
+      expect(out, child.stderr).toEqual({ n: 18, text: 'kernel-mode access', faults: 1 });
+    } finally {
+      rmSync(file, { force: true });
+    }
+  }, 20_000);
+
+  it('native entry points refuse memory the library did not map', () => {
+    const heap = new ArrayBuffer(PAGE_SIZE);
+    // The toucher: a plain ArrayBuffer is not a mapping.
+    expect(native.touchStart(heap, PAGE_SIZE, new Uint32Array([0]), -1, -1, () => {})).toBe(-14);
+    // madvise: an address outside every mapping, and a range running past one.
+    const mem = Memfd.create(2 * PAGE_SIZE);
+    const view = mem.map({ length: PAGE_SIZE });
+    expect(native.madvise(PAGE_SIZE, PAGE_SIZE, 4)).toBe(-14);
+    expect(native.madvise(view.address, 2 * PAGE_SIZE, 4)).toBe(-14);
+    expect(native.madvise(view.address + PAGE_SIZE, PAGE_SIZE, 4)).toBe(-14);
+    expect(native.madvise(view.address, PAGE_SIZE, 0)).toBe(0);
+    // munmap: only a mapping's own start address, once.
+    expect(native.munmap(view.address + PAGE_SIZE, heap)).toBe(-22);
+    view.unmap();
+    expect(native.munmap(view.address, view.buffer)).toBe(-22);
+    expect(native.madvise(view.address, PAGE_SIZE, 0)).toBe(-14);
+    // The toucher on a detached (unmapped) mapping buffer.
+    expect(native.touchStart(view.buffer, PAGE_SIZE, new Uint32Array([0]), -1, -1, () => {})).toBe(-14);
+    mem.close();
+  });
+
+  it('a received uffd of another process cannot reach this process: its ioctls act on the sender\'s memory only', () => {
+    // A uffd is bound to the mm that opened it: ranges of this process are
+    // unknown to a uffd opened elsewhere (ENOENT/EINVAL), whatever the address.
+    const script = `
+      const { FdSocket, Userfaultfd } = require(${JSON.stringify(distEntry)});
+      const uffd = Userfaultfd.open({ features: ['minorShmem'] });
+      new FdSocket(3).send('u', [uffd.fd]);
+      setTimeout(() => {}, 2000);
+    `;
+    const [mine, theirs] = FdSocket.pair();
+    const mem = Memfd.create(PAGE_SIZE, { allocate: true });
+    const view = mem.map();
+    const child = require('node:child_process').spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'inherit', 'inherit', theirs.fd] });
+    theirs.close();
+    return mine.receive().then((msg: { fds: number[] }) => {
+      const foreign = Userfaultfd.fromFd(msg.fds[0]);
+      expect(() => foreign.register(view, { minor: true })).toThrow(expect.objectContaining({ syscall: 'ioctl', operation: 'UFFDIO_REGISTER' }));
+      expect(() => foreign.continue(view.address, PAGE_SIZE)).toThrow(expect.objectContaining({ syscall: 'ioctl' }));
+      // Our page is untouched and still readable.
+      expect(new Uint8Array(view.buffer)[0]).toBe(0);
+      foreign.close();
+      child.kill('SIGKILL');
+      mine.close();
+      mem.close();
+    });
+  }, 20_000);
+});
+
