@@ -368,7 +368,7 @@ export class FaultHandler implements AsyncDisposable {
     let merged: Histogram = histogram;
     const nativeStats = this.#resolver ? native.resolverStats(this.#resolver) : this.#lastNativeStats;
     if (nativeStats) {
-      // [faults, resolved, alreadyPresent, readAheadPages, loopThreadFaults, then bucket counts...]
+      // [faults read natively (all of them), resolved, alreadyPresent, readAheadPages, loopThreadFaults, buckets..., deferrals]
       nativeFaults = nativeStats[0];
       nativeResolved = nativeStats[1];
       nativeAlreadyPresent = nativeStats[2];
@@ -839,7 +839,7 @@ export class FaultHandler implements AsyncDisposable {
     }
     const now = performance.now();
     for (let i = 0; i < count; i++) {
-      this.#counts.faults++;
+      // Already counted in `faults` by the native thread when it read them.
       const b = i * 4;
       this.#onFault(faults[b], faults[b + 1], faults[b + 2], now - faults[b + 3] / 1e6);
     }
@@ -872,8 +872,7 @@ export class FaultHandler implements AsyncDisposable {
     this.#poller?.stop();
     this.#poller = undefined;
     if (this.#resolver) {
-      // Stop (join) first: the thread counts a fault after its CONTINUE has
-      // already woken the faulter, so counters read earlier can trail by one.
+      // Joined first, so the last counters are final.
       native.resolverStop(this.#resolver);
       this.#lastNativeStats = native.resolverStats(this.#resolver);
       this.#resolver = undefined;

@@ -297,6 +297,9 @@ void Run(std::shared_ptr<Resolver> r) {
     for (size_t i = 0; i < count; i++) {
       const struct uffd_msg& m = msgs[i];
       if (m.event != UFFD_EVENT_PAGEFAULT) continue;
+      // Counted when read, before any faulter is woken: a woken thread may
+      // report back before this thread runs again.
+      r->faults.fetch_add(1, std::memory_order_relaxed);
       retry.insert(retry.end(), {static_cast<double>(m.arg.pagefault.address), static_cast<double>(m.arg.pagefault.flags),
                                  static_cast<double>(m.arg.pagefault.feat.ptid), static_cast<double>(read_ns)});
     }
@@ -311,7 +314,6 @@ void Run(std::shared_ptr<Resolver> r) {
         if (r->Present(page)) {
           int res = MapRange(r.get(), *reg, address, page);
           if (res == 0 || res == -ESRCH) {
-            r->faults.fetch_add(1, std::memory_order_relaxed);
             r->resolved.fetch_add(1, std::memory_order_relaxed);
             r->already_present.fetch_add(1, std::memory_order_relaxed);
             Record(r.get(), started);
@@ -325,7 +327,6 @@ void Run(std::shared_ptr<Resolver> r) {
           if (res == -EFAULT || res == -EINVAL) r->Clear(page);  // gone since it was marked: fetch again
         }
         if (tid == r->js_tid && !r->Present(page)) {
-          r->faults.fetch_add(1, std::memory_order_relaxed);
           LoopThreadFault(r.get(), address, offset, batch);
           continue;
         }

@@ -3,7 +3,7 @@ import { afterEach, describe, expect } from 'vitest';
 import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
 import type { ErrorAction, Fault } from '../../lib/index';
 import { itWith } from '../helpers';
-import { delay, expectPages, pageContent, rng, shuffled } from './util';
+import { delay, expectPages, pageContent, rng, shuffled, settledStats } from './util';
 
 const open: { close(): void }[] = [];
 const handlers: FaultHandler[] = [];
@@ -49,7 +49,7 @@ for (const mode of ['event-loop', 'native'] as const) {
       const failing = all(pages).filter((p) => p % 10 === 3 || p % 10 === 7);
       expect(decisions.map(([p]) => p).sort((a, b) => a - b)).toEqual(failing);
       for (const p of all(pages)) expect(attempts.get(p)).toEqual(failing.includes(p) ? [0, 1] : [0]);
-      const stats = handler.stats();
+      const stats = await settledStats(handler);
       expect(stats.errors).toBe(failing.length);
       expect(stats.fetched).toBe(pages);
       expect(stats.resolved).toBe(stats.faults);
@@ -71,7 +71,7 @@ for (const mode of ['event-loop', 'native'] as const) {
       const bytes = new Uint8Array(guest.buffer);
       expectPages(bytes, all(pages).filter((p) => p !== 5 && p !== 40));
       for (const p of [5, 40]) expect(Buffer.from(bytes.buffer, p * PAGE_SIZE, PAGE_SIZE).equals(ZERO)).toBe(true);
-      expect(handler.stats()).toMatchObject({ errors: 2, zeroFilled: 2, fetched: pages - 2 });
+      expect(await settledStats(handler)).toMatchObject({ errors: 2, zeroFilled: 2, fetched: pages - 2 });
     });
 
     itWith(['minorShmem', 'threadId'], "'stop' (and the default after two retries) stops the handler with the error and wakes every faulter", async () => {

@@ -3,7 +3,7 @@ import { afterEach, describe, expect } from 'vitest';
 
 import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
 import { distEntry, fixture, itWith } from '../helpers';
-import { delay, expectPages, pageContent, pageContentModule, rng, shuffled } from './util';
+import { delay, expectPages, pageContent, pageContentModule, rng, shuffled, settledStats } from './util';
 
 const open: { close(): void }[] = [];
 const handlers: FaultHandler[] = [];
@@ -40,7 +40,7 @@ describe('FaultHandler, event-loop mode', () => {
     handler.attach(guest).start();
     // Three threads touch every page, each in its own order: most pages fault more than once.
     const reports = await Promise.all([1, 2, 3].map((s) => touchPages(guest, shuffled(pages, rng(s)))));
-    const stats = handler.stats();
+    const stats = await settledStats(handler);
     expect(new Set(reports.map((r) => r.threadId)).size).toBe(3);
     expect(fetched.size).toBe(pages);
     expect([...fetched.values()].every((n) => n === 1)).toBe(true);
@@ -87,7 +87,7 @@ describe('FaultHandler, event-loop mode', () => {
     handlers.push(handler);
     handler.attach(guest, { missing: true }).start();
     await touchPages(guest, shuffled(pages, rng(3)));
-    const stats = handler.stats();
+    const stats = await settledStats(handler);
     expect(stats.fetched).toBe(pages);
     expectPages(new Uint8Array(guest.buffer), Array.from({ length: pages }, (_, i) => i));
   });

@@ -5,7 +5,7 @@ import { afterEach, describe, expect } from 'vitest';
 import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
 import type { RemoveEvent, UffdEvent } from '../../lib/index';
 import { distEntry, fixture, itWith, waitFor } from '../helpers';
-import { expectPages, pageContent, pageContentModule, rng, shuffled } from './util';
+import { expectPages, pageContent, pageContentModule, rng, shuffled, settledStats } from './util';
 
 const open: { close(): void }[] = [];
 const handlers: FaultHandler[] = [];
@@ -49,7 +49,7 @@ for (const mode of ['event-loop', 'native'] as const) {
         expect(out.bad).toEqual([]);
         expect(out.advised).toBeGreaterThan(0);
         await waitFor(() => handler.stats().events.unmap === 1, 5000, 'the UNMAP event');
-        const stats = handler.stats();
+        const stats = await settledStats(handler);
         expect(stats.events.remove).toBe(out.advised);
         console.log(`${mode}: ${out.advised} REMOVEs, ${stats.faults} faults, ${stats.fetched} fetches, ${stats.retriedAfterEvents} CONTINUEs retried after EAGAIN`);
         expect(removes).toHaveLength(out.advised);
@@ -117,7 +117,7 @@ describe('REMAP events', () => {
     await Promise.all([2, 3].map((s) => touchPages(moved, shuffled(2 * pages, rng(s)))));
     await waitFor(() => remaps.length === 1, 5000, 'the REMAP event');
     expect(remaps).toEqual([{ type: 'remap', from: view.address, to: moved.address, length: pages * PAGE_SIZE }]);
-    const stats = handler.stats();
+    const stats = await settledStats(handler);
     expect(stats.events).toMatchObject({ remap: 1, unmap: 1 });
     expect(stats.untracked).toBe(0);
     expect(stats.fetched).toBe(2 * pages);

@@ -7,7 +7,7 @@ import { afterEach, describe, expect } from 'vitest';
 
 import { FaultHandler, FdSocket, Memfd, PAGE_SIZE, PresentPages, Userfaultfd, touchPages } from '../../lib/index';
 import { distEntry, fixture, itWith } from '../helpers';
-import { delay, expectPages, pageContent, pageContentModule, rng, shuffled } from './util';
+import { delay, expectPages, pageContent, pageContentModule, rng, shuffled, settledStats } from './util';
 
 const open: { close(): void }[] = [];
 const handlers: FaultHandler[] = [];
@@ -86,7 +86,7 @@ for (const mode of ['event-loop', 'native'] as const) {
         expect(fetches.size).toBe(pages);
         expect([...fetches.entries()].filter(([, n]) => n !== 1)).toEqual([]);
         expectPages(new Uint8Array(guest.buffer), shuffled(pages, random));
-        const all = [main, ...childHandlers].map((h) => h.stats());
+        const all = await Promise.all([main, ...childHandlers].map((h) => settledStats(h)));
         const total = all.reduce((s, x) => s + x.fetched, 0);
         expect(total).toBe(pages);
         for (const s of all) expect(s.resolved).toBe(s.faults);

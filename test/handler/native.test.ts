@@ -2,7 +2,7 @@ import { afterEach, describe, expect } from 'vitest';
 
 import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
 import { itWith } from '../helpers';
-import { delay, expectPages, pageContent, rng, shuffled } from './util';
+import { delay, expectPages, pageContent, rng, shuffled, settledStats } from './util';
 
 const open: { close(): void }[] = [];
 const handlers: FaultHandler[] = [];
@@ -30,7 +30,7 @@ describe('FaultHandler, native mode', () => {
     handler.attach(guest).markPresent(0, pages * PAGE_SIZE);
     handler.start();
     await Promise.all([1, 2].map((s) => touchPages(guest, shuffled(pages, rng(s)))));
-    const stats = handler.stats();
+    const stats = await settledStats(handler);
     expect(calls).toBe(0);
     expect(stats.fetched).toBe(0);
     expect(stats.faults).toBeGreaterThanOrEqual(pages);
@@ -65,7 +65,7 @@ describe('FaultHandler, native mode', () => {
     for (let p = 0; p < pages; p += 2) handler.markPresent(p * PAGE_SIZE, PAGE_SIZE);
     handler.start();
     await Promise.all([11, 12, 13].map((s) => touchPages(guest, shuffled(pages, rng(s)))));
-    const stats = handler.stats();
+    const stats = await settledStats(handler);
     expect(fetched.size).toBe(pages / 2);
     expect([...fetched.values()].every((n) => n === 1)).toBe(true);
     expect(stats.fetched).toBe(pages / 2);
@@ -84,7 +84,7 @@ describe('FaultHandler, native mode', () => {
       handler.attach(guest).markPresent(0, pages * PAGE_SIZE);
       handler.start();
       await touchPages(guest, Array.from({ length: pages }, (_, i) => i));
-      const stats = handler.stats();
+      const stats = await settledStats(handler);
       // A signal can pull a thread out of a blocked fault; it faults again (EEXIST, woken), so >=.
       const why = `${mode}: ${JSON.stringify({ ...stats, latencyUs: undefined })}`;
       expect(stats.faults, why).toBeGreaterThanOrEqual(pages / 8);
@@ -104,7 +104,7 @@ describe('FaultHandler, native mode', () => {
       handler.attach(guest).markPresent(0, pages * PAGE_SIZE);
       handler.start();
       await Promise.all([3, 4].map((s) => touchPages(guest, shuffled(pages, rng(s)))));
-      const stats = handler.stats();
+      const stats = await settledStats(handler);
       expect(stats.resolved, mode).toBe(stats.faults);
       expect(stats.faults, mode).toBeLessThan(pages);
       expect(stats.readAheadPages, mode).toBeGreaterThan(0);

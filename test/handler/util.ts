@@ -3,7 +3,8 @@
 import { join } from 'node:path';
 import { expect } from 'vitest';
 
-import { Memfd, PAGE_SIZE } from '../../lib/index';
+import { FaultHandler, Memfd, PAGE_SIZE } from '../../lib/index';
+import type { FaultHandlerStats } from '../../lib/index';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const shared = require('../fixtures/page-content.js') as {
@@ -27,3 +28,18 @@ export function expectMemfdPages(mem: Memfd, pages: Iterable<number>, seed = 0):
 }
 
 export const delay = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * The handler's stats once every fault it read is accounted for. The native
+ * thread counts a resolution after its CONTINUE returned, and the woken
+ * toucher may report back before that: wait (bounded) for the counters.
+ */
+export async function settledStats(handler: FaultHandler): Promise<FaultHandlerStats> {
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    const s = handler.stats();
+    if (s.resolved + s.untracked >= s.faults) return s;
+    if (Date.now() > deadline) throw new Error(`handler stats never settled: ${JSON.stringify(s)}`);
+    await delay(1);
+  }
+}
