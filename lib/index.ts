@@ -17,3 +17,6 @@ export { touchPages } from './touch';
 export type { TouchOptions, TouchResult } from './touch';
 export { FdSocket, FdServer } from './fd-socket';
 export type { FdMessage, PeerCredentials } from './fd-socket';
+export { FaultHandler } from './fault-handler';
+export type { Fault, FaultHandlerOptions, FaultHandlerStats, AttachOptions, ViewRange, ErrorAction, LoopThreadFaultAction, LatencyStats } from './fault-handler';
+export { PresentPages } from './present-pages';
