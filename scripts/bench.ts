@@ -36,9 +36,9 @@ if (args.help) {
 // Sizes per run length: faults per latency scenario, huge pages per scenario,
 // pages per bulk range and bulk repetitions.
 const SIZES = {
-  smoke: { small: 64, huge: 4, bulkSmall: 1024, bulkHuge: 4, reps: 1 },
-  quick: { small: 1000, huge: 16, bulkSmall: 16384, bulkHuge: 32, reps: 3 },
-  full: { small: 10000, huge: 64, bulkSmall: 65536, bulkHuge: 128, reps: 5 },
+  smoke: { small: 64, huge: 4, bulkSmall: 1024, bulkHuge: 4, reps: 2 },
+  quick: { small: 1000, huge: 16, bulkSmall: 16384, bulkHuge: 32, reps: 7 },
+  full: { small: 10000, huge: 64, bulkSmall: 65536, bulkHuge: 128, reps: 11 },
 } as const;
 const size = args.smoke ? SIZES.smoke : args.quick ? SIZES.quick : SIZES.full;
 const seed = Number(args.seed);

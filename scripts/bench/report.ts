@@ -129,7 +129,7 @@ export async function renderChart(report: BenchReport): Promise<string> {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: { text: 'Minor-fault latency as the toucher sees it (CDF)', subtitle: machineLine(report.machine) },
     data: { values },
-    facet: { field: 'group', type: 'nominal', title: 'page size, placement, order, touching threads' },
+    facet: { field: 'group', type: 'nominal', title: 'page size, placement, order, touching threads', sort: [...new Set(values.map((v) => v.group))] },
     columns: 3,
     spec: {
       width: 300,
@@ -138,7 +138,7 @@ export async function renderChart(report: BenchReport): Promise<string> {
       encoding: {
         x: { field: 'us', type: 'quantitative', scale: { type: 'log' }, title: 'latency per first touch (µs, log)' },
         y: { field: 'percentile', type: 'quantitative', title: 'percentile', scale: { domain: [0, 100] } },
-        color: { field: 'handler', type: 'nominal', title: 'handler', sort: Object.values(MODE_LABEL) },
+        color: { field: 'handler', type: 'nominal', title: 'handler', sort: Object.values(MODE_LABEL), legend: { labelLimit: 400 } },
       },
     },
     resolve: { scale: { x: 'independent' } },
