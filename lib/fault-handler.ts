@@ -813,7 +813,6 @@ export class FaultHandler implements AsyncDisposable {
       else if (code === EVENT.remap) this.#applyEvent({ type: 'remap', from: events[i + 1], to: events[i + 2], length: events[i + 3] });
       else if (code === EVENT.fork) this.#applyEvent({ type: 'fork', uffd: Userfaultfd.fromFd(events[i + 1]) });
       else if (code === LOOP_THREAD_MAPPED) {
-        this.#counts.loopThreadFaults++;
         const region = this.#regionOf(events[i + 1]);
         const offset = region ? region.offset + (events[i + 1] - region.address) : -1;
         process.emitWarning(`userfaultfd: the event-loop thread faulted on absent page at 0x${events[i + 1].toString(16)} (memfd offset ${offset}); mapped as-is because onLoopThreadFault is 'map-as-is'`,
