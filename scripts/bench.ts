@@ -130,7 +130,8 @@ async function main(): Promise<void> {
     process.stdout.write(`${args.markdown ? markdownReport(report) : textReport(report)}\n`);
     const unresolved = report.scenarios.filter((s) => !s.allResolved);
     if (unresolved.length) {
-      process.stderr.write(`scenarios that did not resolve all their faults: ${unresolved.map((s) => s.id).join(', ')}\n`);
+      for (const s of unresolved)
+        process.stderr.write(`did not resolve all its faults: ${s.id}: faults ${s.faults}, touched ${s.touched}, messages ${s.messages}, resolved ${s.resolved}, checksum ${s.checksumOk ? 'ok' : 'WRONG'}${s.error ? `, error: ${s.error}` : ''}${s.note ? `, ${s.note}` : ''}\n`);
       process.exitCode = 1;
     }
   } finally {

@@ -177,6 +177,9 @@ async function nativeTouchers(s: Scenario, mem: Memfd, uffd: Userfaultfd, orders
     const t0 = process.hrtime.bigint();
     const reports = await Promise.all(orders.map((order, t) => touchPages(view, order, cpus.touchers[t] >= 0 ? { cpu: cpus.touchers[t] } : {})));
     const wall = Number(process.hrtime.bigint() - t0);
+    // The resolver counts a fault after its CONTINUE has already woken the
+    // toucher: read the counters once the thread has been joined.
+    await handler.stop();
     const stats = handler.stats();
     if (stats.errors) note = `${stats.errors} fetch errors`;
     return finish(s, pageSize, cpus, orders, reports.map((r) => r.latencyNs), reports.reduce((a, r) => a + r.checksum, 0), stats.faults, stats.resolved, wall, note);
@@ -206,6 +209,7 @@ async function workerToucher(s: Scenario, mem: Memfd, uffd: Userfaultfd, orders:
     const done = nextMessage<TouchDone>(worker);
     worker.postMessage({ order: orders[0], cpu: cpus.touchers[0] });
     const r = await done;
+    await handler.stop();
     const stats = handler.stats();
     return finish(s, pageSize, cpus, orders, [r.latencyNs], r.checksum, stats.faults, stats.resolved, r.wallNs);
   } finally {

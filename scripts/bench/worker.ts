@@ -45,8 +45,8 @@ if (data.role === 'handler') {
     const watchdog = setTimeout(() => uffd.close(), 120_000);
     port.once('message', async () => {
       clearTimeout(watchdog);
-      const stats = handler.stats();
       await handler.stop();
+      const stats = handler.stats();
       uffd.close();
       mem.close();
       port.postMessage({ faults: stats.faults, resolved: stats.resolved, errors: stats.errors });
