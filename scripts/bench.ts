@@ -3,7 +3,7 @@
 // the same run. See docs-bench.md for what each row means.
 //
 //   npm run bench -- [--quick | --smoke] [--json FILE] [--report DIR] [--markdown] [--no-huge] [--seed N]
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release } from 'node:os';
 import { parseArgs } from 'node:util';
 
@@ -25,6 +25,7 @@ const { values: args } = parseArgs({
     'no-huge': { type: 'boolean', default: false },
     seed: { type: 'string', default: '1' },
     only: { type: 'string' },
+    from: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -39,6 +40,7 @@ if (args.help) {
     '  --markdown   print the tables as markdown (for the README)',
     '  --no-huge    skip the 2 MiB hugetlb rows (no vm.nr_hugepages change)',
     '  --only REGEX run only the scenarios whose id matches, e.g. "4k/(c-reference|native-resolver)/same"',
+    '  --from FILE  measure nothing: print (and --report) the results of an earlier --json FILE',
     '',
   ].join('\n'));
   process.exit(0);
@@ -91,7 +93,14 @@ function emptyResult(s: Scenario): ScenarioResult {
   };
 }
 
+async function rerender(file: string): Promise<void> {
+  const report = JSON.parse(readFileSync(file, 'utf8')) as BenchReport;
+  if (args.report) process.stderr.write(`report: ${(await writeHtmlReport(report, args.report)).join(', ')}\n`);
+  process.stdout.write(`${args.markdown ? markdownReport(report) : textReport(report)}\n`);
+}
+
 async function main(): Promise<void> {
+  if (args.from) return rerender(args.from);
   const started = Date.now();
   const caps = probe();
   if (!caps.available || !caps.features.minorShmem) {
