@@ -58,6 +58,8 @@ export interface ScenarioResult extends Scenario {
   latency: LatencySummary;
   wallNs: number;
   faultsPerSec: number;
+  /** Library modes: the handler's own view, message read to CONTINUE done (FaultHandler.stats().latencyUs), µs. */
+  handlerUs?: { p50: number; p99: number };
   note?: string;
 }
 
@@ -182,7 +184,8 @@ async function nativeTouchers(s: Scenario, mem: Memfd, uffd: Userfaultfd, orders
     await handler.stop();
     const stats = handler.stats();
     if (stats.errors) note = `${stats.errors} fetch errors`;
-    return finish(s, pageSize, cpus, orders, reports.map((r) => r.latencyNs), reports.reduce((a, r) => a + r.checksum, 0), stats.faults, stats.resolved, wall, note);
+    return { ...finish(s, pageSize, cpus, orders, reports.map((r) => r.latencyNs), reports.reduce((a, r) => a + r.checksum, 0), stats.faults, stats.resolved, wall, note),
+      handlerUs: { p50: stats.latencyUs.p50, p99: stats.latencyUs.p99 } };
   } finally {
     bench.pinSelf(-1);
     await handler.stop();
@@ -211,7 +214,8 @@ async function workerToucher(s: Scenario, mem: Memfd, uffd: Userfaultfd, orders:
     const r = await done;
     await handler.stop();
     const stats = handler.stats();
-    return finish(s, pageSize, cpus, orders, [r.latencyNs], r.checksum, stats.faults, stats.resolved, r.wallNs);
+    return { ...finish(s, pageSize, cpus, orders, [r.latencyNs], r.checksum, stats.faults, stats.resolved, r.wallNs),
+      handlerUs: { p50: stats.latencyUs.p50, p99: stats.latencyUs.p99 } };
   } finally {
     bench.pinSelf(-1);
     await handler.stop();
@@ -236,10 +240,11 @@ async function workerHandler(s: Scenario, mem: Memfd, orders: Uint32Array[], cpu
     const r = bench.touchHere(view.buffer, pageSize, orders[0]);
     const wall = Number(process.hrtime.bigint() - t0);
     bench.pinSelf(-1);
-    const stopped = nextMessage<{ faults: number; resolved: number; errors: number }>(worker);
+    const stopped = nextMessage<{ faults: number; resolved: number; errors: number; p50: number; p99: number }>(worker);
     worker.postMessage('stop');
     const stats = await stopped;
-    return finish(s, pageSize, cpus, orders, [r.latencyNs], r.checksum, stats.faults, stats.resolved, wall, stats.errors ? `${stats.errors} fetch errors` : undefined);
+    return { ...finish(s, pageSize, cpus, orders, [r.latencyNs], r.checksum, stats.faults, stats.resolved, wall, stats.errors ? `${stats.errors} fetch errors` : undefined),
+      handlerUs: { p50: stats.p50, p99: stats.p99 } };
   } finally {
     bench.pinSelf(-1);
     await worker.terminate();

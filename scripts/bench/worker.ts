@@ -49,7 +49,7 @@ if (data.role === 'handler') {
       const stats = handler.stats();
       uffd.close();
       mem.close();
-      port.postMessage({ faults: stats.faults, resolved: stats.resolved, errors: stats.errors });
+      port.postMessage({ faults: stats.faults, resolved: stats.resolved, errors: stats.errors, p50: stats.latencyUs.p50, p99: stats.latencyUs.p99 });
     });
     port.postMessage({ ready: true });
   } catch (err) {
