@@ -433,7 +433,7 @@ export class FaultHandler implements AsyncDisposable {
     let faults = 0;
     for (let i = 0; i < count; i++) {
       if (m.kind(i) === EVENT.pagefault) faults++;
-      else this.#applyEvent(m.decode(i, (fd) => Userfaultfd.fromFd(fd)));
+      else this.#applyEvent(m.decode(i, (fd) => this.uffd.adoptForkChild(fd)));
     }
     if (faults === 0) return;
     const now = performance.now();
@@ -812,7 +812,7 @@ export class FaultHandler implements AsyncDisposable {
       if (code === EVENT.remove) this.#applyEvent({ type: 'remove', start: events[i + 1], end: events[i + 2] });
       else if (code === EVENT.unmap) this.#applyEvent({ type: 'unmap', start: events[i + 1], end: events[i + 2] });
       else if (code === EVENT.remap) this.#applyEvent({ type: 'remap', from: events[i + 1], to: events[i + 2], length: events[i + 3] });
-      else if (code === EVENT.fork) this.#applyEvent({ type: 'fork', uffd: Userfaultfd.fromFd(events[i + 1]) });
+      else if (code === EVENT.fork) this.#applyEvent({ type: 'fork', uffd: this.uffd.adoptForkChild(events[i + 1]) });
       else if (code === LOOP_THREAD_MAPPED) {
         const region = this.#regionOf(events[i + 1]);
         const offset = region ? region.offset + (events[i + 1] - region.address) : -1;

@@ -1,8 +1,9 @@
+import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect } from 'vitest';
 
 import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
-import { itWith } from '../helpers';
-import { delay, expectPages, pageContent, rng, shuffled } from './util';
+import { distEntry, fixture, itWith } from '../helpers';
+import { delay, expectPages, pageContent, pageContentModule, rng, shuffled } from './util';
 
 const open: { close(): void }[] = [];
 const handlers: FaultHandler[] = [];
@@ -66,4 +67,32 @@ describe('FaultHandler, event-loop mode', () => {
     expect(stats.fetched).toBe(pages);
     expectPages(new Uint8Array(guest.buffer), Array.from({ length: pages }, (_, i) => i));
   });
+});
+
+describe('FaultHandler on a worker thread', () => {
+  for (const mode of ['event-loop', 'native'] as const) {
+    itWith(['minorShmem', 'missingShmem', 'threadId'], `${mode}: serves faults the main thread takes itself, every byte checked`, async () => {
+      const pages = 64;
+      const mem = Memfd.create(pages * PAGE_SIZE, { name: 'worker-handler' });
+      open.push(mem);
+      const guest = mem.map();
+      const worker = new Worker(fixture('handler-worker.js'), {
+        workerData: { entry: distEntry, util: pageContentModule, fd: mem.fd, address: guest.address, length: guest.length, mode },
+      });
+      try {
+        await new Promise((resolve, reject) => {
+          worker.once('message', resolve);
+          worker.once('error', reject);
+        });
+        const order = shuffled(pages, rng(31));
+        // This thread faults; the worker's loop fetches and CONTINUEs.
+        expectPages(new Uint8Array(guest.buffer), order);
+        worker.postMessage('stop');
+        const { stats } = await new Promise<{ stats: { faults: number; fetched: number; resolved: number } }>((r) => worker.once('message', r));
+        expect(stats).toMatchObject({ faults: pages, fetched: pages, resolved: pages });
+      } finally {
+        await worker.terminate();
+      }
+    });
+  }
 });

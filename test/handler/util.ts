@@ -1,42 +1,18 @@
 // Shared plumbing of the FaultHandler tests: deterministic page content,
 // shuffles, and byte-for-byte checks.
+import { join } from 'node:path';
 import { expect } from 'vitest';
 
 import { Memfd, PAGE_SIZE } from '../../lib/index';
 
-/** The content page `page` must have: every byte depends on the page and its position. */
-export function pageContent(page: number, seed = 0): Buffer {
-  const b = Buffer.allocUnsafe(PAGE_SIZE);
-  const words = new Uint32Array(b.buffer, b.byteOffset, PAGE_SIZE / 4);
-  let x = (page * 2654435761 + seed * 97 + 1) >>> 0;
-  for (let i = 0; i < words.length; i++) {
-    x ^= x << 13; x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5; x >>>= 0;
-    words[i] = x;
-  }
-  return b;
-}
-
-/** A seeded PRNG (xorshift32) so a failing order can be replayed from its seed. */
-export function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13; x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5; x >>>= 0;
-    return x / 0x100000000;
-  };
-}
-
-export function shuffled(n: number, random: () => number): number[] {
-  const a = Array.from({ length: n }, (_, i) => i);
-  for (let i = n - 1; i > 0; i--) {
-    const j = Math.floor(random() * (i + 1));
-    [a[i], a[j]] = [a[j], a[i]];
-  }
-  return a;
-}
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const shared = require('../fixtures/page-content.js') as {
+  pageContent(page: number, seed?: number): Buffer;
+  rng(seed: number): () => number;
+  shuffled(n: number, random: () => number): number[];
+};
+export const { pageContent, rng, shuffled } = shared;
+export const pageContentModule = join(__dirname, '..', 'fixtures', 'page-content.js');
 
 /** Checks every byte of `pages` through `view` (already mapped pages only: a registered unmapped page would fault on this thread). */
 export function expectPages(view: Uint8Array, pages: Iterable<number>, seed = 0): void {
