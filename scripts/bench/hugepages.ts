@@ -29,17 +29,21 @@ export function reserveHugePages(pages: number): HugeReservation {
   if (before === undefined || free === undefined) return { available: 0, reason: 'no 2 MiB hugetlb pool on this kernel', restore() {} };
   if (free >= pages) return { available: free, restore() {} };
   let restored = false;
+  const raised = before + pages - free;
   const restore = () => {
     if (restored) return;
     restored = true;
+    // The sysctl is machine-wide: if someone else changed it since, their
+    // value wins and ours is not put back over it.
+    if (readNumber(NR_HUGEPAGES) !== raised) return;
     try {
       writeFileSync(NR_HUGEPAGES, String(before));
     } catch {
-      // Nothing more to do at exit; the value is reported in the JSON.
+      // Nothing more to do at exit.
     }
   };
   try {
-    writeFileSync(NR_HUGEPAGES, String(before + pages - free));
+    writeFileSync(NR_HUGEPAGES, String(raised));
   } catch (err) {
     return { available: free, reason: `cannot raise vm.nr_hugepages: ${(err as Error).message}`, restore() {} };
   }
