@@ -29,7 +29,7 @@ export function reserveHugePages(pages: number): HugeReservation {
   if (before === undefined || free === undefined) return { available: 0, reason: 'no 2 MiB hugetlb pool on this kernel', restore() {} };
   if (free >= pages) return { available: free, restore() {} };
   let restored = false;
-  const raised = before + pages - free;
+  let raised = before + pages - free;
   const restore = () => {
     if (restored) return;
     restored = true;
@@ -44,6 +44,8 @@ export function reserveHugePages(pages: number): HugeReservation {
   };
   try {
     writeFileSync(NR_HUGEPAGES, String(raised));
+    // The kernel may allocate fewer than asked; what it reports is what we set.
+    raised = readNumber(NR_HUGEPAGES) ?? raised;
   } catch (err) {
     return { available: free, reason: `cannot raise vm.nr_hugepages: ${(err as Error).message}`, restore() {} };
   }
