@@ -130,7 +130,7 @@ async function main(): Promise<void> {
       bar.update(i, { scenario: s.id });
       const orders = pageOrders(s.pages, s.threads, s.order, seed + i);
       try {
-        results.push(await runScenario(s, orders, cpuCount, PAGE_SIZE));
+        results.push(await runScenario(s, orders, cpuCount));
       } catch (err) {
         results.push({ ...emptyResult(s), error: (err as Error).message });
       }
@@ -138,7 +138,7 @@ async function main(): Promise<void> {
     const bulk: BulkRow[] = [];
     for (const [j, [page, pages]] of bulkPlan.entries()) {
       bar.update(scenarios.length + j, { scenario: `${page}/bulk` });
-      bulk.push(...runBulk(page, pages, size.reps, PAGE_SIZE));
+      bulk.push(...runBulk(page, pages, size.reps));
     }
     bar.update(scenarios.length + bulkPlan.length, { scenario: 'done' });
     bar.stop();

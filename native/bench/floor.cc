@@ -9,7 +9,7 @@
 namespace {
 
 // floor(pageSize, pages, huge, order: Uint32Array, cpu)
-//   -> { latencyNs, checksum, expected } | { errno, where }
+//   -> { latencyNs, checksum, expected, wallNs } | { errno, where }
 Napi::Value Floor(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   size_t page_size, pages;
@@ -24,6 +24,7 @@ Napi::Value Floor(const Napi::CallbackInfo& info) {
   std::vector<double> latency(order.size());
   uint64_t sum = 0;
   int thread_rc = 0;
+  uint64_t wall = 0;
   std::thread toucher([&] {
     if (cpu >= 0 && bench::PinSelf(cpu) < 0) thread_rc = -errno;
     uint8_t* view = bench::MapView(mem, true);
@@ -31,7 +32,9 @@ Napi::Value Floor(const Napi::CallbackInfo& info) {
       thread_rc = -errno;
       return;
     }
+    uint64_t t0 = bench::NowNs();
     sum = bench::TimedTouches(view, page_size, order.data(), order.size(), latency.data());
+    wall = bench::NowNs() - t0;
     munmap(view, mem.length());
   });
   toucher.join();
@@ -39,6 +42,7 @@ Napi::Value Floor(const Napi::CallbackInfo& info) {
   Napi::Object result = Napi::Object::New(env);
   result.Set("latencyNs", bench::ToArray(env, latency));
   result.Set("checksum", Napi::Number::New(env, static_cast<double>(sum)));
+  result.Set("wallNs", Napi::Number::New(env, static_cast<double>(wall)));
   result.Set("expected", Napi::Number::New(env, static_cast<double>(bench::ExpectedSum(order.data(), order.size()))));
   return result;
 }

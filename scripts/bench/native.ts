@@ -12,6 +12,8 @@ export interface FloorResult {
   latencyNs: Float64Array;
   checksum: number;
   expected: number;
+  /** Wall time of the touch loop alone. */
+  wallNs: number;
 }
 
 export interface ReferenceResult {

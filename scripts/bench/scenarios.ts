@@ -5,7 +5,7 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 
-import { FaultHandler, Memfd, Userfaultfd, touchPages } from '../../lib/index';
+import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
 import { bench, pageByte, unwrap } from './native';
 import { LatencySummary, summarize } from './stats';
 
@@ -63,8 +63,6 @@ export interface ScenarioResult extends Scenario {
   note?: string;
 }
 
-export const pageSizeOf = (kind: PageKind, small: number): number => (kind === '2m' ? 2 * 1024 * 1024 : small);
-
 /** CPUs of the handler and of each toucher for a placement. */
 export function placementCpus(placement: Placement, threads: number, cpuCount: number): { handler: number; touchers: number[] } {
   if (placement === 'unpinned') return { handler: -1, touchers: Array(threads).fill(-1) };
@@ -98,8 +96,8 @@ function filledMemfd(pages: number, huge: boolean): Memfd {
   return mem;
 }
 
-let smallPage = 4096;
-const pageSizeFor = (huge: boolean) => (huge ? 2 * 1024 * 1024 : smallPage);
+const HUGE_PAGE = 2 * 1024 * 1024;
+const pageSizeFor = (huge: boolean) => (huge ? HUGE_PAGE : PAGE_SIZE);
 
 const taskIds = (): Set<number> => new Set(readdirSync('/proc/self/task').map(Number));
 
@@ -124,16 +122,14 @@ function nextMessage<T>(worker: Worker): Promise<T> {
   });
 }
 
-export async function runScenario(s: Scenario, orders: Uint32Array[], cpuCount: number, systemPage: number): Promise<ScenarioResult> {
-  smallPage = systemPage;
+export async function runScenario(s: Scenario, orders: Uint32Array[], cpuCount: number): Promise<ScenarioResult> {
   const huge = s.page === '2m';
   const pageSize = pageSizeFor(huge);
   const cpus = placementCpus(s.placement, s.threads, cpuCount);
 
   if (s.mode === 'floor') {
-    const t0 = process.hrtime.bigint();
     const r = unwrap(bench.floor(pageSize, s.pages, huge, orders[0], cpus.touchers[0]));
-    return finish(s, pageSize, cpus, orders, [r.latencyNs], r.checksum, 0, 0, Number(process.hrtime.bigint() - t0));
+    return finish(s, pageSize, cpus, orders, [r.latencyNs], r.checksum, 0, 0, r.wallNs);
   }
   if (s.mode === 'c-reference') {
     const r = unwrap(bench.cReference(pageSize, s.pages, huge, orders, cpus.handler, cpus.touchers));
@@ -283,8 +279,7 @@ function bulkRow(page: PageKind, method: BulkRow['method'], by: BulkRow['by'], p
 }
 
 /** One CONTINUE over the whole range vs MADV_POPULATE_READ, in C and through the library. */
-export function runBulk(page: PageKind, pages: number, reps: number, systemPage: number): BulkRow[] {
-  smallPage = systemPage;
+export function runBulk(page: PageKind, pages: number, reps: number): BulkRow[] {
   const huge = page === '2m';
   const pageSize = pageSizeFor(huge);
   const c = unwrap(bench.cBulk(pageSize, pages, huge, reps));
