@@ -858,8 +858,10 @@ export class FaultHandler implements AsyncDisposable {
       this.#poller = undefined;
     }
     if (this.#resolver) {
-      this.#lastNativeStats = native.resolverStats(this.#resolver);
+      // After the join: the thread counts a fault once its CONTINUE has
+      // already woken the faulter, so a snapshot taken earlier can miss it.
       native.resolverStop(this.#resolver);
+      this.#lastNativeStats = native.resolverStats(this.#resolver);
       this.#resolver = undefined;
     }
     this.#stopping = this.#drain();
