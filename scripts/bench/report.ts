@@ -30,7 +30,8 @@ export interface BenchReport {
   options: Record<string, unknown>;
   machine: Machine;
   scenarios: (ScenarioResult & { ratios: Ratios; error?: string })[];
-  bulk: (BulkRow & { vsPopulateRead: number | null })[];
+  /** vsPopulateRead compares the fastest repetitions; vsPopulateReadMedian the medians. */
+  bulk: (BulkRow & { vsPopulateRead: number | null; vsPopulateReadMedian: number | null })[];
   targets: { name: string; value: number | null; target: string; met: boolean | null }[];
   durationMs: number;
 }
@@ -65,10 +66,11 @@ function latencyTable(report: BenchReport): Table {
 }
 
 function bulkTable(report: BenchReport): Table {
-  const header = ['bulk', 'by', 'page', 'range', 'median ms', 'pages/s', 'GiB/s', '×POPULATE_READ'];
-  const rows = report.bulk.map((b) => [b.method, b.by, b.page, `${(b.bytes / 2 ** 20).toFixed(0)} MiB`, (b.medianNs / 1e6).toFixed(2),
-    rate(b.pagesPerSec), b.gibPerSec.toFixed(1), ratio(b.vsPopulateRead)]);
-  return { header, rows, align: ['l', 'l', 'l', 'r', 'r', 'r', 'r', 'r'] };
+  const header = ['bulk', 'by', 'page', 'range', 'reps', 'best ms', 'median ms', 'pages/s', 'GiB/s', '×POPULATE_READ', '(median)'];
+  const ms = (ns: number) => (ns / 1e6).toFixed(ns < 1e6 ? 3 : 2);
+  const rows = report.bulk.map((b) => [b.method, b.by, b.page, `${(b.bytes / 2 ** 20).toFixed(0)} MiB`, String(b.reps), ms(b.bestNs), ms(b.medianNs),
+    rate(b.pagesPerSec), b.gibPerSec.toFixed(1), ratio(b.vsPopulateRead), ratio(b.vsPopulateReadMedian ?? null)]);
+  return { header, rows, align: ['l', 'l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'] };
 }
 
 function renderText(t: Table): string {
