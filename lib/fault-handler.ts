@@ -625,29 +625,34 @@ export class FaultHandler implements AsyncDisposable {
       }
     }
     let at = address;
+    let mapped = 0;
     while (at < end) {
       const r = native.uffdContinue(fd, at, end - at, 0);
       if (r >= 0) {
+        mapped += end - at;
         at = end;
         break;
       }
       const done = native.scratch[0];
       if (done > 0) {
         // Partial progress: only the prefix is mapped and woken; go on with the rest.
+        mapped += done;
         at += done;
         continue;
       }
       if (r === EEXIST) {
         // EEXIST proves the page is mapped, not that its faulter was woken.
         native.uffdWake(fd, at, ps);
+        // A repeated fault on a mapped page: its window was mapped with it.
+        if (at === address) return 0;
         at += ps;
         continue;
       }
       if (at === address) return r;
       break; // a read-ahead page failed: it will fault on its own if ever touched
     }
-    const extra = (at - address) / ps - 1;
-    if (extra > 0) this.#counts.readAheadPages += extra;
+    // The faulting page is the first one mapped whenever anything was mapped.
+    if (mapped > ps) this.#counts.readAheadPages += mapped / ps - 1;
     return 0;
   }
 
@@ -813,6 +818,7 @@ export class FaultHandler implements AsyncDisposable {
       else if (code === EVENT.unmap) this.#applyEvent({ type: 'unmap', start: events[i + 1], end: events[i + 2] });
       else if (code === EVENT.remap) this.#applyEvent({ type: 'remap', from: events[i + 1], to: events[i + 2], length: events[i + 3] });
       else if (code === EVENT.fork) this.#applyEvent({ type: 'fork', uffd: this.uffd.adoptForkChild(events[i + 1]) });
+      else if (code === RESOLVER_FAILED) void this.#shutdown(new UffdError(-events[i + 1], 'read', { fd: this.#fd, operation: 'native resolver' }));
       else if (code === LOOP_THREAD_MAPPED) {
         const region = this.#regionOf(events[i + 1]);
         const offset = region ? region.offset + (events[i + 1] - region.address) : -1;
@@ -907,6 +913,8 @@ export class FaultHandler implements AsyncDisposable {
 
 /** Event code the native resolver uses to report a loop-thread fault it mapped as-is. */
 const LOOP_THREAD_MAPPED = 0x100;
+/** Event code of a native resolver that stopped reading on an error (errno follows). */
+const RESOLVER_FAILED = 0x101;
 
 /** Native latency buckets: 0..1023 µs one bucket per µs, then 64 log2 buckets above. */
 const NATIVE_BUCKETS = 1024 + 32;

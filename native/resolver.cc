@@ -31,7 +31,8 @@ namespace {
 constexpr size_t kLinearBuckets = 1024;
 constexpr size_t kBuckets = kLinearBuckets + 32;
 constexpr size_t kMessages = 128;
-constexpr double kLoopThreadMapped = 0x100;  // event code JavaScript knows (LOOP_THREAD_MAPPED)
+constexpr double kLoopThreadMapped = 0x100;  // event codes JavaScript knows (LOOP_THREAD_MAPPED,
+constexpr double kResolverFailed = 0x101;    // RESOLVER_FAILED in lib/fault-handler.ts)
 
 struct Region {
   uint64_t address;
@@ -117,29 +118,33 @@ int MapRange(Resolver* r, const Region& region, uint64_t address, uint64_t page)
     for (uint64_t next = page + 1; end < limit && r->Present(next); next++) end += ps;
   }
   uint64_t at = address;
+  uint64_t mapped = 0;
   while (at < end) {
     uffdx_continue c = {};
     c.range.start = at;
     c.range.len = end - at;
     int rc = Ioctl(r->uffd, uffd_abi::kContinue, &c);
     if (rc == 0) {
+      mapped += end - at;
       at = end;
       break;
     }
     if (c.mapped > 0) {  // partial progress: the prefix is mapped and woken
+      mapped += static_cast<uint64_t>(c.mapped);
       at += static_cast<uint64_t>(c.mapped);
       continue;
     }
     if (rc == -EEXIST) {  // mapped, but its faulter is not woken by the EEXIST
       Wake(r->uffd, at, ps);
+      if (at == address) return 0;  // a repeated fault: its window was mapped with it
       at += ps;
       continue;
     }
     if (at == address) return rc;
     break;
   }
-  uint64_t pages = (at - address) / ps;
-  if (pages > 1) r->read_ahead_pages.fetch_add(pages - 1, std::memory_order_relaxed);
+  // The faulting page is the first mapped whenever anything was mapped.
+  if (mapped > ps) r->read_ahead_pages.fetch_add(mapped / ps - 1, std::memory_order_relaxed);
   return 0;
 }
 
@@ -225,13 +230,23 @@ void Run(std::shared_ptr<Resolver> r) {
   std::vector<double> deferred;  // address, flags, tid, read time: faults whose CONTINUE met EAGAIN
   struct pollfd fds[2] = {{r->uffd, POLLIN, 0}, {r->stop_fd, POLLIN, 0}};
   const uint64_t ps = r->page_size;
+  int failure = 0;  // errno that ended the loop, reported to JavaScript
   for (;;) {
     int rc = poll(fds, 2, deferred.empty() ? -1 : 1);
-    if (rc < 0 && errno != EINTR) break;
+    if (rc < 0 && errno != EINTR) {
+      failure = errno;
+      break;
+    }
     if (fds[1].revents) break;
-    if (fds[0].revents & (POLLERR | POLLNVAL)) break;
+    if (fds[0].revents & (POLLERR | POLLNVAL)) {
+      failure = (fds[0].revents & POLLNVAL) ? EBADF : EIO;
+      break;
+    }
     ssize_t n = read(r->uffd, msgs.data(), msgs.size() * sizeof(struct uffd_msg));
-    if (n < 0 && errno != EAGAIN && errno != EINTR) break;
+    if (n < 0 && errno != EAGAIN && errno != EINTR) {
+      failure = errno;
+      break;
+    }
     size_t count = n > 0 ? static_cast<size_t>(n) / sizeof(struct uffd_msg) : 0;
     uint64_t read_ns = NowNs();
     {
@@ -321,6 +336,12 @@ void Run(std::shared_ptr<Resolver> r) {
   // Leaving with faults deferred: wake them; JavaScript unregisters the
   // ranges when it stops, so they proceed.
   for (size_t i = 0; i < deferred.size(); i += 4) Wake(r->uffd, static_cast<uint64_t>(deferred[i]) & ~(ps - 1), ps);
+  if (failure != 0) {
+    // Nobody reads the uffd any more: JavaScript must stop loudly, not hang.
+    auto* last = new Batch();
+    last->events.insert(last->events.end(), {kResolverFailed, static_cast<double>(failure), 0, 0});
+    Deliver(r.get(), last);
+  }
   r->tsfn.Release();
 }
 

@@ -55,6 +55,30 @@ describe('FaultHandler, event-loop mode', () => {
     expect(handler.present.count()).toBe(pages);
   });
 
+  itWith(['minorShmem', 'threadId'], 'concurrency bounds the fetches in flight; six threads over 200 pages still get every byte', async () => {
+    const pages = 200;
+    const { mem, uffd } = setup(pages);
+    const guest = mem.map();
+    let active = 0;
+    let peak = 0;
+    const handler = new FaultHandler(uffd, {
+      memfd: mem,
+      concurrency: 3,
+      async fetch(f) {
+        peak = Math.max(peak, ++active);
+        await delay(1);
+        mem.write(f.offset, pageContent(f.page));
+        active--;
+      },
+    });
+    handlers.push(handler);
+    handler.attach(guest).start();
+    await Promise.all([1, 2, 3, 4, 5, 6].map((s) => touchPages(guest, shuffled(pages, rng(s)))));
+    expect(peak).toBe(3);
+    expect(handler.stats().fetched).toBe(pages);
+    expectPages(new Uint8Array(guest.buffer), shuffled(pages, rng(1)));
+  });
+
   itWith(['minorShmem', 'missingShmem', 'threadId'], 'MISSING|MINOR: holes fault too and are served', async () => {
     const pages = 256;
     const { mem, uffd } = setup(pages, false);
