@@ -25,6 +25,22 @@
           "ldflags+": ["-fsanitize=<(uffd_sanitize)"]
         }]
       ]
+    },
+    {
+      "target_name": "userfaultfd_bench",
+      "sources": [
+        "native/bench/bench_addon.cc",
+        "native/bench/floor.cc",
+        "native/bench/c_reference.cc",
+        "native/bench/bulk.cc",
+        "native/bench/touch_here.cc"
+      ],
+      "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api"],
+      "defines": ["NAPI_VERSION=8"],
+      "cflags_cc": ["-std=c++17", "-fvisibility=hidden", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "conditions": [
+        ["OS!='linux'", {"type": "none"}]
+      ]
     }
   ]
 }

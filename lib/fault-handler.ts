@@ -802,6 +802,7 @@ export class FaultHandler implements AsyncDisposable {
     const handle = native.resolverStart(
       this.#fd, this.memfd.fd, this.present.buffer, this.#readAhead, this.#loopThreadAction === 'abort' ? 0 : 1,
       (faults: Float64Array, count: number, events: number[]) => this.#onNativeBatch(faults, count, events),
+      this.#pageSize,
     );
     if (typeof handle === 'number') throw new UffdError(handle, 'pthread_create', { operation: 'resolver', fd: this.#fd });
     this.#resolver = handle;

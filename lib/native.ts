@@ -75,6 +75,7 @@ export interface NativeBinding {
     readAhead: number,
     loopThreadAction: number,
     onBatch: (faults: Float64Array, count: number, events: number[]) => void,
+    pageSize?: number,
   ): SysResult | ResolverHandle;
   /** Replaces the region table: [address, length, memfdOffset] * n. */
   resolverSetRegions(handle: ResolverHandle, regions: Float64Array): void;

@@ -366,7 +366,7 @@ Handle* HandleOf(const Napi::CallbackInfo& info) {
   return info[0].As<Napi::External<Handle>>().Data();
 }
 
-// resolverStart(uffd, memfd, bitmap, readAhead, loopAction, onBatch) -> External | -errno
+// resolverStart(uffd, memfd, bitmap, readAhead, loopAction, onBatch[, pageSize]) -> External | -errno
 Napi::Value Start(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   AddonState* state = AddonState::Of(env);
@@ -381,6 +381,13 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
   r->memfd = memfd;
   r->js_tid = state->js_thread_tid;
   r->page_size = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  // A hugetlb memfd's faults, bitmap bits and CONTINUEs are per huge page.
+  int64_t memfd_page = 0;
+  if (info.Length() > 6 && !info[6].IsUndefined()) {
+    if (!args::Int(info, 6, &memfd_page)) return env.Undefined();
+    if (memfd_page <= 0 || (memfd_page & (memfd_page - 1)) != 0) return args::Fail(info, "expected a power-of-two page size"), env.Undefined();
+    r->page_size = static_cast<size_t>(memfd_page);
+  }
   r->read_ahead = read_ahead > 0 ? static_cast<uint64_t>(read_ahead) : 0;
   r->loop_action = static_cast<int>(loop_action);
   r->state = state;

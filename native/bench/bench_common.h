@@ -1,0 +1,195 @@
+// Shared plumbing of the benchmark-only addon (userfaultfd_bench). Every entry
+// point here owns what it creates (memfd, mappings, uffd, threads) for the
+// length of one call and releases it before returning, so the addon keeps no
+// state between calls and nothing outlives the environment.
+#pragma once
+
+#include <errno.h>
+#include <fcntl.h>
+#include <napi.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include "../uffd_abi.h"
+
+namespace bench {
+
+inline uint64_t NowNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// cpu < 0 means every online CPU (undo an earlier pin).
+inline int PinSelf(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (cpu >= 0) {
+    CPU_SET(cpu, &set);
+  } else {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    for (long i = 0; i < n && i < CPU_SETSIZE; i++) CPU_SET(i, &set);
+  }
+  return sched_setaffinity(0, sizeof(set), &set) == 0 ? 0 : -errno;
+}
+
+// The byte every page starts with: lets each toucher prove it saw the
+// page-cache page (not a fresh zero page) through its checksum.
+inline uint8_t PageByte(size_t page) { return static_cast<uint8_t>(page % 251 + 1); }
+
+// A memfd whose pages all sit in the page cache, filled through a temporary
+// shared mapping (hugetlbfs has no write(2)), which is unmapped again so the
+// next mapping of the file takes a minor fault on every page.
+struct FilledMemfd {
+  int fd = -1;
+  size_t page_size = 0;
+  size_t pages = 0;
+  size_t length() const { return page_size * pages; }
+  ~FilledMemfd() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+inline int MakeFilledMemfd(size_t page_size, size_t pages, bool huge, FilledMemfd* out) {
+  unsigned flags = MFD_CLOEXEC;
+  if (huge) flags |= MFD_HUGETLB | (21u << MFD_HUGE_SHIFT);
+  int fd = static_cast<int>(syscall(SYS_memfd_create, "userfaultfd-bench", flags));
+  if (fd < 0) return -errno;
+  out->fd = fd;
+  out->page_size = page_size;
+  out->pages = pages;
+  if (ftruncate(fd, static_cast<off_t>(out->length())) < 0) return -errno;
+  void* p = mmap(nullptr, out->length(), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return -errno;
+  auto* bytes = static_cast<uint8_t*>(p);
+  for (size_t i = 0; i < pages; i++) {
+    // Touch every 4 KiB of a huge page too: the whole page must be real.
+    for (size_t off = 0; off < page_size; off += 4096) bytes[i * page_size + off] = PageByte(i);
+  }
+  munmap(p, out->length());
+  return 0;
+}
+
+// A fresh view of the memfd: no PTE exists yet, so each first touch faults.
+inline uint8_t* MapView(const FilledMemfd& mem, bool random_advice) {
+  void* p = mmap(nullptr, mem.length(), PROT_READ | PROT_WRITE, MAP_SHARED, mem.fd, 0);
+  if (p == MAP_FAILED) return nullptr;
+  // Fault-around would map up to 16 neighbouring pages on one fault.
+  if (random_advice) madvise(p, mem.length(), MADV_RANDOM);
+  return static_cast<uint8_t*>(p);
+}
+
+// Touches the first byte of each listed page, timing each touch on this
+// thread's clock. Returns the sum of the bytes read.
+inline uint64_t TimedTouches(const uint8_t* base, size_t page_size, const uint32_t* order, size_t count, double* latency_ns) {
+  uint64_t sum = 0;
+  for (size_t i = 0; i < count; i++) {
+    const volatile uint8_t* p = base + static_cast<size_t>(order[i]) * page_size;
+    uint64_t t0 = NowNs();
+    sum += *p;
+    latency_ns[i] = static_cast<double>(NowNs() - t0);
+  }
+  return sum;
+}
+
+inline uint64_t ExpectedSum(const uint32_t* order, size_t count) {
+  uint64_t sum = 0;
+  for (size_t i = 0; i < count; i++) sum += PageByte(order[i]);
+  return sum;
+}
+
+inline int OpenUffd(bool huge) {
+  int fd = static_cast<int>(syscall(__NR_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+  if (fd < 0) return -errno;
+  struct uffdio_api api = {};
+  api.api = UFFD_API;
+  api.features = huge ? UFFD_FEATURE_MINOR_HUGETLBFS : UFFD_FEATURE_MINOR_SHMEM;
+  if (ioctl(fd, uffd_abi::kApi, &api) < 0) {
+    int err = -errno;
+    close(fd);
+    return err;
+  }
+  return fd;
+}
+
+inline int RegisterMinor(int uffd, void* start, size_t length) {
+  struct uffdio_register reg = {};
+  reg.range.start = reinterpret_cast<uintptr_t>(start);
+  reg.range.len = length;
+  reg.mode = UFFDIO_REGISTER_MODE_MINOR;
+  return ioctl(uffd, uffd_abi::kRegister, &reg) < 0 ? -errno : 0;
+}
+
+// CONTINUE one range; EEXIST (someone else mapped it) still needs a wake.
+// Returns bytes mapped, 0 for EEXIST, or -errno.
+inline int64_t ContinueRange(int uffd, uintptr_t start, size_t length) {
+  struct uffdx_continue cont = {};
+  cont.range.start = start;
+  cont.range.len = length;
+  if (ioctl(uffd, uffd_abi::kContinue, &cont) == 0) return cont.mapped;
+  int err = errno;
+  if (err != EEXIST) return -err;
+  struct uffdio_range range = {start, length};
+  ioctl(uffd, uffd_abi::kWake, &range);
+  return 0;
+}
+
+inline Napi::Float64Array ToArray(Napi::Env env, const std::vector<double>& values) {
+  Napi::Float64Array out = Napi::Float64Array::New(env, values.size());
+  std::copy(values.begin(), values.end(), out.Data());
+  return out;
+}
+
+inline Napi::Value Errno(Napi::Env env, int neg_errno, const char* where) {
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("errno", Napi::Number::New(env, neg_errno));
+  result.Set("where", Napi::String::New(env, where));
+  return result;
+}
+
+// Reads the (page size, page count, huge) triple every scenario starts with.
+inline bool Geometry(const Napi::CallbackInfo& info, size_t* page_size, size_t* pages, bool* huge) {
+  if (!info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsBoolean()) {
+    Napi::TypeError::New(info.Env(), "expected (pageSize, pages, huge, ...)").ThrowAsJavaScriptException();
+    return false;
+  }
+  *page_size = info[0].As<Napi::Number>().Uint32Value();
+  *pages = info[1].As<Napi::Number>().Uint32Value();
+  *huge = info[2].As<Napi::Boolean>().Value();
+  if (*page_size == 0 || (*page_size & (*page_size - 1)) != 0 || *pages == 0) {
+    Napi::TypeError::New(info.Env(), "page size must be a power of two and pages > 0").ThrowAsJavaScriptException();
+    return false;
+  }
+  return true;
+}
+
+// A Uint32Array of page indexes, each below `pages`.
+inline bool PageList(const Napi::CallbackInfo& info, Napi::Value value, size_t pages, std::vector<uint32_t>* out) {
+  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
+    Napi::TypeError::New(info.Env(), "expected a Uint32Array of page indexes").ThrowAsJavaScriptException();
+    return false;
+  }
+  Napi::Uint32Array list = value.As<Napi::Uint32Array>();
+  out->assign(list.Data(), list.Data() + list.ElementLength());
+  for (uint32_t p : *out)
+    if (p >= pages) {
+      Napi::RangeError::New(info.Env(), "page index beyond the memfd").ThrowAsJavaScriptException();
+      return false;
+    }
+  return true;
+}
+
+}  // namespace bench
+
+void InitBenchFloor(Napi::Env env, Napi::Object exports);
+void InitBenchReference(Napi::Env env, Napi::Object exports);
+void InitBenchBulk(Napi::Env env, Napi::Object exports);
+void InitBenchTouch(Napi::Env env, Napi::Object exports);
