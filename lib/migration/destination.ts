@@ -432,7 +432,8 @@ export class MigrationDestination implements Disposable {
     if (this.#settled) return;
     this.#stats.durationMs = this.#started ? performance.now() - this.#started : 0;
     const problems: string[] = [];
-    if (this.#pageCount > 0) {
+    // Before the hello nothing was received: every page of every view is absent.
+    {
       for (const view of this.#views) {
         if (this.#policy === 'poison') {
           try {

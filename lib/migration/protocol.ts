@@ -58,8 +58,9 @@ export function protocolError(code: string, message: string): Error {
   return stateError(code, `migration protocol: ${message}`);
 }
 
-function header(type: number, payloadLength: number, flags = 0): Buffer {
-  const b = Buffer.allocUnsafe(FRAME_HEADER + payloadLength);
+/** A frame header followed by room for `inline` payload bytes (the rest of the payload is sent separately). */
+function header(type: number, payloadLength: number, flags = 0, inline = payloadLength): Buffer {
+  const b = Buffer.alloc(FRAME_HEADER + inline);
   b.writeUInt32LE(payloadLength, 0);
   b.writeUInt8(type, 4);
   b.writeUInt8(flags, 5);
@@ -90,7 +91,7 @@ export function encodeRequest(priority: number, firstPage: number, pageCount: nu
  * page bytes separately so the pages are not copied again.
  */
 export function encodeBatch(demand: boolean, firstPage: number, pageCount: number, pages: Uint8Array): [Buffer, Uint8Array] {
-  const head = header(FRAME.batch, 12 + pages.byteLength, demand ? BATCH_FLAG.demand : 0);
+  const head = header(FRAME.batch, 12 + pages.byteLength, demand ? BATCH_FLAG.demand : 0, 12);
   head.writeUInt32LE(firstPage, 12);
   head.writeUInt32LE(pageCount, 16);
   head.writeUInt32LE(crc32(pages, crc32(head.subarray(12, 20))), 8);

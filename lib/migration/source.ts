@@ -20,6 +20,8 @@ export interface SourceOptions {
   batchPages?: number;
   /** Push pages nobody asked for (post-copy). false serves demand only. Default true. */
   push?: boolean;
+  /** Caps the background push at this many bytes per second (demand answers are never held back). Default: no cap. */
+  pushBytesPerSecond?: number;
   /** Stops serving: the connection is closed with an error frame. */
   signal?: AbortSignal;
 }
@@ -41,6 +43,7 @@ interface Options {
   pageSize: number;
   batchPages: number;
   push: boolean;
+  pushBytesPerSecond: number;
   signal?: AbortSignal;
 }
 
@@ -50,7 +53,8 @@ function readOptions(options: SourceOptions | undefined): Options {
   if ((pageSize & (pageSize - 1)) !== 0) throw argValueError('options.pageSize', 'must be a power of two', pageSize);
   const batchPages = v.integer('options.batchPages', opts.batchPages ?? 64, 1, 1024);
   if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw argValueError('options.signal', 'must be an AbortSignal', opts.signal);
-  return { pageSize, batchPages, push: v.boolean('options.push', opts.push, true), signal: opts.signal };
+  const pushBytesPerSecond = opts.pushBytesPerSecond === undefined ? Infinity : v.integer('options.pushBytesPerSecond', opts.pushBytesPerSecond, 1);
+  return { pageSize, batchPages, push: v.boolean('options.push', opts.push, true), pushBytesPerSecond, signal: opts.signal };
 }
 
 /**
@@ -81,6 +85,7 @@ class SourceConnection {
   readonly #prefetch: [number, number][] = [];
   #waitingDrain = false;
   #doneSent = false;
+  #timer: NodeJS.Timeout | undefined;
   readonly #stats: SourceStats;
   readonly #started = Date.now();
 
@@ -102,6 +107,7 @@ class SourceConnection {
       const finish = (err?: Error) => {
         if (settled) return;
         settled = true;
+        clearTimeout(this.#timer);
         this.#opts.signal?.removeEventListener('abort', onAbort);
         this.#stats.durationMs = Date.now() - this.#started;
         if (err) {
@@ -172,12 +178,32 @@ class SourceConnection {
         }
         return;
       }
-      if (!this.#opts.push) return;
+      if (!this.#opts.push || this.#throttled()) return;
       while (this.#sent[this.#cursor]) this.#cursor++;
       let end = this.#cursor;
       while (end < this.#pageCount && end - this.#cursor < this.#opts.batchPages && !this.#sent[end]) end++;
       this.#sendRun(this.#cursor, end, false);
     }
+  }
+
+  /** True (and a wake-up scheduled) when the push is ahead of its byte budget. */
+  #throttled(): boolean {
+    const rate = this.#opts.pushBytesPerSecond;
+    if (rate === Infinity) return false;
+    const pushedBytes = this.#stats.pagesPushed * this.#opts.pageSize;
+    const aheadMs = (pushedBytes / rate) * 1000 - (Date.now() - this.#started);
+    if (aheadMs <= 0) return false;
+    if (!this.#timer) {
+      this.#timer = setTimeout(() => {
+        this.#timer = undefined;
+        try {
+          this.#pump();
+        } catch (err) {
+          this.#socket.destroy(err as Error);
+        }
+      }, Math.ceil(aheadMs));
+    }
+    return true;
   }
 
   /** Sends the unsent pages of the first queued request; false when the queue is empty. */
