@@ -25,3 +25,5 @@ export type { DestinationOptions, DestinationStats, GuestView, FailurePolicy } f
 export { PROTOCOL_VERSION, crc32 } from './migration/protocol';
 export { sendGuestMemory, receiveGuestMemory } from './migration/handoff';
 export type { GuestMemoryInfo, ReceivedGuestMemory } from './migration/handoff';
+export { FirecrackerPageServer, FirecrackerSession, parseFirecrackerRegions } from './migration/firecracker';
+export type { FirecrackerRegion, FirecrackerServerOptions, FirecrackerStats, FirecrackerFailureAction } from './migration/firecracker';
