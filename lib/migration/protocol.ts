@@ -193,10 +193,14 @@ export class FrameDecoder {
     }
   }
 
+  /** The first chunk, merged with just enough of the following ones to hold `n` bytes. */
   #peek(n: number): Buffer {
     if (this.#chunks[0].length >= n) return this.#chunks[0];
-    const merged = Buffer.concat(this.#chunks);
-    this.#chunks = [merged];
+    let count = 0;
+    let bytes = 0;
+    while (bytes < n) bytes += this.#chunks[count++].length;
+    const merged = Buffer.concat(this.#chunks.slice(0, count), bytes);
+    this.#chunks.splice(0, count, merged);
     return merged;
   }
 
