@@ -196,7 +196,7 @@ function runWorker(): void {
     const wordsPerPage = PAGE_SIZE / 4;
     const written = new Map<number, number>();
     const stallsUs: number[] = [];
-    let cold = hotPages + Math.floor(((pages - hotPages) * id) / opts.workers);
+    let cold = Math.floor((pages * id) / opts.workers);
     let counter = 0;
     let rng = 0x12345 + id * 7919;
     const random = () => {
@@ -209,7 +209,8 @@ function runWorker(): void {
       const phase = Atomics.load(shared, 0);
       if (phase === 2) break;
       for (let n = 0; n < 256; n++) {
-        const page = random() < opts.hotShare ? Math.floor(random() * hotPages) : (cold = cold + 1 >= pages ? hotPages : cold + 1);
+        // The hot set is scattered over memory (a heap, not a prefix the push reaches first); the cold tail is a sweep.
+        const page = random() < opts.hotShare ? (Math.floor(random() * hotPages) * 40503) % pages : (cold = cold + 1 >= pages ? 0 : cold + 1);
         const i = 2 + Math.floor(random() * (wordsPerPage - 2));
         const t0 = performance.now();
         const value = words[page * wordsPerPage + i];

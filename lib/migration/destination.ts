@@ -24,7 +24,7 @@ import { Mapping, Memfd } from '../memfd';
 import { PollerHandle, native } from '../native';
 import { Userfaultfd, startPoller } from '../userfaultfd';
 import * as v from '../validate';
-import { Frame, FrameDecoder, PRIORITY, PROTOCOL_VERSION, encodeError, encodeRequest, protocolError } from './protocol';
+import { Frame, FrameDecoder, PRIORITY, PROTOCOL_VERSION, encodeCredit, encodeError, encodeRequest, protocolError } from './protocol';
 
 /** A guest view of the memfd: where it is mapped in the guest process, and which part of the memfd it shows. */
 export interface GuestView {
@@ -64,6 +64,12 @@ export interface DestinationOptions {
   mapReceived?: boolean;
   /** After a demand fault on page N, also ask (at prefetch priority) for this many pages after it. Default 0. */
   readahead?: number;
+  /**
+   * Pushed batches allowed in flight (sent but not yet written here). Small
+   * keeps demand answers from queueing behind pushed data; large keeps a
+   * long fat network busy. Default 4.
+   */
+  pushWindow?: number;
   /** Unregister the views once every page is in, so later touches are plain page faults. Default true. */
   unregisterWhenDone?: boolean;
   signal?: AbortSignal;
@@ -114,6 +120,8 @@ export class MigrationDestination implements Disposable {
   readonly #policy: FailurePolicy;
   readonly #mapReceived: boolean;
   readonly #readahead: number;
+  readonly #pushWindow: number;
+  #creditOwed = 0;
   readonly #unregisterWhenDone: boolean;
   readonly #pageSize: number;
   #pageCount = 0;
@@ -134,7 +142,7 @@ export class MigrationDestination implements Disposable {
   readonly #signal?: AbortSignal;
   readonly #onAbort = () => this.#fail(stateError('ERR_MIGRATION_ABORTED', 'migration destination aborted'));
 
-  private constructor(opts: Required<Pick<DestinationOptions, 'uffd' | 'memfd'>> & { views: View[]; socket: net.Socket; policy: FailurePolicy; mapReceived: boolean; readahead: number; unregisterWhenDone: boolean; signal?: AbortSignal }) {
+  private constructor(opts: Required<Pick<DestinationOptions, 'uffd' | 'memfd'>> & { views: View[]; socket: net.Socket; policy: FailurePolicy; mapReceived: boolean; readahead: number; pushWindow: number; unregisterWhenDone: boolean; signal?: AbortSignal }) {
     this.#uffd = opts.uffd;
     this.#memfd = opts.memfd;
     this.#views = opts.views;
@@ -142,6 +150,7 @@ export class MigrationDestination implements Disposable {
     this.#policy = opts.policy;
     this.#mapReceived = opts.mapReceived;
     this.#readahead = opts.readahead;
+    this.#pushWindow = opts.pushWindow;
     this.#unregisterWhenDone = opts.unregisterWhenDone;
     this.#pageSize = opts.memfd.pageSize;
     this.#signal = opts.signal;
@@ -191,6 +200,7 @@ export class MigrationDestination implements Disposable {
       policy: v.oneOf('options.onFailure', opts.onFailure, ['poison', 'zero'] as const, 'poison'),
       mapReceived: v.boolean('options.mapReceived', opts.mapReceived, true),
       readahead: v.integer('options.readahead', opts.readahead ?? 0, 0, 4096),
+      pushWindow: v.integer('options.pushWindow', opts.pushWindow ?? 4, 1, 1 << 20),
       unregisterWhenDone: v.boolean('options.unregisterWhenDone', opts.unregisterWhenDone, true),
       signal: opts.signal,
     });
@@ -272,6 +282,7 @@ export class MigrationDestination implements Disposable {
     this.#started = performance.now();
     this.#releaseReader = this.#uffd.claimReader('MigrationDestination');
     this.#poller = startPoller(this.#uffd.fd, this.#messages.buffer, (count) => this.#onEvents(count));
+    this.#socket.write(encodeCredit(this.#pushWindow));
     trace('migration destination: %d pages of %d bytes, %d views', hello.pageCount, hello.pageSize, this.#views.length);
   }
 
@@ -281,6 +292,7 @@ export class MigrationDestination implements Disposable {
         if (frame.firstPage + frame.pageCount > this.#pageCount)
           throw protocolError('ERR_MIGRATION_BAD_FRAME', `batch of pages ${frame.firstPage}+${frame.pageCount} outside the image's ${this.#pageCount} pages`);
         this.#onBatch(frame.firstPage, frame.pageCount, frame.data, frame.demand);
+        if (!frame.demand) this.#creditOwed++;
         return;
       case 'done':
         if (this.#presentCount !== this.#pageCount)
@@ -333,6 +345,10 @@ export class MigrationDestination implements Disposable {
   /** Sends the requests gathered since the last flush, coalesced into runs of consecutive pages. */
   #flushRequests(): void {
     if (this.#settled) return;
+    if (this.#creditOwed) {
+      this.#socket.write(encodeCredit(this.#creditOwed));
+      this.#creditOwed = 0;
+    }
     for (const [pages, priority] of [[this.#toDemand, PRIORITY.demand], [this.#toPrefetch, PRIORITY.prefetch]] as const) {
       if (pages.length === 0) continue;
       const sorted = pages.splice(0).sort((x, y) => x - y);

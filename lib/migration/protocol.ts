@@ -15,7 +15,7 @@ export const FRAME_HEADER = 8;
 export const MAX_PAYLOAD = 64 * 1024 * 1024 + 64;
 
 /** Frame types. */
-export const FRAME = { hello: 1, request: 2, batch: 3, done: 4, error: 5 } as const;
+export const FRAME = { hello: 1, request: 2, batch: 3, done: 4, error: 5, credit: 6 } as const;
 
 /** Request priorities: a faulting thread waits on `demand`; `prefetch` is a hint. */
 export const PRIORITY = { demand: 0, prefetch: 1 } as const;
@@ -28,7 +28,8 @@ export interface RequestFrame { type: 'request'; priority: number; firstPage: nu
 export interface BatchFrame { type: 'batch'; demand: boolean; firstPage: number; pageCount: number; data: Buffer }
 export interface DoneFrame { type: 'done'; pagesSent: number }
 export interface ErrorFrame { type: 'error'; code: string; message: string }
-export type Frame = HelloFrame | RequestFrame | BatchFrame | DoneFrame | ErrorFrame;
+export interface CreditFrame { type: 'credit'; batches: number }
+export type Frame = HelloFrame | RequestFrame | BatchFrame | DoneFrame | ErrorFrame | CreditFrame;
 
 const crcTable = (() => {
   const table = new Int32Array(256);
@@ -96,6 +97,17 @@ export function encodeBatch(demand: boolean, firstPage: number, pageCount: numbe
   head.writeUInt32LE(pageCount, 16);
   head.writeUInt32LE(crc32(pages, crc32(head.subarray(12, 20))), 8);
   return [head, pages];
+}
+
+/**
+ * Push credit: the destination allows `batches` more pushed batches. Keeps
+ * the pushed bytes in flight (socket buffers included) small, so that the
+ * answer to a demand request never waits behind megabytes of push.
+ */
+export function encodeCredit(batches: number): Buffer {
+  const b = header(FRAME.credit, 4);
+  b.writeUInt32LE(batches, 8);
+  return b;
 }
 
 export function encodeDone(pagesSent: number): Buffer {
@@ -176,6 +188,9 @@ export class FrameDecoder {
           throw protocolError('ERR_MIGRATION_BAD_CHECKSUM', `batch of pages ${payload.readUInt32LE(4)}+${pageCount} has CRC-32 0x${actual.toString(16)}, frame says 0x${expected.toString(16)}`);
         return { type: 'batch', demand: (flags & BATCH_FLAG.demand) !== 0, firstPage: payload.readUInt32LE(4), pageCount, data };
       }
+      case FRAME.credit:
+        need(4, 'credit');
+        return { type: 'credit', batches: payload.readUInt32LE(0) };
       case FRAME.done:
         need(8, 'done');
         return { type: 'done', pagesSent: Number(payload.readBigUInt64LE(0)) };

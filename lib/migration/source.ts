@@ -86,6 +86,8 @@ class SourceConnection {
   #waitingDrain = false;
   #doneSent = false;
   #timer: NodeJS.Timeout | undefined;
+  /** Push batches the destination still accepts (demand answers need no credit). */
+  #credit = 0;
   readonly #stats: SourceStats;
   readonly #started = Date.now();
 
@@ -159,6 +161,9 @@ class SourceConnection {
         (frame.priority === PRIORITY.demand ? this.#demand : this.#prefetch).push([firstPage, pageCount]);
         return;
       }
+      case 'credit':
+        this.#credit += frame.batches;
+        return;
       case 'error':
         throw stateError(frame.code, `migration source: the destination reported: ${frame.message}`);
       default:
@@ -178,7 +183,7 @@ class SourceConnection {
         }
         return;
       }
-      if (!this.#opts.push || this.#throttled()) return;
+      if (!this.#opts.push || this.#credit === 0 || this.#throttled()) return;
       while (this.#sent[this.#cursor]) this.#cursor++;
       let end = this.#cursor;
       while (end < this.#pageCount && end - this.#cursor < this.#opts.batchPages && !this.#sent[end]) end++;
@@ -229,6 +234,7 @@ class SourceConnection {
     const pages = this.#image.read(first * this.#opts.pageSize, count * this.#opts.pageSize);
     const [head, body] = encodeBatch(demand, first, count, pages);
     this.#sent.fill(1, first, end);
+    if (!demand) this.#credit--;
     this.#sentCount += count;
     if (demand) this.#stats.pagesOnDemand += count;
     else this.#stats.pagesPushed += count;

@@ -10,7 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import {
   FdServer, MigrationDestination, MigrationSource, Memfd, PAGE_SIZE, ReceivedGuestMemory, Userfaultfd, crc32, receiveGuestMemory,
 } from '../../lib/index';
-import { encodeBatch, encodeDone, encodeHello, FrameDecoder, FRAME_HEADER } from '../../lib/migration/protocol';
+import { Frame, PRIORITY, encodeBatch, encodeCredit, encodeDone, encodeHello, encodeRequest, FrameDecoder, FRAME_HEADER } from '../../lib/migration/protocol';
 import { distEntry, fixture, itWith } from '../helpers';
 
 const cleanups: (() => void)[] = [];
@@ -255,5 +255,39 @@ describe('post-copy migration over TCP', () => {
       expect(new Uint8Array(view.buffer)[0], name).toBe(0);
       view.unmap();
     }
+  });
+
+  it('the source pushes only within the credit the destination grants; demand answers need none', async () => {
+    const pages = 64;
+    const image = randomBytes(pages * PAGE_SIZE);
+    const source = await MigrationSource.listen(image, { host: '127.0.0.1', batchPages: 4 });
+    cleanups.push(() => source.close());
+    const socket = net.connect({ host: '127.0.0.1', port: source.address.port });
+    cleanups.push(() => socket.destroy());
+    const decoder = new FrameDecoder(() => PAGE_SIZE);
+    const frames: Frame[] = [];
+    let wake = () => {};
+    socket.on('data', (chunk) => {
+      frames.push(...decoder.push(chunk));
+      wake();
+    });
+    const until = (n: number) => new Promise<void>((resolve) => {
+      wake = () => frames.length >= n && resolve();
+      wake();
+    });
+    await until(1);
+    expect(frames[0]).toMatchObject({ type: 'hello', version: 1, pageSize: PAGE_SIZE, imageSize: image.length, pageCount: pages });
+    socket.write(encodeCredit(2));
+    socket.write(encodeRequest(PRIORITY.demand, 40, 1));
+    await until(4);
+    const describe = (f: Frame) => (f.type === 'batch' ? `${f.demand ? 'demand' : 'push'} ${f.firstPage}+${f.pageCount}` : f.type);
+    // With credit for two batches: two pushes and the demand answer (in either order), nothing more.
+    expect(frames.slice(1).map(describe).sort()).toEqual(['demand 40+1', 'push 0+4', 'push 4+4']);
+    socket.write(encodeCredit(1));
+    await until(5);
+    expect(describe(frames[4])).toBe('push 8+4');
+    const demandFrame = frames.find((f) => f.type === 'batch' && f.demand) as Extract<Frame, { type: 'batch' }>;
+    expect(demandFrame.data).toEqual(image.subarray(40 * PAGE_SIZE, 41 * PAGE_SIZE));
+    expect(frames.length).toBe(5);
   });
 });
