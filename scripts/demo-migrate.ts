@@ -36,7 +36,7 @@ interface Options {
 const STAMP = 0xfeedf00d;
 
 function parseOptions(argv: string[]): Options {
-  const opts: Options = { sizeMiB: 256, workers: 2, hotFraction: 0.05, hotShare: 0.8, writeShare: 0.05, pushRateMiB: 64, batchPages: 64, afterSeconds: 3, readahead: 0 };
+  const opts: Options = { sizeMiB: 256, workers: 2, hotFraction: 0.05, hotShare: 0.8, writeShare: 0.05, pushRateMiB: 64, batchPages: 16, afterSeconds: 3, readahead: 0 };
   const names: Record<string, keyof Options> = {
     '--size': 'sizeMiB', '--workers': 'workers', '--hot-fraction': 'hotFraction', '--hot-share': 'hotShare', '--write-share': 'writeShare',
     '--push-rate': 'pushRateMiB', '--batch-pages': 'batchPages', '--after-seconds': 'afterSeconds', '--readahead': 'readahead',
