@@ -9,7 +9,8 @@
         "native/memfd.cc",
         "native/poller.cc",
         "native/toucher.cc",
-        "native/fd_passing.cc"
+        "native/fd_passing.cc",
+        "native/resolver.cc"
       ],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api"],
       "defines": ["NAPI_VERSION=8"],

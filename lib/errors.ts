@@ -124,3 +124,18 @@ function describe(value: unknown): string {
   if (typeof value === 'object') return `an instance of ${value.constructor?.name ?? 'Object'}`;
   return `type ${typeof value} (${String(value)})`;
 }
+
+/**
+ * The error a FaultHandler stops with when a fetch failed and the policy said
+ * stop: names the page and keeps the policy's own error as `cause`.
+ */
+export function fetchError(cause: unknown, page: number, offset: number, address: number): Error {
+  const reason = cause instanceof Error ? cause.message : String(cause);
+  const err = coded<Error & { cause?: unknown; page?: number; offset?: number; address?: number }>(Error, 'ERR_UFFD_FETCH_FAILED',
+    `fetch of memfd page ${page} (offset ${offset}, faulting address 0x${address.toString(16)}) failed: ${reason}`);
+  err.cause = cause;
+  err.page = page;
+  err.offset = offset;
+  err.address = address;
+  return err;
+}

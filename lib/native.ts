@@ -61,6 +61,27 @@ export interface NativeBinding {
     done: (report: TouchReport) => void,
   ): SysResult;
 
+  /**
+   * Starts the native resolver thread on uffd `fd` (see native/resolver.cc).
+   * `present` is the present-page bitmap; `loopThreadAction` 0 = abort, 1 = map as-is.
+   * `onBatch(faults, count, events)`: faults it could not resolve as
+   * [address, flags, tid, ageNs] * count, events as [code, a, b, c] * n.
+   */
+  resolverStart(
+    fd: number,
+    memfd: number,
+    present: ArrayBuffer,
+    readAhead: number,
+    loopThreadAction: number,
+    onBatch: (faults: Float64Array, count: number, events: number[]) => void,
+  ): SysResult | ResolverHandle;
+  /** Replaces the region table: [address, length, memfdOffset] * n. */
+  resolverSetRegions(handle: ResolverHandle, regions: Float64Array): void;
+  /** Stops and joins the thread. Idempotent. */
+  resolverStop(handle: ResolverHandle): void;
+  /** [faults, resolved, alreadyPresent, readAheadPages, loopThreadFaults, ...latency buckets]. */
+  resolverStats(handle: ResolverHandle): Float64Array;
+
   socketPair(): SysResult | [number, number];
   unixListen(path: string, backlog: number): SysResult;
   unixAccept(fd: number): SysResult;
@@ -75,6 +96,11 @@ export interface NativeBinding {
 /** Opaque handle of a native poller. */
 export interface PollerHandle {
   readonly __poller: unique symbol;
+}
+
+/** Opaque handle of a native resolver thread. */
+export interface ResolverHandle {
+  readonly __resolver: unique symbol;
 }
 
 export const native: NativeBinding = bindings('userfaultfd');

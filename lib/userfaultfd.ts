@@ -411,6 +411,15 @@ export class Userfaultfd implements Disposable {
     return () => this.#closeHooks.delete(hook);
   }
 
+  /**
+   * @internal Wraps the child uffd of a FORK event read by someone else (the
+   * native resolver). The child context inherits this one's features; fdinfo
+   * cannot tell (it lists every feature the kernel offers).
+   */
+  adoptForkChild(fd: number): Userfaultfd {
+    return this.#adoptFork(fd);
+  }
+
   /** @internal Builds the error of a failed resolving ioctl, with bytes done. */
   ioctlError(result: number, operation: string, address: number, length: number): UffdError {
     return this.#ioctlError(result, operation, address, length);
