@@ -4,7 +4,10 @@
 // page, the hole trap of MINOR-only registration), a page present but not
 // yet mapped raises a MINOR fault. Pages arrive over TCP and are written
 // into the page cache through the memfd (pwrite, or a fill view on
-// hugetlbfs), then mapped with UFFDIO_CONTINUE.
+// hugetlbfs), then mapped with UFFDIO_CONTINUE. Faults are served by a
+// FaultHandler: its fetch policy asks the source for the page and settles
+// when the page has arrived; pages the handler finds present are mapped
+// without asking (in native mode by its resolver thread, without JavaScript).
 //
 // Why a push can never overwrite a guest write: the guest can only write a
 // page once it is mapped in its view, it is mapped only by CONTINUE, and
@@ -18,11 +21,10 @@ import { performance } from 'node:perf_hooks';
 
 import { trace } from '../debug';
 import { UffdError, argValueError, stateError } from '../errors';
-import { MessageBuffer } from '../events';
-import { EVENT } from '../constants';
+import { Fault, FaultHandler, FaultHandlerStats } from '../fault-handler';
 import { Mapping, Memfd } from '../memfd';
-import { PollerHandle, native } from '../native';
-import { Userfaultfd, startPoller } from '../userfaultfd';
+import { PresentPages } from '../present-pages';
+import { Userfaultfd } from '../userfaultfd';
 import * as v from '../validate';
 import { Frame, FrameDecoder, PRIORITY, PROTOCOL_VERSION, encodeCredit, encodeError, encodeRequest, protocolError } from './protocol';
 
@@ -60,6 +62,12 @@ export interface DestinationOptions {
   port?: number;
   /** See {@link FailurePolicy}. Default `'poison'`. */
   onFailure?: FailurePolicy;
+  /**
+   * How faults are served (see FaultHandler): `'event-loop'` (default) or
+   * `'native'`, where a native thread maps pages already present without
+   * JavaScript (the uffd must have the `threadId` feature).
+   */
+  mode?: 'event-loop' | 'native';
   /** Map received pages into every view at once (fewer later faults). Default true. */
   mapReceived?: boolean;
   /** After a demand fault on page N, also ask (at prefetch priority) for this many pages after it. Default 0. */
@@ -87,10 +95,12 @@ export interface DestinationStats {
   pagesIgnored: number;
   /** Pagefault events read. */
   faults: number;
-  /** Faults that had to wait for the network. */
+  /** Pages the fault handler had to fetch (each one waited for the network). */
   demandFaults: number;
-  /** Per demand fault: milliseconds from reading the fault to the CONTINUE that resolved it. */
+  /** Per page fetched on demand: milliseconds from the fetch (just after the fault was read) to the page being in place. */
   faultLatencyMs: number[];
+  /** The fault handler's own counters and latency percentiles (every resolved fault, present or fetched). */
+  handler?: FaultHandlerStats;
   bytesReceived: number;
   /** Milliseconds from hello to the last page. */
   durationMs: number;
@@ -125,24 +135,27 @@ export class MigrationDestination implements Disposable {
   readonly #unregisterWhenDone: boolean;
   readonly #pageSize: number;
   #pageCount = 0;
-  #present = new Uint8Array(0);
+  readonly #handler: FaultHandler;
+  /** The handler's present-page bitmap: the one truth about which pages hold their content. */
+  readonly #present: PresentPages;
   #requested = new Uint8Array(0);
   #presentCount = 0;
   readonly #toDemand: number[] = [];
   readonly #toPrefetch: number[] = [];
-  readonly #waiters = new Map<number, { address: number; since: number }[]>();
+  #flushScheduled = false;
+  /** Fetches waiting for their page to arrive, by page. */
+  readonly #pending = new Map<number, { since: number; resolve: () => void; reject: (err: Error) => void }>();
   readonly #stats: DestinationStats;
   #started = 0;
-  #poller: PollerHandle | undefined;
-  #releaseReader: (() => void) | undefined;
-  readonly #messages = new MessageBuffer(64);
+  #handlerStarted = false;
+  #failure: Error | undefined;
   #settled = false;
   #resolve!: (stats: DestinationStats) => void;
   #reject!: (err: Error) => void;
   readonly #signal?: AbortSignal;
   readonly #onAbort = () => this.#fail(stateError('ERR_MIGRATION_ABORTED', 'migration destination aborted'));
 
-  private constructor(opts: Required<Pick<DestinationOptions, 'uffd' | 'memfd'>> & { views: View[]; socket: net.Socket; policy: FailurePolicy; mapReceived: boolean; readahead: number; pushWindow: number; unregisterWhenDone: boolean; signal?: AbortSignal }) {
+  private constructor(opts: Required<Pick<DestinationOptions, 'uffd' | 'memfd'>> & { views: View[]; socket: net.Socket; policy: FailurePolicy; mode: 'event-loop' | 'native'; mapReceived: boolean; readahead: number; pushWindow: number; unregisterWhenDone: boolean; signal?: AbortSignal }) {
     this.#uffd = opts.uffd;
     this.#memfd = opts.memfd;
     this.#views = opts.views;
@@ -163,6 +176,17 @@ export class MigrationDestination implements Disposable {
       this.#reject = reject;
     });
     this.done.catch(() => {});
+    // The views were registered MISSING|MINOR by the guest; the handler only serves them.
+    this.#handler = new FaultHandler(opts.uffd, {
+      memfd: opts.memfd,
+      mode: opts.mode,
+      fetch: (fault) => this.#fetch(fault),
+      // Fetches fail only once the migration has failed: apply the policy to their pages.
+      onError: () => (this.#policy === 'poison' ? 'poison' : 'zero-fill'),
+    });
+    for (const view of this.#views)
+      this.#handler.attach({ address: view.address, length: view.length, offset: view.firstPage * this.#pageSize }, { register: false });
+    this.#present = this.#handler.present;
   }
 
   /**
@@ -198,6 +222,7 @@ export class MigrationDestination implements Disposable {
     const dest = new MigrationDestination({
       uffd: opts.uffd, memfd: opts.memfd, views, socket,
       policy: v.oneOf('options.onFailure', opts.onFailure, ['poison', 'zero'] as const, 'poison'),
+      mode: v.oneOf('options.mode', opts.mode, ['event-loop', 'native'] as const, 'event-loop'),
       mapReceived: v.boolean('options.mapReceived', opts.mapReceived, true),
       readahead: v.integer('options.readahead', opts.readahead ?? 0, 0, 4096),
       pushWindow: v.integer('options.pushWindow', opts.pushWindow ?? 4, 1, 1 << 20),
@@ -218,9 +243,19 @@ export class MigrationDestination implements Disposable {
     return this.#presentCount;
   }
 
-  /** Gives up: applies the failure policy and rejects `done` with ERR_MIGRATION_ABORTED. Idempotent. */
+  /** The fault handler's counters and latency percentiles. */
+  faultStats(): FaultHandlerStats {
+    return this.#handler.stats();
+  }
+
+  /**
+   * Before the end: gives up, applies the failure policy and rejects `done`
+   * with ERR_MIGRATION_ABORTED. After it (with `unregisterWhenDone: false`):
+   * stops serving faults and unregisters the views. Idempotent.
+   */
   close(): void {
     if (!this.#settled) this.#fail(stateError('ERR_MIGRATION_ABORTED', 'migration destination closed before the migration finished'));
+    else void this.#handler.stop();
   }
 
   [Symbol.dispose](): void {
@@ -277,11 +312,13 @@ export class MigrationDestination implements Disposable {
         throw protocolError('ERR_MIGRATION_MISMATCH', `a guest view reaches page ${view.firstPage + view.pageCount}, the image has ${hello.pageCount}`);
     this.#pageCount = hello.pageCount;
     this.#stats.pageCount = hello.pageCount;
-    this.#present = new Uint8Array(hello.pageCount);
     this.#requested = new Uint8Array(hello.pageCount);
     this.#started = performance.now();
-    this.#releaseReader = this.#uffd.claimReader('MigrationDestination');
-    this.#poller = startPoller(this.#uffd.fd, this.#messages.buffer, (count) => this.#onEvents(count));
+    this.#handler.start();
+    this.#handlerStarted = true;
+    void this.#handler.finished.then((err) => {
+      if (err) this.#fail(stateError('ERR_MIGRATION_FAULT_HANDLER', `migration destination: the fault handler stopped: ${err.message}`));
+    });
     this.#socket.write(encodeCredit(this.#pushWindow));
     trace('migration destination: %d pages of %d bytes, %d views', hello.pageCount, hello.pageSize, this.#views.length);
   }
@@ -306,40 +343,32 @@ export class MigrationDestination implements Disposable {
     }
   }
 
-  #onEvents(count: number): void {
-    if (this.#settled) return;
-    try {
-      if (count < 0) throw new UffdError(count, 'read', { fd: this.#uffd.fd, hint: 'reading userfaultfd events' });
-      const now = performance.now();
-      const m = this.#messages;
-      for (let i = 0; i < count; i++) {
-        if (m.kind(i) !== EVENT.pagefault) continue;
-        this.#stats.faults++;
-        const address = m.u64(i, 16);
-        const page = this.#pageOf(address);
-        const pageAddress = address - (address % this.#pageSize);
-        if (this.#present[page]) {
-          this.#continue(pageAddress, this.#pageSize);
-          continue;
-        }
-        this.#stats.demandFaults++;
-        const list = this.#waiters.get(page);
-        if (list) list.push({ address: pageAddress, since: now });
-        else this.#waiters.set(page, [{ address: pageAddress, since: now }]);
-        // 1: asked at demand priority; 2: asked as prefetch only (a fault upgrades it).
-        if (this.#requested[page] === 1) continue;
-        this.#requested[page] = 1;
-        this.#toDemand.push(page);
-        for (let p = page + 1; p <= page + this.#readahead && p < this.#pageCount; p++) {
-          if (this.#present[p] || this.#requested[p]) continue;
-          this.#requested[p] = 2;
-          this.#toPrefetch.push(p);
-        }
+  /** The fault handler's fetch policy: ask for the page, settle when it is in place. */
+  #fetch(fault: Fault): Promise<void> | void {
+    if (this.#failure) throw this.#failure;
+    const page = fault.page;
+    if (this.#present.has(page)) return;
+    this.#stats.demandFaults++;
+    const waiting = new Promise<void>((resolve, reject) => this.#pending.set(page, { since: performance.now(), resolve, reject }));
+    // 1: asked at demand priority; 2: asked as prefetch only (a fault upgrades it).
+    if (this.#requested[page] !== 1) {
+      this.#requested[page] = 1;
+      this.#toDemand.push(page);
+      for (let p = page + 1; p <= page + this.#readahead && p < this.#pageCount; p++) {
+        if (this.#present.has(p) || this.#requested[p]) continue;
+        this.#requested[p] = 2;
+        this.#toPrefetch.push(p);
       }
-      this.#flushRequests();
-    } catch (err) {
-      this.#fail(err as Error);
+      // The handler calls fetch for each page of a batch of faults: send their requests together.
+      if (!this.#flushScheduled) {
+        this.#flushScheduled = true;
+        queueMicrotask(() => {
+          this.#flushScheduled = false;
+          this.#flushRequests();
+        });
+      }
     }
+    return waiting;
   }
 
   /** Sends the requests gathered since the last flush, coalesced into runs of consecutive pages. */
@@ -367,15 +396,16 @@ export class MigrationDestination implements Disposable {
     const end = first + count;
     let p = first;
     while (p < end) {
-      if (this.#present[p]) {
+      if (this.#present.has(p)) {
         this.#stats.pagesIgnored++;
         p++;
         continue;
       }
       let q = p;
-      while (q < end && !this.#present[q]) q++;
+      while (q < end && !this.#present.has(q)) q++;
       this.#memfd.write(p * ps, data.subarray((p - first) * ps, (q - first) * ps));
-      this.#present.fill(1, p, q);
+      // Content first, then the bit: the native resolver maps whatever is marked.
+      this.#present.mark(p * ps, (q - p) * ps);
       this.#presentCount += q - p;
       if (demand) this.#stats.pagesOnDemand += q - p;
       else this.#stats.pagesPushed += q - p;
@@ -394,16 +424,14 @@ export class MigrationDestination implements Disposable {
         if (a < b) this.#continue(view.address + (a - view.firstPage) * ps, (b - a) * ps);
       }
     }
-    if (this.#waiters.size === 0) return;
+    if (this.#pending.size === 0) return;
     const now = performance.now();
     for (let page = p; page < q; page++) {
-      const list = this.#waiters.get(page);
-      if (!list) continue;
-      this.#waiters.delete(page);
-      for (const w of list) {
-        if (!this.#mapReceived) this.#continue(w.address, ps);
-        this.#stats.faultLatencyMs.push(now - w.since);
-      }
+      const waiting = this.#pending.get(page);
+      if (!waiting) continue;
+      this.#pending.delete(page);
+      this.#stats.faultLatencyMs.push(now - waiting.since);
+      waiting.resolve();
     }
   }
 
@@ -421,57 +449,62 @@ export class MigrationDestination implements Disposable {
     }
   }
 
-  #pageOf(address: number): number {
-    for (const view of this.#views) {
-      if (address >= view.address && address < view.address + view.length)
-        return view.firstPage + Math.floor((address - view.address) / this.#pageSize);
-    }
-    throw stateError('ERR_MIGRATION_FOREIGN_FAULT', `migration destination: fault at 0x${address.toString(16)} is outside every guest view`);
-  }
-
   #complete(): void {
     if (this.#settled) return;
     this.#stats.durationMs = performance.now() - this.#started;
-    try {
-      if (this.#unregisterWhenDone) for (const view of this.#views) this.#unregister(view);
-    } catch (err) {
-      this.#fail(err as Error);
-      return;
-    }
     this.#settle();
     this.#socket.end();
     trace('migration destination: done, %d on demand, %d pushed', this.#stats.pagesOnDemand, this.#stats.pagesPushed);
-    this.#resolve(this.#stats);
+    void (async () => {
+      // Stopping the handler unregisters the views: later touches are plain page faults.
+      if (this.#unregisterWhenDone) await this.#handler.stop();
+      const handlerStats = this.#handler.stats();
+      this.#stats.faults = handlerStats.faults;
+      this.#stats.handler = handlerStats;
+      this.#resolve(this.#stats);
+    })();
   }
 
   #fail(err: Error): void {
     if (this.#settled) return;
+    this.#failure = err;
     this.#stats.durationMs = this.#started ? performance.now() - this.#started : 0;
-    const problems: string[] = [];
-    // Before the hello nothing was received: every page of every view is absent.
-    {
-      for (const view of this.#views) {
-        if (this.#policy === 'poison') {
+    this.#settle();
+    if (!this.#socket.destroyed) this.#socket.end(encodeError((err as { code?: string }).code ?? 'ERR_MIGRATION_DESTINATION', err.message));
+    this.#socket.destroy();
+    void (async () => {
+      const problems: string[] = [];
+      // Before the hello nothing was received: every page of every view is absent.
+      if (this.#policy === 'poison') {
+        for (const view of this.#views) {
           try {
             this.#poisonAbsent(view);
           } catch (e) {
             problems.push(`poisoning missing pages failed (${(e as Error).message}); they will read as zeros`);
           }
         }
-        try {
-          this.#unregister(view);
-        } catch (e) {
-          if ((e as UffdError).errno !== ESRCH) problems.push(`unregistering a guest view failed: ${(e as Error).message}`);
+      }
+      // Faulters waiting on a fetch: the handler applies the same policy to their pages.
+      for (const waiting of this.#pending.values()) waiting.reject(err);
+      this.#pending.clear();
+      if (this.#handlerStarted) await this.#handler.stop();
+      else {
+        for (const view of this.#views) {
+          try {
+            if (!this.#uffd.closed) this.#uffd.unregister({ address: view.address, length: view.length });
+          } catch (e) {
+            if ((e as UffdError).errno !== ESRCH) problems.push(`unregistering a guest view failed: ${(e as Error).message}`);
+          }
         }
       }
-    }
-    this.#settle();
-    if (!this.#socket.destroyed) this.#socket.end(encodeError((err as { code?: string }).code ?? 'ERR_MIGRATION_DESTINATION', err.message));
-    this.#socket.destroy();
-    if (problems.length) err.message += `; ${problems.join('; ')}`;
-    Object.assign(err, { policy: this.#policy, pagesMissing: this.#pageCount - this.#presentCount });
-    trace('migration destination failed: %s', err.message);
-    this.#reject(err);
+      if (problems.length) err.message += `; ${problems.join('; ')}`;
+      const handlerStats = this.#handler.stats();
+      this.#stats.faults = handlerStats.faults;
+      this.#stats.handler = handlerStats;
+      Object.assign(err, { policy: this.#policy, pagesMissing: this.#pageCount - this.#presentCount });
+      trace('migration destination failed: %s', err.message);
+      this.#reject(err);
+    })();
   }
 
   #poisonAbsent(view: View): void {
@@ -479,28 +512,19 @@ export class MigrationDestination implements Disposable {
     const end = view.firstPage + view.pageCount;
     let p = view.firstPage;
     while (p < end) {
-      if (this.#present[p]) {
+      if (this.#present.has(p)) {
         p++;
         continue;
       }
       let q = p;
-      while (q < end && !this.#present[q]) q++;
+      while (q < end && !this.#present.has(q)) q++;
       this.#uffd.poison(view.address + (p - view.firstPage) * ps, (q - p) * ps);
       p = q;
     }
   }
 
-  #unregister(view: View): void {
-    if (!this.#uffd.closed) this.#uffd.unregister({ address: view.address, length: view.length });
-  }
-
   #settle(): void {
     this.#settled = true;
-    if (this.#poller) native.pollerStop(this.#poller);
-    this.#poller = undefined;
-    this.#releaseReader?.();
-    this.#releaseReader = undefined;
     this.#signal?.removeEventListener('abort', this.#onAbort);
-    this.#waiters.clear();
   }
 }

@@ -99,7 +99,8 @@ function onRequests(socket: net.Socket, fn: (first: number, count: number) => vo
 }
 
 describe('post-copy migration over TCP', () => {
-  itWith(['minorShmem', 'missingShmem'], 'migrates every page while the guest reads and writes; written pages survive', async () => {
+  for (const mode of ['event-loop', 'native'] as const)
+  itWith(['minorShmem', 'missingShmem', 'threadId'], `migrates every page while the guest reads and writes; written pages survive (${mode} fault handler)`, async () => {
     const pages = 512;
     const image = randomBytes(pages * PAGE_SIZE);
     const guest = await startGuest(pages);
@@ -108,7 +109,7 @@ describe('post-copy migration over TCP', () => {
     const source = await MigrationSource.listen(image, { host: '127.0.0.1', batchPages: 16, pushBytesPerSecond: Math.round((pages * PAGE_SIZE) / 1.5) });
     cleanups.push(() => source.close());
     const { uffd, memfd, views } = guest.memory;
-    const dest = await MigrationDestination.connect({ uffd, memfd, views, port: source.address.port });
+    const dest = await MigrationDestination.connect({ uffd, memfd, views, port: source.address.port, mode });
     const read = [3, 200, 511, 77];
     const write = [510, 5, 300, 3, 301];
     const touched = await guest.ask<{ seen: number[] }>({ type: 'touch', read, write }, 'touched');
@@ -121,6 +122,8 @@ describe('post-copy migration over TCP', () => {
     expect(stats.demandFaults).toBeGreaterThan(0);
     expect(stats.faultLatencyMs.length).toBe(stats.demandFaults);
     expect(sourceStats.pagesOnDemand + sourceStats.pagesPushed).toBe(pages);
+    expect(stats.handler).toMatchObject({ fetched: stats.demandFaults, errors: 0, poisoned: 0 });
+    expect(stats.handler!.resolved).toBe(stats.faults);
     // Writes after the migration land in the same memfd with no userfaultfd involved.
     await guest.ask({ type: 'touch', read: [], write: [100] }, 'touched');
     const { sums } = await guest.ask<{ sums: number[] }>({ type: 'checksums' }, 'checksums');
