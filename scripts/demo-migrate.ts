@@ -31,15 +31,17 @@ interface Options {
   batchPages: number;
   afterSeconds: number;
   readahead: number;
+  /** 0: event-loop fault handler, 1: native resolver thread. */
+  native: number;
 }
 
 const STAMP = 0xfeedf00d;
 
 function parseOptions(argv: string[]): Options {
-  const opts: Options = { sizeMiB: 256, workers: 2, hotFraction: 0.05, hotShare: 0.8, writeShare: 0.05, pushRateMiB: 64, batchPages: 16, afterSeconds: 3, readahead: 0 };
+  const opts: Options = { sizeMiB: 256, workers: 2, hotFraction: 0.05, hotShare: 0.8, writeShare: 0.05, pushRateMiB: 64, batchPages: 16, afterSeconds: 3, readahead: 0, native: 0 };
   const names: Record<string, keyof Options> = {
     '--size': 'sizeMiB', '--workers': 'workers', '--hot-fraction': 'hotFraction', '--hot-share': 'hotShare', '--write-share': 'writeShare',
-    '--push-rate': 'pushRateMiB', '--batch-pages': 'batchPages', '--after-seconds': 'afterSeconds', '--readahead': 'readahead',
+    '--push-rate': 'pushRateMiB', '--batch-pages': 'batchPages', '--after-seconds': 'afterSeconds', '--readahead': 'readahead', '--native': 'native',
   };
   for (let i = 0; i < argv.length; i++) {
     const key = names[argv[i]];
@@ -90,14 +92,14 @@ async function runSource(opts: Options): Promise<void> {
 }
 
 // ---------------------------------------------------------------- destination
-async function runDestination(socketPath: string, port: number): Promise<void> {
+async function runDestination(socketPath: string, port: number, opts: Options): Promise<void> {
   const server = FdServer.listen(socketPath);
   process.send!({ type: 'ready' });
   const sock = await server.accept();
   const { uffd, memfd, views, peer } = await receiveGuestMemory(sock);
   sock.close();
   server.close();
-  const dest = await MigrationDestination.connect({ uffd, memfd, views, port });
+  const dest = await MigrationDestination.connect({ uffd, memfd, views, port, readahead: opts.readahead, mode: opts.native ? 'native' : 'event-loop' });
   process.send!({ type: 'migrating', guestPid: peer.pid });
   try {
     const stats = await dest.done;
@@ -120,7 +122,7 @@ interface WorkerReport {
 async function runGuest(socketPath: string, opts: Options): Promise<void> {
   const pages = (opts.sizeMiB * 1024 * 1024) / PAGE_SIZE;
   const memfd = Memfd.create(pages * PAGE_SIZE, { name: 'demo-guest' });
-  const uffd = Userfaultfd.open({ features: ['minorShmem', 'missingShmem'] });
+  const uffd = Userfaultfd.open({ features: ['minorShmem', 'missingShmem', 'threadId'] });
   // Phase flag and access counters shared with the workers: [phase, then per worker: during, after].
   const shared = new Int32Array(new SharedArrayBuffer(4 * (1 + 2 * opts.workers)));
   const workers: Worker[] = [];
@@ -263,11 +265,11 @@ async function orchestrate(argv: string[]): Promise<void> {
   }, 120_000);
   try {
     console.log(`userfaultfd post-copy demo: ${opts.sizeMiB} MiB guest, ${opts.workers} worker threads, hot set ${opts.hotFraction * 100}% of pages taking ${opts.hotShare * 100}% of accesses, ` +
-      `${opts.writeShare * 100}% writes, push ${opts.pushRateMiB > 0 ? `capped at ${opts.pushRateMiB} MiB/s` : 'uncapped'}, ${opts.batchPages} pages per batch`);
+      `${opts.writeShare * 100}% writes, ${opts.native ? 'native' : 'event-loop'} fault handler, push ${opts.pushRateMiB > 0 ? `capped at ${opts.pushRateMiB} MiB/s` : 'uncapped'}, ${opts.batchPages} pages per batch`);
     const source = child(['source', ...optArgs]);
     procs.push(source);
     const { port } = await next<{ port: number }>(source, 'listening');
-    const dest = child(['destination', socketPath, String(port)]);
+    const dest = child(['destination', socketPath, String(port), ...optArgs]);
     procs.push(dest);
     await next(dest, 'ready');
     const t0 = performance.now();
@@ -285,7 +287,9 @@ async function orchestrate(argv: string[]): Promise<void> {
     console.log(`pages verified            ${g.pages - g.badPages} of ${g.pages} (CRC-32 of every page; ${g.badPages} bad; ${g.pagesWritten} written by the guest during the run)`);
     console.log(`pages faulted on demand   ${s.pagesOnDemand} (${s.demandFaults} demand faults; ${s.faults} faults in all)`);
     console.log(`pages pushed              ${s.pagesPushed}${s.pagesIgnored ? ` (+${s.pagesIgnored} duplicates ignored)` : ''}`);
-    console.log(`fault latency (demand)    p50 ${us(percentile(lat, 0.5))}  p90 ${us(percentile(lat, 0.9))}  p99 ${us(percentile(lat, 0.99))}  max ${us(lat[lat.length - 1] ?? NaN)}  (fault read -> CONTINUE, destination side)`);
+    const h = s.handler!.latencyUs;
+    console.log(`faults resolved           ${s.handler!.resolved} by the fault handler (${s.handler!.alreadyPresent} already present${s.handler!.nativeResolved ? `, ${s.handler!.nativeResolved} by the native thread` : ''}): p50 ${h.p50} µs  p99 ${h.p99} µs  max ${h.max} µs`);
+    console.log(`fault latency (demand)    p50 ${us(percentile(lat, 0.5))}  p90 ${us(percentile(lat, 0.9))}  p99 ${us(percentile(lat, 0.99))}  max ${us(lat[lat.length - 1] ?? NaN)}  (fetch -> page in place, destination side)`);
     console.log(`guest stalls > 20 µs      ${g.stalls.count}: p50 ${g.stalls.p50.toFixed(0)} µs  p90 ${g.stalls.p90.toFixed(0)} µs  p99 ${g.stalls.p99.toFixed(0)} µs  max ${g.stalls.max.toFixed(0)} µs (as the guest's threads saw them)`);
     console.log(`migration time            ${(s.durationMs / 1000).toFixed(2)} s (hello to last page; ${(elapsed / 1000).toFixed(2)} s from guest start)`);
     const slowdown = g.ratesPerSecond.after / g.ratesPerSecond.during;
@@ -314,7 +318,7 @@ if (!isMainThread) {
     process.exit(1);
   };
   if (role === 'source') runSource(optsFrom(rest)).catch(fail);
-  else if (role === 'destination') runDestination(rest[0], Number(rest[1])).then(() => process.exit(0), fail);
+  else if (role === 'destination') runDestination(rest[0], Number(rest[1]), optsFrom(rest)).then(() => process.exit(0), fail);
   else if (role === 'guest') runGuest(rest[0], optsFrom(rest)).then(() => process.exit(0), fail);
   else orchestrate(process.argv.slice(2)).catch(fail);
 }
