@@ -23,7 +23,7 @@ import { MessageBuffer } from '../events';
 import { FdServer, FdSocket } from '../fd-socket';
 import { Mapping, Memfd } from '../memfd';
 import { PollerHandle, native } from '../native';
-import { Userfaultfd, startPoller } from '../userfaultfd';
+import { Userfaultfd } from '../userfaultfd';
 import * as v from '../validate';
 import { ImageSource, PageImage, openImage } from './image';
 
@@ -276,7 +276,11 @@ export class FirecrackerSession implements Disposable {
 
   #start(rest: string): void {
     this.#releaseReader = this.#uffd.claimReader('FirecrackerSession');
-    this.#poller = startPoller(this.#uffd.fd, this.#messages.buffer, (count) => this.#onEvents(count));
+    // The raw poller (not a wrapper) so this file does not depend on how the
+    // core wraps it; teardown stops it before the uffd is closed.
+    const handle = native.pollerStart(this.#uffd.fd, this.#messages.buffer, (count) => this.#onEvents(count));
+    if (typeof handle === 'number') throw new UffdError(handle, 'uv_poll_start', { fd: this.#uffd.fd });
+    this.#poller = handle;
     if (rest) this.#onRequestText(rest);
     void this.#readSocket();
   }
