@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import {
-  FdServer, MigrationDestination, MigrationSource, Memfd, PAGE_SIZE, ReceivedGuestMemory, Userfaultfd, crc32, receiveGuestMemory,
+  FdServer, FdSocket, MigrationDestination, MigrationSource, Memfd, PAGE_SIZE, ReceivedGuestMemory, Userfaultfd, crc32, receiveGuestMemory,
 } from '../../lib/index';
 import { Frame, PRIORITY, encodeBatch, encodeCredit, encodeDone, encodeHello, encodeRequest, FrameDecoder, FRAME_HEADER } from '../../lib/migration/protocol';
 import { distEntry, fixture, itWith } from '../helpers';
@@ -159,7 +159,7 @@ describe('post-copy migration over TCP', () => {
     expect((await guest.exit).code).toBe(0);
   });
 
-  itWith(['minorShmem', 'missingShmem'], 'a source that disconnects mid-way: clear error, the blocked guest gets SIGBUS (poison policy)', async () => {
+  itWith(['minorShmem', 'missingShmem', 'poison'], 'a source that disconnects mid-way: clear error, the blocked guest gets SIGBUS (poison policy)', async () => {
     const pages = 32;
     const image = randomBytes(pages * PAGE_SIZE);
     const guest = await startGuest(pages);
@@ -198,7 +198,7 @@ describe('post-copy migration over TCP', () => {
     expect((await guest.exit).code).toBe(0);
   });
 
-  itWith(['minorShmem', 'missingShmem'], 'a batch with a bad checksum is rejected and the waiting guest is not left hanging', async () => {
+  itWith(['minorShmem', 'missingShmem', 'poison'], 'a batch with a bad checksum is rejected and the waiting guest is not left hanging', async () => {
     const pages = 16;
     const image = randomBytes(pages * PAGE_SIZE);
     const guest = await startGuest(pages);
@@ -292,5 +292,35 @@ describe('post-copy migration over TCP', () => {
     const demandFrame = frames.find((f) => f.type === 'batch' && f.demand) as Extract<Frame, { type: 'batch' }>;
     expect(demandFrame.data).toEqual(image.subarray(40 * PAGE_SIZE, 41 * PAGE_SIZE));
     expect(frames.length).toBe(5);
+  });
+
+  itWith(['minorShmem'], 'guest memory handoff: fds and metadata arrive together; anything else is refused', async () => {
+    const [a, b] = FdSocket.pair();
+    cleanups.push(() => a.close(), () => b.close());
+    const mem = Memfd.create(8 * PAGE_SIZE);
+    cleanups.push(() => mem.close());
+    const view = mem.map();
+    const uffd = Userfaultfd.open({ features: ['minorShmem'] });
+    cleanups.push(() => uffd.close());
+    uffd.register(view, { minor: true });
+    mem.write(3 * PAGE_SIZE, Buffer.from('handoff'));
+    const { sendGuestMemory } = await import('../../lib/index');
+    sendGuestMemory(a, uffd, mem, { views: [{ address: view.address, length: view.length, offset: 0 }], meta: { vm: 'x' } });
+    const got = await receiveGuestMemory(b, { signal: AbortSignal.timeout(5000) });
+    cleanups.push(() => got.uffd.close(), () => got.memfd.close());
+    expect(got).toMatchObject({ views: [{ address: view.address, length: view.length, offset: 0 }], meta: { vm: 'x' }, peer: { pid: process.pid } });
+    // fdinfo shows what was negotiated (UFFDIO_API itself answers with everything the kernel offers).
+    expect(got.uffd.features).toEqual(['minorShmem']);
+    expect(got.memfd.size).toBe(8 * PAGE_SIZE);
+    expect(got.memfd.read(3 * PAGE_SIZE, 7).toString()).toBe('handoff');
+    // The received uffd resolves faults of the sender's registration.
+    expect(got.uffd.continue(view.address + 3 * PAGE_SIZE, PAGE_SIZE)).toBe(PAGE_SIZE);
+    expect(Buffer.from(view.buffer, 3 * PAGE_SIZE, 7).toString()).toBe('handoff');
+    // A message that is not a handoff.
+    const junk = Buffer.alloc(4 + 2);
+    junk.writeUInt32LE(2, 0);
+    junk.write('{}', 4);
+    a.send(junk);
+    await expect(receiveGuestMemory(b, { signal: AbortSignal.timeout(5000) })).rejects.toMatchObject({ code: 'ERR_UFFD_HANDOFF' });
   });
 });
