@@ -219,7 +219,9 @@ export class MigrationDestination implements Disposable {
         throw stateError('ERR_MIGRATION_CONNECTION_LOST', `migration destination: cannot connect to ${opts.host ?? '127.0.0.1'}:${port}: ${(err as Error).message}`);
       }
     } else if (!(socket instanceof net.Socket)) throw argValueError('options.socket', 'must be a net.Socket', socket);
-    const dest = new MigrationDestination({
+    let dest: MigrationDestination;
+    try {
+      dest = new MigrationDestination({
       uffd: opts.uffd, memfd: opts.memfd, views, socket,
       policy: v.oneOf('options.onFailure', opts.onFailure, ['poison', 'zero'] as const, 'poison'),
       mode: v.oneOf('options.mode', opts.mode, ['event-loop', 'native'] as const, 'event-loop'),
@@ -228,7 +230,11 @@ export class MigrationDestination implements Disposable {
       pushWindow: v.integer('options.pushWindow', opts.pushWindow ?? 4, 1, 1 << 20),
       unregisterWhenDone: v.boolean('options.unregisterWhenDone', opts.unregisterWhenDone, true),
       signal: opts.signal,
-    });
+      });
+    } catch (err) {
+      socket.destroy();
+      throw err;
+    }
     await dest.#start();
     return dest;
   }

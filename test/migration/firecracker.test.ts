@@ -19,8 +19,10 @@ let socketCount = 0;
 const HUGE_PAGES_NEEDED = 12;
 const hugePagesBefore = Number(readFileSync('/proc/sys/vm/nr_hugepages', 'utf8'));
 let hugeReason: string | undefined;
+let hugeAdded = false;
 try {
   writeFileSync('/proc/sys/vm/nr_hugepages', String(hugePagesBefore + HUGE_PAGES_NEEDED));
+  hugeAdded = true;
   const free = Number(/HugePages_Free:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))![1]);
   if (free < HUGE_PAGES_NEEDED) hugeReason = `only ${free} free 2 MiB huge pages after asking for ${HUGE_PAGES_NEEDED} more`;
 } catch (err) {
@@ -39,10 +41,15 @@ beforeAll(() => {
   execFileSync('cc', ['-O1', '-Wall', '-o', standin, fixture('fc-standin.c')], { stdio: 'inherit' });
 });
 afterAll(() => {
+  // Give back what this file added rather than writing the old value: other
+  // suites on the machine may have changed the pool meanwhile.
   try {
-    writeFileSync('/proc/sys/vm/nr_hugepages', String(hugePagesBefore));
+    if (hugeAdded) {
+      const now = Number(readFileSync('/proc/sys/vm/nr_hugepages', 'utf8'));
+      writeFileSync('/proc/sys/vm/nr_hugepages', String(Math.max(hugePagesBefore, now - HUGE_PAGES_NEEDED)));
+    }
   } catch {
-    // nothing was reserved
+    // nothing to give back
   }
   rmSync(dir, { recursive: true, force: true });
 });
