@@ -1,0 +1,536 @@
+// The destination of a post-copy migration. The guest's memory is a Memfd
+// whose guest views are registered MISSING|MINOR on a userfaultfd: a page
+// absent from the page cache raises a MISSING fault (never a silent zero
+// page, the hole trap of MINOR-only registration), a page present but not
+// yet mapped raises a MINOR fault. Pages arrive over TCP and are written
+// into the page cache through the memfd (pwrite, or a fill view on
+// hugetlbfs), then mapped with UFFDIO_CONTINUE. Faults are served by a
+// FaultHandler: its fetch policy asks the source for the page and settles
+// when the page has arrived; pages the handler finds present are mapped
+// without asking (in native mode by its resolver thread, without JavaScript).
+//
+// Why a push can never overwrite a guest write: the guest can only write a
+// page once it is mapped in its view, it is mapped only by CONTINUE, and
+// CONTINUE is only issued after the page is in the page cache and marked
+// present. Every incoming page is written only while it is still absent, and
+// all of this runs on one thread, so "absent" cannot change between the
+// check and the write.
+import * as net from 'node:net';
+import { once } from 'node:events';
+import { performance } from 'node:perf_hooks';
+
+import { trace } from '../debug';
+import { UffdError, argValueError, stateError } from '../errors';
+import { Fault, FaultHandler, FaultHandlerStats } from '../fault-handler';
+import { Mapping, Memfd } from '../memfd';
+import { PresentPages } from '../present-pages';
+import { Userfaultfd } from '../userfaultfd';
+import * as v from '../validate';
+import { Frame, FrameDecoder, PRIORITY, PROTOCOL_VERSION, encodeCredit, encodeError, encodeRequest, protocolError } from './protocol';
+
+/** A guest view of the memfd: where it is mapped in the guest process, and which part of the memfd it shows. */
+export interface GuestView {
+  /** Start address in the process that registered it (the guest). */
+  address: number;
+  length: number;
+  /** Offset in the memfd of the view's first byte. Default 0. */
+  offset?: number;
+}
+
+/**
+ * What to do with the guest when the migration fails (connection lost, bad
+ * frame, error from the source). In both cases every blocked faulter is woken
+ * and the views are unregistered, so nobody stays asleep.
+ * - `'poison'` (default): pages not received are poisoned (UFFDIO_POISON);
+ *   touching one raises SIGBUS in the guest. Received pages stay usable. Loud.
+ * - `'zero'`: pages not received read as zeros afterwards. Silent data loss;
+ *   only for caches that can tolerate it.
+ */
+export type FailurePolicy = 'poison' | 'zero';
+
+/** Options of {@link MigrationDestination.connect}. */
+export interface DestinationOptions {
+  /** The userfaultfd on which the guest views are registered MISSING|MINOR (possibly received from the guest). */
+  uffd: Userfaultfd;
+  /** The memfd that backs guest memory (pages land here). */
+  memfd: Memfd;
+  /** The registered guest views (Mappings of this process, or ranges in the guest's process). */
+  views: readonly (GuestView | Mapping)[];
+  /** An already connected socket to the source, or host/port to connect to. */
+  socket?: net.Socket;
+  host?: string;
+  port?: number;
+  /** See {@link FailurePolicy}. Default `'poison'`. */
+  onFailure?: FailurePolicy;
+  /**
+   * How faults are served (see FaultHandler): `'event-loop'` (default) or
+   * `'native'`, where a native thread maps pages already present without
+   * JavaScript (the uffd must have the `threadId` feature).
+   */
+  mode?: 'event-loop' | 'native';
+  /** Map received pages into every view at once (fewer later faults). Default true. */
+  mapReceived?: boolean;
+  /** After a demand fault on page N, also ask (at prefetch priority) for this many pages after it. Default 0. */
+  readahead?: number;
+  /**
+   * Pushed batches allowed in flight (sent but not yet written here). Small
+   * keeps demand answers from queueing behind pushed data; large keeps a
+   * long fat network busy. Default 4.
+   */
+  pushWindow?: number;
+  /** Unregister the views once every page is in, so later touches are plain page faults. Default true. */
+  unregisterWhenDone?: boolean;
+  signal?: AbortSignal;
+}
+
+/** What a destination did. */
+export interface DestinationStats {
+  pageCount: number;
+  pageSize: number;
+  /** Pages received in answer to a request. */
+  pagesOnDemand: number;
+  /** Pages received from the background push. */
+  pagesPushed: number;
+  /** Pages that arrived while already present (ignored; never written). */
+  pagesIgnored: number;
+  /** Pagefault events read. */
+  faults: number;
+  /** Pages the fault handler had to fetch (each one waited for the network). */
+  demandFaults: number;
+  /** Per page fetched on demand: milliseconds from the fetch (just after the fault was read) to the page being in place. */
+  faultLatencyMs: number[];
+  /** The fault handler's own counters and latency percentiles (every resolved fault, present or fetched). */
+  handler?: FaultHandlerStats;
+  bytesReceived: number;
+  /** Milliseconds from hello to the last page. */
+  durationMs: number;
+}
+
+interface View {
+  address: number;
+  length: number;
+  firstPage: number;
+  pageCount: number;
+}
+
+const ESRCH = -3;
+
+/**
+ * Receives a guest's memory by post-copy while the guest runs. Create with
+ * {@link MigrationDestination.connect}; `done` settles when every page is in
+ * (or the migration failed, after the failure policy was applied).
+ */
+export class MigrationDestination implements Disposable {
+  /** Resolves with the stats once every page is present; rejects with a coded error on failure. */
+  readonly done: Promise<DestinationStats>;
+  readonly #uffd: Userfaultfd;
+  readonly #memfd: Memfd;
+  readonly #views: View[];
+  readonly #socket: net.Socket;
+  readonly #policy: FailurePolicy;
+  readonly #mapReceived: boolean;
+  readonly #readahead: number;
+  readonly #pushWindow: number;
+  #creditOwed = 0;
+  readonly #unregisterWhenDone: boolean;
+  readonly #pageSize: number;
+  #pageCount = 0;
+  readonly #handler: FaultHandler;
+  /** The handler's present-page bitmap: the one truth about which pages hold their content. */
+  readonly #present: PresentPages;
+  #requested = new Uint8Array(0);
+  #presentCount = 0;
+  readonly #toDemand: number[] = [];
+  readonly #toPrefetch: number[] = [];
+  #flushScheduled = false;
+  /** Fetches waiting for their page to arrive, by page. */
+  readonly #pending = new Map<number, { since: number; resolve: () => void; reject: (err: Error) => void }>();
+  readonly #stats: DestinationStats;
+  #started = 0;
+  #handlerStarted = false;
+  #failure: Error | undefined;
+  #settled = false;
+  #resolve!: (stats: DestinationStats) => void;
+  #reject!: (err: Error) => void;
+  readonly #signal?: AbortSignal;
+  readonly #onAbort = () => this.#fail(stateError('ERR_MIGRATION_ABORTED', 'migration destination aborted'));
+
+  private constructor(opts: Required<Pick<DestinationOptions, 'uffd' | 'memfd'>> & { views: View[]; socket: net.Socket; policy: FailurePolicy; mode: 'event-loop' | 'native'; mapReceived: boolean; readahead: number; pushWindow: number; unregisterWhenDone: boolean; signal?: AbortSignal }) {
+    this.#uffd = opts.uffd;
+    this.#memfd = opts.memfd;
+    this.#views = opts.views;
+    this.#socket = opts.socket;
+    this.#policy = opts.policy;
+    this.#mapReceived = opts.mapReceived;
+    this.#readahead = opts.readahead;
+    this.#pushWindow = opts.pushWindow;
+    this.#unregisterWhenDone = opts.unregisterWhenDone;
+    this.#pageSize = opts.memfd.pageSize;
+    this.#signal = opts.signal;
+    this.#stats = {
+      pageCount: 0, pageSize: this.#pageSize, pagesOnDemand: 0, pagesPushed: 0, pagesIgnored: 0, faults: 0, demandFaults: 0,
+      faultLatencyMs: [], bytesReceived: 0, durationMs: 0,
+    };
+    this.done = new Promise<DestinationStats>((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+    this.done.catch(() => {});
+    // The views were registered MISSING|MINOR by the guest; the handler only serves them.
+    this.#handler = new FaultHandler(opts.uffd, {
+      memfd: opts.memfd,
+      mode: opts.mode,
+      fetch: (fault) => this.#fetch(fault),
+      // Fetches fail only once the migration has failed: apply the policy to their pages.
+      onError: () => (this.#policy === 'poison' ? 'poison' : 'zero-fill'),
+    });
+    for (const view of this.#views)
+      this.#handler.attach({ address: view.address, length: view.length, offset: view.firstPage * this.#pageSize }, { register: false });
+    this.#present = this.#handler.present;
+  }
+
+  /**
+   * Connects to the source (or adopts a connected socket), checks its hello
+   * against the memfd (version, page size, image size), then starts serving
+   * faults on the event loop. Resolves once serving has started.
+   */
+  static async connect(options: DestinationOptions): Promise<MigrationDestination> {
+    const opts = v.options<DestinationOptions>('options', options);
+    if (!(opts.uffd instanceof Userfaultfd)) throw argValueError('options.uffd', 'must be a Userfaultfd', opts.uffd);
+    if (!(opts.memfd instanceof Memfd)) throw argValueError('options.memfd', 'must be a Memfd', opts.memfd);
+    const pageSize = opts.memfd.pageSize;
+    if (!Array.isArray(opts.views) || opts.views.length === 0) throw argValueError('options.views', 'must be a non-empty array of guest views', opts.views);
+    const views = opts.views.map((view, i): View => {
+      const r = v.range(`options.views[${i}]`, view, pageSize);
+      const offset = view instanceof Mapping ? view.offset : v.integer(`options.views[${i}].offset`, view.offset ?? 0);
+      v.aligned(`options.views[${i}].offset`, offset, pageSize);
+      return { address: r.address, length: r.length, firstPage: offset / pageSize, pageCount: r.length / pageSize };
+    });
+    if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw argValueError('options.signal', 'must be an AbortSignal', opts.signal);
+    opts.signal?.throwIfAborted();
+    let socket = opts.socket;
+    if (socket === undefined) {
+      const port = v.integer('options.port', opts.port, 1, 65535);
+      socket = net.connect({ host: opts.host ?? '127.0.0.1', port });
+      try {
+        await once(socket, 'connect', { signal: opts.signal });
+      } catch (err) {
+        socket.destroy();
+        throw stateError('ERR_MIGRATION_CONNECTION_LOST', `migration destination: cannot connect to ${opts.host ?? '127.0.0.1'}:${port}: ${(err as Error).message}`);
+      }
+    } else if (!(socket instanceof net.Socket)) throw argValueError('options.socket', 'must be a net.Socket', socket);
+    let dest: MigrationDestination;
+    try {
+      dest = new MigrationDestination({
+      uffd: opts.uffd, memfd: opts.memfd, views, socket,
+      policy: v.oneOf('options.onFailure', opts.onFailure, ['poison', 'zero'] as const, 'poison'),
+      mode: v.oneOf('options.mode', opts.mode, ['event-loop', 'native'] as const, 'event-loop'),
+      mapReceived: v.boolean('options.mapReceived', opts.mapReceived, true),
+      readahead: v.integer('options.readahead', opts.readahead ?? 0, 0, 4096),
+      pushWindow: v.integer('options.pushWindow', opts.pushWindow ?? 4, 1, 1 << 20),
+      unregisterWhenDone: v.boolean('options.unregisterWhenDone', opts.unregisterWhenDone, true),
+      signal: opts.signal,
+      });
+    } catch (err) {
+      socket.destroy();
+      throw err;
+    }
+    await dest.#start();
+    return dest;
+  }
+
+  /** Live counters (the same object `done` resolves with). */
+  get stats(): DestinationStats {
+    return this.#stats;
+  }
+
+  /** Pages present in the memfd so far. */
+  get pagesPresent(): number {
+    return this.#presentCount;
+  }
+
+  /** The fault handler's counters and latency percentiles. */
+  faultStats(): FaultHandlerStats {
+    return this.#handler.stats();
+  }
+
+  /**
+   * Before the end: gives up, applies the failure policy and rejects `done`
+   * with ERR_MIGRATION_ABORTED. After it (with `unregisterWhenDone: false`):
+   * stops serving faults and unregisters the views. Idempotent.
+   */
+  close(): void {
+    if (!this.#settled) this.#fail(stateError('ERR_MIGRATION_ABORTED', 'migration destination closed before the migration finished'));
+    else void this.#handler.stop();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #start(): Promise<void> {
+    const socket = this.#socket;
+    socket.setNoDelay(true);
+    let helloSeen = false;
+    const decoder = new FrameDecoder(() => this.#pageSize);
+    const started = new Promise<void>((resolve, reject) => {
+      this.done.catch(reject);
+      const onData = (chunk: Buffer) => {
+        if (this.#settled) return;
+        this.#stats.bytesReceived += chunk.length;
+        try {
+          for (const frame of decoder.push(chunk)) {
+            if (!helloSeen) {
+              if (frame.type !== 'hello') {
+                if (frame.type === 'error') throw stateError(frame.code, `migration destination: the source reported: ${frame.message}`);
+                throw protocolError('ERR_MIGRATION_BAD_FRAME', `expected a hello frame first, got ${frame.type}`);
+              }
+              helloSeen = true;
+              this.#onHello(frame);
+              resolve();
+            } else this.#onFrame(frame);
+            if (this.#settled) return;
+          }
+          this.#flushRequests();
+        } catch (err) {
+          this.#fail(err as Error);
+        }
+      };
+      socket.on('data', onData);
+      socket.on('error', (err) => this.#fail(stateError('ERR_MIGRATION_CONNECTION_LOST', `migration destination: connection to the source failed: ${err.message}`)));
+      socket.on('close', () => this.#fail(stateError('ERR_MIGRATION_CONNECTION_LOST',
+        `migration destination: the source closed the connection with ${this.#pageCount - this.#presentCount} of ${this.#pageCount} pages missing`)));
+    });
+    this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
+    return started;
+  }
+
+  #onHello(hello: Extract<Frame, { type: 'hello' }>): void {
+    if (hello.version !== PROTOCOL_VERSION)
+      throw protocolError('ERR_MIGRATION_VERSION', `the source speaks version ${hello.version}, this destination version ${PROTOCOL_VERSION}`);
+    if (hello.pageSize !== this.#pageSize)
+      throw protocolError('ERR_MIGRATION_MISMATCH', `the source's page size is ${hello.pageSize}, the memfd's ${this.#pageSize}`);
+    const memfdSize = this.#memfd.size;
+    if (hello.pageCount * hello.pageSize > memfdSize)
+      throw protocolError('ERR_MIGRATION_MISMATCH', `the image (${hello.imageSize} bytes) does not fit the memfd (${memfdSize} bytes)`);
+    for (const view of this.#views)
+      if (view.firstPage + view.pageCount > hello.pageCount)
+        throw protocolError('ERR_MIGRATION_MISMATCH', `a guest view reaches page ${view.firstPage + view.pageCount}, the image has ${hello.pageCount}`);
+    this.#pageCount = hello.pageCount;
+    this.#stats.pageCount = hello.pageCount;
+    this.#requested = new Uint8Array(hello.pageCount);
+    this.#started = performance.now();
+    this.#handler.start();
+    this.#handlerStarted = true;
+    void this.#handler.finished.then((err) => {
+      if (err) this.#fail(stateError('ERR_MIGRATION_FAULT_HANDLER', `migration destination: the fault handler stopped: ${err.message}`));
+    });
+    this.#socket.write(encodeCredit(this.#pushWindow));
+    trace('migration destination: %d pages of %d bytes, %d views', hello.pageCount, hello.pageSize, this.#views.length);
+  }
+
+  #onFrame(frame: Frame): void {
+    switch (frame.type) {
+      case 'batch':
+        if (frame.firstPage + frame.pageCount > this.#pageCount)
+          throw protocolError('ERR_MIGRATION_BAD_FRAME', `batch of pages ${frame.firstPage}+${frame.pageCount} outside the image's ${this.#pageCount} pages`);
+        this.#onBatch(frame.firstPage, frame.pageCount, frame.data, frame.demand);
+        if (!frame.demand) this.#creditOwed++;
+        return;
+      case 'done':
+        if (this.#presentCount !== this.#pageCount)
+          throw protocolError('ERR_MIGRATION_INCOMPLETE', `the source says done after ${frame.pagesSent} pages, but ${this.#pageCount - this.#presentCount} pages never arrived`);
+        this.#complete();
+        return;
+      case 'error':
+        throw stateError(frame.code, `migration destination: the source reported: ${frame.message}`);
+      default:
+        throw protocolError('ERR_MIGRATION_BAD_FRAME', `a destination does not expect a ${frame.type} frame`);
+    }
+  }
+
+  /** The fault handler's fetch policy: ask for the page, settle when it is in place. */
+  #fetch(fault: Fault): Promise<void> | void {
+    if (this.#failure) throw this.#failure;
+    const page = fault.page;
+    if (this.#present.has(page)) return;
+    this.#stats.demandFaults++;
+    const waiting = new Promise<void>((resolve, reject) => this.#pending.set(page, { since: performance.now(), resolve, reject }));
+    // 1: asked at demand priority; 2: asked as prefetch only (a fault upgrades it).
+    if (this.#requested[page] !== 1) {
+      this.#requested[page] = 1;
+      this.#toDemand.push(page);
+      for (let p = page + 1; p <= page + this.#readahead && p < this.#pageCount; p++) {
+        if (this.#present.has(p) || this.#requested[p]) continue;
+        this.#requested[p] = 2;
+        this.#toPrefetch.push(p);
+      }
+      // The handler calls fetch for each page of a batch of faults: send their requests together.
+      if (!this.#flushScheduled) {
+        this.#flushScheduled = true;
+        queueMicrotask(() => {
+          this.#flushScheduled = false;
+          this.#flushRequests();
+        });
+      }
+    }
+    return waiting;
+  }
+
+  /** Sends the requests gathered since the last flush, coalesced into runs of consecutive pages. */
+  #flushRequests(): void {
+    if (this.#settled) return;
+    if (this.#creditOwed) {
+      this.#socket.write(encodeCredit(this.#creditOwed));
+      this.#creditOwed = 0;
+    }
+    for (const [pages, priority] of [[this.#toDemand, PRIORITY.demand], [this.#toPrefetch, PRIORITY.prefetch]] as const) {
+      if (pages.length === 0) continue;
+      const sorted = pages.splice(0).sort((x, y) => x - y);
+      let i = 0;
+      while (i < sorted.length) {
+        let j = i + 1;
+        while (j < sorted.length && sorted[j] === sorted[j - 1] + 1) j++;
+        this.#socket.write(encodeRequest(priority, sorted[i], j - i));
+        i = j;
+      }
+    }
+  }
+
+  #onBatch(first: number, count: number, data: Buffer, demand: boolean): void {
+    const ps = this.#pageSize;
+    const end = first + count;
+    let p = first;
+    while (p < end) {
+      if (this.#present.has(p)) {
+        this.#stats.pagesIgnored++;
+        p++;
+        continue;
+      }
+      let q = p;
+      while (q < end && !this.#present.has(q)) q++;
+      this.#memfd.write(p * ps, data.subarray((p - first) * ps, (q - first) * ps));
+      // Content first, then the bit: the native resolver maps whatever is marked.
+      this.#present.mark(p * ps, (q - p) * ps);
+      this.#presentCount += q - p;
+      if (demand) this.#stats.pagesOnDemand += q - p;
+      else this.#stats.pagesPushed += q - p;
+      this.#resolveRun(p, q);
+      p = q;
+    }
+  }
+
+  /** Maps newly present pages [p, q) and wakes whoever waits on them. */
+  #resolveRun(p: number, q: number): void {
+    const ps = this.#pageSize;
+    if (this.#mapReceived) {
+      for (const view of this.#views) {
+        const a = Math.max(p, view.firstPage);
+        const b = Math.min(q, view.firstPage + view.pageCount);
+        if (a < b) this.#continue(view.address + (a - view.firstPage) * ps, (b - a) * ps);
+      }
+    }
+    if (this.#pending.size === 0) return;
+    const now = performance.now();
+    for (let page = p; page < q; page++) {
+      const waiting = this.#pending.get(page);
+      if (!waiting) continue;
+      this.#pending.delete(page);
+      this.#stats.faultLatencyMs.push(now - waiting.since);
+      waiting.resolve();
+    }
+  }
+
+  /** CONTINUE with the fallbacks the kernel needs: per page after partial progress, ESRCH means the guest is gone. */
+  #continue(address: number, length: number): void {
+    try {
+      this.#uffd.continue(address, length);
+    } catch (err) {
+      const e = err as UffdError;
+      if (e.errno === ESRCH) throw stateError('ERR_MIGRATION_GUEST_EXITED', 'migration destination: the guest process exited');
+      if (length === this.#pageSize) throw err;
+      // Partial progress or a page mapped meanwhile: go page by page so each
+      // page gets its own answer (EEXIST pages are woken by continue()).
+      for (let off = 0; off < length; off += this.#pageSize) this.#uffd.continue(address + off, this.#pageSize);
+    }
+  }
+
+  #complete(): void {
+    if (this.#settled) return;
+    this.#stats.durationMs = performance.now() - this.#started;
+    this.#settle();
+    this.#socket.end();
+    trace('migration destination: done, %d on demand, %d pushed', this.#stats.pagesOnDemand, this.#stats.pagesPushed);
+    void (async () => {
+      // Stopping the handler unregisters the views: later touches are plain page faults.
+      if (this.#unregisterWhenDone) await this.#handler.stop();
+      const handlerStats = this.#handler.stats();
+      this.#stats.faults = handlerStats.faults;
+      this.#stats.handler = handlerStats;
+      this.#resolve(this.#stats);
+    })();
+  }
+
+  #fail(err: Error): void {
+    if (this.#settled) return;
+    this.#failure = err;
+    this.#stats.durationMs = this.#started ? performance.now() - this.#started : 0;
+    this.#settle();
+    if (!this.#socket.destroyed) this.#socket.end(encodeError((err as { code?: string }).code ?? 'ERR_MIGRATION_DESTINATION', err.message));
+    this.#socket.destroy();
+    void (async () => {
+      const problems: string[] = [];
+      // Before the hello nothing was received: every page of every view is absent.
+      if (this.#policy === 'poison') {
+        for (const view of this.#views) {
+          try {
+            this.#poisonAbsent(view);
+          } catch (e) {
+            problems.push(`poisoning missing pages failed (${(e as Error).message}); they will read as zeros`);
+          }
+        }
+      }
+      // Faulters waiting on a fetch: the handler applies the same policy to their pages.
+      for (const waiting of this.#pending.values()) waiting.reject(err);
+      this.#pending.clear();
+      if (this.#handlerStarted) await this.#handler.stop();
+      else {
+        for (const view of this.#views) {
+          try {
+            if (!this.#uffd.closed) this.#uffd.unregister({ address: view.address, length: view.length });
+          } catch (e) {
+            if ((e as UffdError).errno !== ESRCH) problems.push(`unregistering a guest view failed: ${(e as Error).message}`);
+          }
+        }
+      }
+      if (problems.length) err.message += `; ${problems.join('; ')}`;
+      const handlerStats = this.#handler.stats();
+      this.#stats.faults = handlerStats.faults;
+      this.#stats.handler = handlerStats;
+      Object.assign(err, { policy: this.#policy, pagesMissing: this.#pageCount - this.#presentCount });
+      trace('migration destination failed: %s', err.message);
+      this.#reject(err);
+    })();
+  }
+
+  #poisonAbsent(view: View): void {
+    const ps = this.#pageSize;
+    const end = view.firstPage + view.pageCount;
+    let p = view.firstPage;
+    while (p < end) {
+      if (this.#present.has(p)) {
+        p++;
+        continue;
+      }
+      let q = p;
+      while (q < end && !this.#present.has(q)) q++;
+      this.#uffd.poison(view.address + (p - view.firstPage) * ps, (q - p) * ps);
+      p = q;
+    }
+  }
+
+  #settle(): void {
+    this.#settled = true;
+    this.#signal?.removeEventListener('abort', this.#onAbort);
+  }
+}

@@ -1,0 +1,521 @@
+// A page server for Firecracker's userfaultfd snapshot restore. Firecracker
+// connects to a Unix socket and sends one message: a JSON array of guest
+// memory regions, with the uffd (and, in the guest_memfd flavour, the memory
+// fd and a userfault bitmap memfd) attached by SCM_RIGHTS.
+//
+// One fd: guest memory is anonymous, registered MISSING. A fault is served
+// with UFFDIO_COPY of the snapshot bytes; a page the balloon removed (REMOVE
+// event) is served with zeros (ZEROPAGE, or a COPY of zeros on hugetlb where
+// ZEROPAGE does not exist).
+// Three fds: guest memory is the memory fd, registered MINOR. A page is
+// populated by writing it into the memory fd (through a mapping on hugetlb,
+// which has no pwrite), clearing its bit in the bitmap, then CONTINUE for a
+// uffd fault, or a JSON reply for a vCPU fault request sent on the socket.
+//
+// Firecracker waits forever for a page server that stopped answering, so
+// every failure is loud: the session's `finished` rejects, and by default the
+// peer is killed (SIGKILL, pid from SO_PEERCRED) rather than left hanging or
+// fed zeros.
+import { trace } from '../debug';
+import { EVENT } from '../constants';
+import { UffdError, argValueError, stateError } from '../errors';
+import { MessageBuffer } from '../events';
+import { FdServer, FdSocket } from '../fd-socket';
+import { Mapping, Memfd } from '../memfd';
+import { PollerHandle, native } from '../native';
+import { Userfaultfd } from '../userfaultfd';
+import * as v from '../validate';
+import { ImageSource, PageImage, openImage } from './image';
+
+/** One guest memory region as Firecracker describes it (numbers in bytes). */
+export interface FirecrackerRegion {
+  /** Start of the region in Firecracker's address space. */
+  baseHostVirtAddr: number;
+  size: number;
+  /** Offset of the region in the snapshot memory file (and in the memory fd, three-fd mode). */
+  offset: number;
+  /** 4096, or 2097152 for hugetlb-backed regions. */
+  pageSize: number;
+}
+
+/** What to do when serving fails. */
+export type FirecrackerFailureAction = 'kill-peer' | 'close';
+
+/** Options of {@link FirecrackerPageServer.listen}. */
+export interface FirecrackerServerOptions {
+  /** The snapshot memory file (a path, a Buffer or a Memfd). */
+  snapshot: ImageSource;
+  /**
+   * On a serving failure: `'kill-peer'` (default) sends SIGKILL to the
+   * Firecracker process (it would otherwise wait forever, or run on pages it
+   * never got), `'close'` only closes the uffd and socket.
+   */
+  onFailure?: FirecrackerFailureAction;
+}
+
+/** Counters of one {@link FirecrackerSession}. */
+export interface FirecrackerStats {
+  faults: number;
+  /** Pages filled from the snapshot (COPY, or written into the memory fd). */
+  pagesFromSnapshot: number;
+  /** Pages served as zeros because the balloon had removed them. */
+  zeroPages: number;
+  removeEvents: number;
+  /** Three-fd mode: vCPU fault requests answered on the socket. */
+  faultRequests: number;
+  /** Faults whose page was already there (EEXIST): woken. */
+  alreadyMapped: number;
+}
+
+interface Region extends FirecrackerRegion {
+  end: number;
+  /** Index of the region's first page in the session's per-page arrays. */
+  firstIndex: number;
+}
+
+const EEXIST = -17;
+const EAGAIN = -11;
+const ESRCH = -3;
+const PAGE_SIZES = [4096, 16384, 65536, 2 * 1024 * 1024, 1024 * 1024 * 1024];
+
+/** Parses and checks Firecracker's region array. Accepts `page_size` and the older `page_size_kib`. */
+export function parseFirecrackerRegions(json: string): FirecrackerRegion[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(json);
+  } catch (err) {
+    throw stateError('ERR_FIRECRACKER_HANDSHAKE', `the region message is not JSON: ${(err as Error).message}`);
+  }
+  if (!Array.isArray(parsed) || parsed.length === 0) throw stateError('ERR_FIRECRACKER_HANDSHAKE', 'the region message must be a non-empty JSON array');
+  const regions = parsed.map((raw, i): FirecrackerRegion => {
+    const r = raw as Record<string, unknown>;
+    const num = (name: string): number => {
+      const value = r[name];
+      if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0)
+        throw stateError('ERR_FIRECRACKER_HANDSHAKE', `region ${i}: "${name}" must be a non-negative integer, got ${JSON.stringify(value)}`);
+      return value;
+    };
+    let pageSize: number;
+    if (r.page_size !== undefined) pageSize = num('page_size');
+    else if (r.page_size_kib !== undefined) {
+      // Despite its name Firecracker fills page_size_kib with bytes; a value
+      // that is not a page size in bytes but is one in KiB is read as KiB.
+      const value = num('page_size_kib');
+      pageSize = PAGE_SIZES.includes(value) ? value : value * 1024;
+    } else throw stateError('ERR_FIRECRACKER_HANDSHAKE', `region ${i} has neither page_size nor page_size_kib`);
+    if (!PAGE_SIZES.includes(pageSize)) throw stateError('ERR_FIRECRACKER_HANDSHAKE', `region ${i}: page size ${pageSize} is not one the kernel uses`);
+    const region = { baseHostVirtAddr: num('base_host_virt_addr'), size: num('size'), offset: num('offset'), pageSize };
+    if (region.size === 0 || region.baseHostVirtAddr % pageSize || region.size % pageSize || region.offset % pageSize)
+      throw stateError('ERR_FIRECRACKER_HANDSHAKE', `region ${i} (${JSON.stringify(raw)}) is empty or not aligned to its page size ${pageSize}`);
+    return region;
+  });
+  const sorted = [...regions].sort((a, b) => a.baseHostVirtAddr - b.baseHostVirtAddr);
+  for (let i = 1; i < sorted.length; i++)
+    if (sorted[i].baseHostVirtAddr < sorted[i - 1].baseHostVirtAddr + sorted[i - 1].size)
+      throw stateError('ERR_FIRECRACKER_HANDSHAKE', 'regions overlap');
+  return regions;
+}
+
+/** A Unix socket where Firecracker (configured with a `Uffd` memory backend) connects. */
+export class FirecrackerPageServer implements Disposable {
+  readonly path: string;
+  readonly #server: FdServer;
+  readonly #snapshot: ImageSource;
+  readonly #onFailure: FirecrackerFailureAction;
+
+  private constructor(server: FdServer, snapshot: ImageSource, onFailure: FirecrackerFailureAction) {
+    this.#server = server;
+    this.path = server.path;
+    this.#snapshot = snapshot;
+    this.#onFailure = onFailure;
+  }
+
+  /** Listens at `path` (the `backend_path` given to Firecracker; must not exist yet). */
+  static listen(path: string, options: FirecrackerServerOptions): FirecrackerPageServer {
+    const opts = v.options<FirecrackerServerOptions>('options', options);
+    if (opts.snapshot === undefined) throw argValueError('options.snapshot', 'is required', opts.snapshot);
+    openImage(opts.snapshot).close();
+    const onFailure = v.oneOf('options.onFailure', opts.onFailure, ['kill-peer', 'close'] as const, 'kill-peer');
+    return new FirecrackerPageServer(FdServer.listen(path), opts.snapshot, onFailure);
+  }
+
+  /** Accepts the next Firecracker connection, reads its handshake and starts serving it. */
+  async accept(options?: { signal?: AbortSignal }): Promise<FirecrackerSession> {
+    const socket = await this.#server.accept(options);
+    return FirecrackerSession.start(socket, openImage(this.#snapshot), this.#onFailure, options?.signal);
+  }
+
+  close(): void {
+    this.#server.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** One Firecracker process being served. */
+export class FirecrackerSession implements Disposable {
+  /** Firecracker's pid (SO_PEERCRED). */
+  readonly pid: number;
+  readonly regions: readonly FirecrackerRegion[];
+  /** `'uffd'`: one fd, anonymous memory (MISSING). `'guest_memfd'`: three fds, memory fd + userfault bitmap (MINOR). */
+  readonly mode: 'uffd' | 'guest_memfd';
+  /** Resolves when Firecracker goes away (socket closed or its process exited); rejects when serving failed. */
+  readonly finished: Promise<FirecrackerStats>;
+  readonly stats: FirecrackerStats = { faults: 0, pagesFromSnapshot: 0, zeroPages: 0, removeEvents: 0, faultRequests: 0, alreadyMapped: 0 };
+
+  readonly #socket: FdSocket;
+  readonly #uffd: Userfaultfd;
+  readonly #image: PageImage;
+  readonly #regions: Region[];
+  readonly #onFailure: FirecrackerFailureAction;
+  /** Per page: 1 when the balloon removed it (its next fault gets zeros). */
+  readonly #removed: Uint8Array;
+  readonly #memory?: Memfd;
+  readonly #bitmap?: Uint8Array;
+  #bitmapView?: Mapping;
+  #poller: PollerHandle | undefined;
+  #releaseReader: (() => void) | undefined;
+  readonly #messages = new MessageBuffer(64);
+  #deferred: number[] = [];
+  #retry: NodeJS.Immediate | undefined;
+  #settled = false;
+  #resolve!: (stats: FirecrackerStats) => void;
+  #reject!: (err: Error) => void;
+  readonly #zeros = new Map<number, Uint8Array>();
+  #requestText = '';
+  readonly #abort = new AbortController();
+
+  private constructor(socket: FdSocket, pid: number, regions: FirecrackerRegion[], uffd: Userfaultfd, image: PageImage, onFailure: FirecrackerFailureAction, memory?: Memfd, bitmapView?: Mapping) {
+    this.#socket = socket;
+    this.pid = pid;
+    this.regions = regions;
+    this.#uffd = uffd;
+    this.#image = image;
+    this.#onFailure = onFailure;
+    this.mode = memory ? 'guest_memfd' : 'uffd';
+    let index = 0;
+    this.#regions = regions.map((r) => {
+      const region = { ...r, end: r.baseHostVirtAddr + r.size, firstIndex: index };
+      index += r.size / r.pageSize;
+      return region;
+    });
+    this.#removed = new Uint8Array(index);
+    this.#memory = memory;
+    this.#bitmapView = bitmapView;
+    this.#bitmap = bitmapView ? new Uint8Array(bitmapView.buffer) : undefined;
+    this.finished = new Promise<FirecrackerStats>((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+    this.finished.catch(() => {});
+  }
+
+  /** @internal Reads the handshake from a connected socket and starts serving. */
+  static async start(socket: FdSocket, image: PageImage, onFailure: FirecrackerFailureAction, signal?: AbortSignal): Promise<FirecrackerSession> {
+    const pid = socket.peerCredentials().pid;
+    const fds: number[] = [];
+    let text = '';
+    let rest = '';
+    try {
+      // One sendmsg, but a stream socket may deliver it in pieces: read until
+      // the top-level JSON array closes.
+      for (;;) {
+        const msg = await socket.receive({ maxBytes: 1 << 20, signal });
+        fds.push(...msg.fds);
+        if (msg.data.length === 0) throw stateError('ERR_FIRECRACKER_HANDSHAKE', `Firecracker (pid ${pid}) closed the socket before sending its regions`);
+        text += msg.data.toString('utf8');
+        const end = jsonEnd(text);
+        if (end < 0) throw stateError('ERR_FIRECRACKER_HANDSHAKE', `the region message is not a JSON array: ${JSON.stringify(text.slice(0, 80))}`);
+        if (end > 0) {
+          rest = text.slice(end);
+          text = text.slice(0, end);
+          break;
+        }
+      }
+      const regions = parseFirecrackerRegions(text);
+      if (fds.length !== 1 && fds.length !== 3)
+        throw stateError('ERR_FIRECRACKER_HANDSHAKE', `expected 1 fd (uffd) or 3 fds (uffd, memory, userfault bitmap), got ${fds.length}`);
+      const threeFds = fds.length === 3;
+      const uffd = Userfaultfd.fromFd(fds[0]);
+      fds.shift();
+      let memory: Memfd | undefined;
+      let bitmapView: Mapping | undefined;
+      if (threeFds) {
+        const pageSize = regions[0].pageSize;
+        if (regions.some((r) => r.pageSize !== pageSize)) throw stateError('ERR_FIRECRACKER_HANDSHAKE', 'three-fd mode needs one page size for every region');
+        memory = Memfd.fromFd(fds[0], { owned: true, hugePageSize: pageSize > 4096 ? pageSize : undefined });
+        const bitmapFd = Memfd.fromFd(fds[1], { owned: true });
+        fds.length = 0;
+        const pages = Math.max(...regions.map((r) => (r.offset + r.size) / pageSize));
+        if (bitmapFd.size * 8 < pages) throw stateError('ERR_FIRECRACKER_HANDSHAKE', `the userfault bitmap (${bitmapFd.size} bytes) has fewer bits than the ${pages} pages`);
+        bitmapView = bitmapFd.map();
+      }
+      const session = new FirecrackerSession(socket, pid, regions, uffd, image, onFailure, memory, bitmapView);
+      session.#start(rest);
+      trace('firecracker pid %d: %d regions, %s mode', pid, regions.length, session.mode);
+      return session;
+    } catch (err) {
+      for (const fd of fds) native.closeFd(fd);
+      socket.close();
+      image.close();
+      if (onFailure === 'kill-peer') killPeer(pid);
+      throw err;
+    }
+  }
+
+  /** Stops serving and closes the uffd and the socket (Firecracker's faulting threads wake up). */
+  close(): void {
+    this.#finish();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #start(rest: string): void {
+    this.#releaseReader = this.#uffd.claimReader('FirecrackerSession');
+    // The raw poller (not a wrapper) so this file does not depend on how the
+    // core wraps it; teardown stops it before the uffd is closed.
+    const handle = native.pollerStart(this.#uffd.fd, this.#messages.buffer, (count) => this.#onEvents(count));
+    if (typeof handle === 'number') throw new UffdError(handle, 'uv_poll_start', { fd: this.#uffd.fd });
+    this.#poller = handle;
+    if (rest) this.#onRequestText(rest);
+    void this.#readSocket();
+  }
+
+  async #readSocket(): Promise<void> {
+    try {
+      for (;;) {
+        const msg = await this.#socket.receive({ signal: this.#abort.signal });
+        for (const fd of msg.fds) native.closeFd(fd);
+        if (msg.data.length === 0) return this.#finish();
+        if (!this.#memory) throw stateError('ERR_FIRECRACKER_PROTOCOL', `Firecracker sent ${msg.data.length} unexpected bytes after the handshake in one-fd mode`);
+        this.#onRequestText(msg.data.toString('utf8'));
+      }
+    } catch (err) {
+      if (!this.#settled) this.#fail(err as Error);
+    }
+  }
+
+  /** Three-fd mode: JSON fault requests, back to back on the stream. */
+  #onRequestText(chunk: string): void {
+    this.#requestText += chunk;
+    for (;;) {
+      const text = this.#requestText.trimStart();
+      const end = jsonEnd(text);
+      if (end < 0) throw stateError('ERR_FIRECRACKER_PROTOCOL', `expected a JSON fault request, got ${JSON.stringify(text.slice(0, 80))}`);
+      if (end === 0) {
+        this.#requestText = text;
+        if (text.length > 1 << 16) throw stateError('ERR_FIRECRACKER_PROTOCOL', 'a fault request longer than 64 KiB');
+        return;
+      }
+      this.#requestText = text.slice(end);
+      let req: { vcpu?: unknown; offset?: unknown; flags?: unknown; token?: unknown };
+      try {
+        req = JSON.parse(text.slice(0, end));
+      } catch (err) {
+        throw stateError('ERR_FIRECRACKER_PROTOCOL', `bad fault request ${text.slice(0, end)}: ${(err as Error).message}`);
+      }
+      this.#onFaultRequest(req);
+    }
+  }
+
+  #onFaultRequest(req: { vcpu?: unknown; offset?: unknown; flags?: unknown; token?: unknown }): void {
+    if (typeof req.offset !== 'number' || !Number.isSafeInteger(req.offset) || req.offset < 0)
+      throw stateError('ERR_FIRECRACKER_PROTOCOL', `fault request without a valid offset: ${JSON.stringify(req)}`);
+    const pageSize = this.#regions[0].pageSize;
+    const offset = req.offset - (req.offset % pageSize);
+    const region = this.#regions.find((r) => offset >= r.offset && offset < r.offset + r.size);
+    if (!region) throw stateError('ERR_FIRECRACKER_PROTOCOL', `fault request for offset ${req.offset}, outside every region`);
+    const zero = this.#populate(region, offset - region.offset);
+    this.stats.faultRequests++;
+    const reply = { vcpu: req.vcpu ?? null, offset, len: pageSize, flags: req.flags ?? 0, token: req.token ?? null, zero };
+    this.#socket.send(JSON.stringify(reply));
+  }
+
+  /** Three-fd mode: makes the page at `within` of `region` present in the memory fd. Returns true when it was served as zeros. */
+  #populate(region: Region, within: number): boolean {
+    const ps = region.pageSize;
+    const memOffset = region.offset + within;
+    const index = region.firstIndex + within / ps;
+    const bit = memOffset / ps;
+    const bitmap = this.#bitmap!;
+    const unpopulated = (bitmap[bit >> 3] & (1 << (bit & 7))) !== 0;
+    const zero = this.#removed[index] === 1;
+    if (zero) {
+      this.#memory!.write(memOffset, this.#zeroPage(ps));
+      this.#removed[index] = 0;
+      this.stats.zeroPages++;
+    } else if (unpopulated) {
+      this.#memory!.write(memOffset, this.#image.read(memOffset, ps));
+      this.stats.pagesFromSnapshot++;
+    }
+    // The content is in place before the bit says so.
+    if (unpopulated || zero) bitmap[bit >> 3] &= ~(1 << (bit & 7));
+    return zero;
+  }
+
+  #onEvents(count: number): void {
+    if (this.#settled) return;
+    try {
+      if (count < 0) throw new UffdError(count, 'read', { fd: this.#uffd.fd });
+      const m = this.#messages;
+      // REMOVE first: a fault read in the same batch may be for a page the
+      // balloon just removed, and must then get zeros.
+      for (let i = 0; i < count; i++) if (m.kind(i) === EVENT.remove) this.#onRemove(m.u64(i, 8), m.u64(i, 16));
+      const faults = this.#deferred;
+      this.#deferred = [];
+      for (let i = 0; i < count; i++) {
+        if (m.kind(i) === EVENT.pagefault) {
+          this.stats.faults++;
+          faults.push(m.u64(i, 16));
+        }
+      }
+      for (const address of faults) this.#serve(address);
+      if (this.#deferred.length && !this.#retry) {
+        this.#retry = setImmediate(() => {
+          this.#retry = undefined;
+          this.#onEvents(0);
+        });
+      }
+    } catch (err) {
+      this.#fail(err as Error);
+    }
+  }
+
+  #onRemove(start: number, end: number): void {
+    this.stats.removeEvents++;
+    for (const r of this.#regions) {
+      const a = Math.max(start, r.baseHostVirtAddr);
+      const b = Math.min(end, r.end);
+      if (a >= b) continue;
+      const first = Math.floor((a - r.baseHostVirtAddr) / r.pageSize);
+      const last = Math.ceil((b - r.baseHostVirtAddr) / r.pageSize);
+      this.#removed.fill(1, r.firstIndex + first, r.firstIndex + last);
+      if (this.#bitmap) {
+        // The page cache still holds the old bytes: send vCPU accesses back here.
+        for (let p = first; p < last; p++) {
+          const bit = (r.offset + p * r.pageSize) / r.pageSize;
+          this.#bitmap[bit >> 3] |= 1 << (bit & 7);
+        }
+      }
+    }
+  }
+
+  #serve(address: number): void {
+    const region = this.#regions.find((r) => address >= r.baseHostVirtAddr && address < r.end);
+    if (!region) throw stateError('ERR_FIRECRACKER_PROTOCOL', `fault at 0x${address.toString(16)} is outside every region Firecracker announced`);
+    const ps = region.pageSize;
+    const within = Math.floor((address - region.baseHostVirtAddr) / ps) * ps;
+    const page = region.baseHostVirtAddr + within;
+    if (this.#memory) {
+      this.#populate(region, within);
+      return this.#resolve3(page, ps);
+    }
+    const index = region.firstIndex + within / ps;
+    const zero = this.#removed[index] === 1;
+    let result: number;
+    if (zero && ps === 4096) result = native.uffdZeropage(this.#uffd.fd, page, ps, 0);
+    else result = native.uffdCopyBuffer(this.#uffd.fd, page, zero ? this.#zeroPage(ps) : this.#image.read(region.offset + within, ps), 0);
+    if (result >= 0) {
+      this.#removed[index] = 0;
+      if (zero) this.stats.zeroPages++;
+      else this.stats.pagesFromSnapshot++;
+      return;
+    }
+    this.#ioctlResult(result, page, ps, zero ? 'UFFDIO_ZEROPAGE' : 'UFFDIO_COPY');
+  }
+
+  #resolve3(page: number, ps: number): void {
+    const result = native.uffdContinue(this.#uffd.fd, page, ps, 0);
+    if (result < 0) this.#ioctlResult(result, page, ps, 'UFFDIO_CONTINUE');
+  }
+
+  #ioctlResult(result: number, page: number, ps: number, operation: string): void {
+    if (result === EEXIST) {
+      // Present already: EEXIST wakes nobody, so wake the range ourselves.
+      this.stats.alreadyMapped++;
+      const wake = native.uffdWake(this.#uffd.fd, page, ps);
+      if (wake < 0 && wake !== ESRCH) throw new UffdError(wake, 'ioctl', { operation: 'UFFDIO_WAKE', address: page, length: ps });
+      return;
+    }
+    if (result === EAGAIN) {
+      // An event is unread (the poller will deliver it); retry after it.
+      this.#deferred.push(page);
+      return;
+    }
+    if (result === ESRCH) return this.#finish();
+    throw new UffdError(result, 'ioctl', { operation, address: page, length: ps, hint: `serving Firecracker pid ${this.pid}` });
+  }
+
+  #zeroPage(size: number): Uint8Array {
+    let zeros = this.#zeros.get(size);
+    if (!zeros) this.#zeros.set(size, (zeros = new Uint8Array(size)));
+    return zeros;
+  }
+
+  #teardown(): void {
+    this.#settled = true;
+    if (this.#poller) native.pollerStop(this.#poller);
+    this.#poller = undefined;
+    if (this.#retry) clearImmediate(this.#retry);
+    this.#releaseReader?.();
+    this.#abort.abort();
+    this.#uffd.close();
+    this.#socket.close();
+    this.#bitmapView?.memfd.close();
+    this.#memory?.close();
+    this.#image.close();
+  }
+
+  #finish(): void {
+    if (this.#settled) return;
+    this.#teardown();
+    trace('firecracker pid %d: session over', this.pid);
+    this.#resolve(this.stats);
+  }
+
+  #fail(err: Error): void {
+    if (this.#settled) return;
+    if (this.#onFailure === 'kill-peer') {
+      killPeer(this.pid);
+      err.message += ` (Firecracker pid ${this.pid} was killed: it cannot run without its pages)`;
+    }
+    this.#teardown();
+    this.#reject(err);
+  }
+}
+
+function killPeer(pid: number): void {
+  try {
+    if (pid > 0 && pid !== process.pid) process.kill(pid, 'SIGKILL');
+  } catch {
+    // Already gone.
+  }
+}
+
+/** Index just past the first complete top-level JSON object or array of `text`; 0 when incomplete, -1 when it starts with anything else. */
+function jsonEnd(text: string): number {
+  let depth = 0;
+  let inString = false;
+  let started = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (inString) {
+      if (c === '\\') i++;
+      else if (c === '"') inString = false;
+      continue;
+    }
+    if (c === '"') inString = true;
+    else if (c === '[' || c === '{') {
+      depth++;
+      started = true;
+    } else if (c === ']' || c === '}') {
+      depth--;
+      if (started && depth === 0) return i + 1;
+    } else if (!started && !/\s/.test(c)) return -1;
+  }
+  return 0;
+}

@@ -1,0 +1,308 @@
+// The page source of a post-copy migration: serves a memory image over TCP,
+// demand requests first, everything else pushed in the background in large
+// batches. Each page is sent at most once per connection: a page the
+// destination asks for after it was pushed is already on the wire ahead of
+// the request's answer (TCP keeps order), so it is not sent twice.
+import { once } from 'node:events';
+import * as net from 'node:net';
+
+import { trace } from '../debug';
+import { argValueError, stateError } from '../errors';
+import * as v from '../validate';
+import { DEFAULT_PAGE_SIZE, ImageSource, PageImage, openImage } from './image';
+import { Frame, FrameDecoder, PRIORITY, encodeBatch, encodeDone, encodeError, encodeHello, protocolError } from './protocol';
+
+/** Options of {@link servePages} and {@link MigrationSource.listen}. */
+export interface SourceOptions {
+  /** Page size of the image, as the destination maps it. Default: the system page size. */
+  pageSize?: number;
+  /** Pages per background batch (each batch is one frame with one CRC). Default 64 (256 KiB of 4 KiB pages). */
+  batchPages?: number;
+  /** Push pages nobody asked for (post-copy). false serves demand only. Default true. */
+  push?: boolean;
+  /** Caps the background push at this many bytes per second (demand answers are never held back). Default: no cap. */
+  pushBytesPerSecond?: number;
+  /** Stops serving: the connection is closed with an error frame. */
+  signal?: AbortSignal;
+}
+
+/** What one served connection did. */
+export interface SourceStats {
+  pageCount: number;
+  /** Pages sent in answer to demand (or prefetch) requests. */
+  pagesOnDemand: number;
+  /** Pages pushed in the background. */
+  pagesPushed: number;
+  requestsReceived: number;
+  bytesSent: number;
+  /** Milliseconds from hello to done. */
+  durationMs: number;
+}
+
+interface Options {
+  pageSize: number;
+  batchPages: number;
+  push: boolean;
+  pushBytesPerSecond: number;
+  signal?: AbortSignal;
+}
+
+function readOptions(options: SourceOptions | undefined): Options {
+  const opts = v.options<SourceOptions>('options', options);
+  const pageSize = v.integer('options.pageSize', opts.pageSize ?? DEFAULT_PAGE_SIZE, 512, 1 << 30);
+  if ((pageSize & (pageSize - 1)) !== 0) throw argValueError('options.pageSize', 'must be a power of two', pageSize);
+  const batchPages = v.integer('options.batchPages', opts.batchPages ?? 64, 1, 1024);
+  if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw argValueError('options.signal', 'must be an AbortSignal', opts.signal);
+  const pushBytesPerSecond = opts.pushBytesPerSecond === undefined ? Infinity : v.integer('options.pushBytesPerSecond', opts.pushBytesPerSecond, 1);
+  return { pageSize, batchPages, push: v.boolean('options.push', opts.push, true), pushBytesPerSecond, signal: opts.signal };
+}
+
+/**
+ * Serves `image` to the destination at the other end of a connected TCP
+ * socket until every page is sent and the destination closes the connection.
+ * Resolves with what was sent; rejects on a protocol error, a lost
+ * connection before the end, or an abort (the socket is destroyed then).
+ */
+export async function servePages(socket: net.Socket, image: ImageSource, options?: SourceOptions): Promise<SourceStats> {
+  const opts = readOptions(options);
+  const img = openImage(image);
+  try {
+    return await new SourceConnection(socket, img, opts).run();
+  } finally {
+    img.close();
+  }
+}
+
+class SourceConnection {
+  readonly #socket: net.Socket;
+  readonly #image: PageImage;
+  readonly #opts: Options;
+  readonly #pageCount: number;
+  readonly #sent: Uint8Array;
+  #sentCount = 0;
+  #cursor = 0;
+  readonly #demand: [number, number][] = [];
+  readonly #prefetch: [number, number][] = [];
+  #waitingDrain = false;
+  #doneSent = false;
+  #timer: NodeJS.Timeout | undefined;
+  /** Push batches the destination still accepts (demand answers need no credit). */
+  #credit = 0;
+  readonly #stats: SourceStats;
+  readonly #started = Date.now();
+
+  constructor(socket: net.Socket, image: PageImage, opts: Options) {
+    this.#socket = socket;
+    this.#image = image;
+    this.#opts = opts;
+    this.#pageCount = Math.ceil(image.size / opts.pageSize);
+    this.#sent = new Uint8Array(this.#pageCount);
+    this.#stats = { pageCount: this.#pageCount, pagesOnDemand: 0, pagesPushed: 0, requestsReceived: 0, bytesSent: 0, durationMs: 0 };
+  }
+
+  run(): Promise<SourceStats> {
+    const socket = this.#socket;
+    socket.setNoDelay(true);
+    const decoder = new FrameDecoder(() => this.#opts.pageSize);
+    return new Promise<SourceStats>((resolve, reject) => {
+      let settled = false;
+      const finish = (err?: Error) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(this.#timer);
+        this.#opts.signal?.removeEventListener('abort', onAbort);
+        this.#stats.durationMs = Date.now() - this.#started;
+        if (err) {
+          if (!socket.destroyed) socket.end(encodeError((err as { code?: string }).code ?? 'ERR_MIGRATION_SOURCE', err.message));
+          socket.destroy();
+          reject(err);
+        } else resolve(this.#stats);
+      };
+      const onAbort = () => finish(stateError('ERR_MIGRATION_ABORTED', 'migration source aborted'));
+      if (this.#opts.signal?.aborted) return onAbort();
+      this.#opts.signal?.addEventListener('abort', onAbort, { once: true });
+      socket.on('data', (chunk: Buffer) => {
+        try {
+          for (const frame of decoder.push(chunk)) this.#onFrame(frame);
+          this.#pump();
+        } catch (err) {
+          finish(err as Error);
+        }
+      });
+      socket.on('drain', () => {
+        this.#waitingDrain = false;
+        try {
+          this.#pump();
+        } catch (err) {
+          finish(err as Error);
+        }
+      });
+      socket.on('error', (err) => finish(stateError('ERR_MIGRATION_CONNECTION_LOST', `migration source: connection failed: ${err.message}`)));
+      socket.on('close', () => {
+        // The destination may hang up as soon as it holds every page, before
+        // the done frame left this side's buffer.
+        if (this.#doneSent || this.#sentCount === this.#pageCount) finish();
+        else finish(stateError('ERR_MIGRATION_CONNECTION_LOST', `migration source: destination closed the connection after ${this.#sentCount} of ${this.#pageCount} pages`));
+      });
+      socket.on('end', () => socket.end());
+      this.#write(encodeHello(this.#opts.pageSize, this.#image.size));
+      trace('migration source: serving %d pages of %d bytes', this.#pageCount, this.#opts.pageSize);
+      this.#pump();
+    });
+  }
+
+  #onFrame(frame: Frame): void {
+    switch (frame.type) {
+      case 'request': {
+        const { firstPage, pageCount } = frame;
+        if (pageCount === 0 || firstPage + pageCount > this.#pageCount)
+          throw protocolError('ERR_MIGRATION_BAD_FRAME', `request for pages ${firstPage}+${pageCount} outside the image's ${this.#pageCount} pages`);
+        this.#stats.requestsReceived++;
+        (frame.priority === PRIORITY.demand ? this.#demand : this.#prefetch).push([firstPage, pageCount]);
+        return;
+      }
+      case 'credit':
+        this.#credit += frame.batches;
+        return;
+      case 'error':
+        throw stateError(frame.code, `migration source: the destination reported: ${frame.message}`);
+      default:
+        throw protocolError('ERR_MIGRATION_BAD_FRAME', `a source does not expect a ${frame.type} frame`);
+    }
+  }
+
+  /** Writes as long as the socket takes data: requests first, then the background push. */
+  #pump(): void {
+    while (!this.#waitingDrain && !this.#socket.destroyed) {
+      if (this.#serveQueue(this.#demand, true) || this.#serveQueue(this.#prefetch, true)) continue;
+      if (this.#sentCount === this.#pageCount) {
+        if (!this.#doneSent) {
+          this.#doneSent = true;
+          this.#write(encodeDone(this.#sentCount));
+          trace('migration source: all %d pages sent', this.#sentCount);
+        }
+        return;
+      }
+      if (!this.#opts.push || this.#credit === 0 || this.#throttled()) return;
+      while (this.#sent[this.#cursor]) this.#cursor++;
+      let end = this.#cursor;
+      while (end < this.#pageCount && end - this.#cursor < this.#opts.batchPages && !this.#sent[end]) end++;
+      this.#sendRun(this.#cursor, end, false);
+    }
+  }
+
+  /** True (and a wake-up scheduled) when the push is ahead of its byte budget. */
+  #throttled(): boolean {
+    const rate = this.#opts.pushBytesPerSecond;
+    if (rate === Infinity) return false;
+    const pushedBytes = this.#stats.pagesPushed * this.#opts.pageSize;
+    const aheadMs = (pushedBytes / rate) * 1000 - (Date.now() - this.#started);
+    if (aheadMs <= 0) return false;
+    if (!this.#timer) {
+      this.#timer = setTimeout(() => {
+        this.#timer = undefined;
+        try {
+          this.#pump();
+        } catch (err) {
+          this.#socket.destroy(err as Error);
+        }
+      }, Math.ceil(aheadMs));
+    }
+    return true;
+  }
+
+  /** Sends the unsent pages of the first queued request; false when the queue is empty. */
+  #serveQueue(queue: [number, number][], demand: boolean): boolean {
+    while (queue.length) {
+      const [first, count] = queue[0];
+      let p = first;
+      while (p < first + count && this.#sent[p]) p++;
+      if (p === first + count) {
+        queue.shift();
+        continue;
+      }
+      let end = p;
+      while (end < first + count && end - p < this.#opts.batchPages && !this.#sent[end]) end++;
+      this.#sendRun(p, end, demand);
+      return true;
+    }
+    return false;
+  }
+
+  #sendRun(first: number, end: number, demand: boolean): void {
+    const count = end - first;
+    const pages = this.#image.read(first * this.#opts.pageSize, count * this.#opts.pageSize);
+    const [head, body] = encodeBatch(demand, first, count, pages);
+    this.#sent.fill(1, first, end);
+    if (!demand) this.#credit--;
+    this.#sentCount += count;
+    if (demand) this.#stats.pagesOnDemand += count;
+    else this.#stats.pagesPushed += count;
+    this.#write(head);
+    this.#write(body);
+  }
+
+  #write(bytes: Uint8Array): void {
+    this.#stats.bytesSent += bytes.byteLength;
+    if (!this.#socket.write(bytes)) this.#waitingDrain = true;
+  }
+}
+
+/**
+ * A TCP server that serves one memory image to every destination that
+ * connects (each connection gets every page once).
+ */
+export class MigrationSource implements Disposable {
+  readonly #server: net.Server;
+  readonly #served: Promise<SourceStats>[] = [];
+  #closed = false;
+
+  private constructor(server: net.Server) {
+    this.#server = server;
+  }
+
+  /**
+   * Listens on `port` (0 picks a free one) and `host` (default all
+   * interfaces: the destination may be on another machine; it is plain TCP).
+   * `onConnection` sees each connection's outcome.
+   */
+  static async listen(image: ImageSource, options?: SourceOptions & { port?: number; host?: string; onConnection?: (result: Promise<SourceStats>) => void }): Promise<MigrationSource> {
+    const opts = v.options<SourceOptions & { port?: number; host?: string; onConnection?: (r: Promise<SourceStats>) => void }>('options', options);
+    readOptions(opts);
+    openImage(image).close();
+    const port = v.integer('options.port', opts.port ?? 0, 0, 65535);
+    const server = net.createServer();
+    const source = new MigrationSource(server);
+    server.on('connection', (socket) => {
+      const result = servePages(socket, image, opts);
+      result.catch(() => {});
+      source.#served.push(result);
+      opts.onConnection?.(result);
+    });
+    server.listen(port, opts.host);
+    await once(server, 'listening');
+    return source;
+  }
+
+  /** The bound address and port. */
+  get address(): net.AddressInfo {
+    return this.#server.address() as net.AddressInfo;
+  }
+
+  /** The outcome of every connection so far. */
+  get connections(): readonly Promise<SourceStats>[] {
+    return this.#served;
+  }
+
+  /** Stops listening (connections being served run to their end). */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#server.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+

@@ -1,0 +1,324 @@
+// npm run demo:migrate -- [--size MiB] [--workers N] [--hot-fraction F] [--hot-share F]
+//                        [--write-share F] [--push-rate MiB/s] [--batch-pages N] [--after-seconds S]
+//
+// Post-copy migration of a running guest, three processes on loopback:
+//   source       serves the memory image over TCP (MigrationSource)
+//   destination  receives the guest's uffd + memfd over a Unix socket and
+//                fills the memfd from the source (MigrationDestination)
+//   guest        worker threads reading and writing memory (a hot set and a
+//                cold tail) while its memory is being migrated under it
+// At the end the guest checks a CRC-32 of every page against the image (with
+// its own writes applied), and the demo prints what happened.
+import { ChildProcess, fork } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+
+import {
+  FdServer, FdSocket, Memfd, MigrationDestination, MigrationSource, PAGE_SIZE, Userfaultfd, crc32, receiveGuestMemory, sendGuestMemory,
+} from '../lib/index';
+
+interface Options {
+  sizeMiB: number;
+  workers: number;
+  hotFraction: number;
+  hotShare: number;
+  writeShare: number;
+  pushRateMiB: number;
+  batchPages: number;
+  afterSeconds: number;
+  readahead: number;
+  /** 0: event-loop fault handler, 1: native resolver thread. */
+  native: number;
+}
+
+const STAMP = 0xfeedf00d;
+
+function parseOptions(argv: string[]): Options {
+  const opts: Options = { sizeMiB: 256, workers: 2, hotFraction: 0.05, hotShare: 0.8, writeShare: 0.05, pushRateMiB: 64, batchPages: 16, afterSeconds: 3, readahead: 0, native: 0 };
+  const names: Record<string, keyof Options> = {
+    '--size': 'sizeMiB', '--workers': 'workers', '--hot-fraction': 'hotFraction', '--hot-share': 'hotShare', '--write-share': 'writeShare',
+    '--push-rate': 'pushRateMiB', '--batch-pages': 'batchPages', '--after-seconds': 'afterSeconds', '--readahead': 'readahead', '--native': 'native',
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const key = names[argv[i]];
+    const value = Number(argv[i + 1]);
+    if (!key || !Number.isFinite(value)) throw new Error(`unknown option or bad value: ${argv[i]} ${argv[i + 1] ?? ''}\noptions: ${Object.keys(names).join(' ')}`);
+    opts[key] = value;
+    i++;
+  }
+  return opts;
+}
+
+/** Word `i` of page `p` of the image: cheap to compute anywhere, different on every page. */
+function fillPage(words: Uint32Array, p: number): void {
+  const a = Math.imul(p + 1, 0x9e3779b1);
+  for (let i = 0; i < words.length; i++) words[i] = a ^ Math.imul(i + 1, 0x85ebca77);
+}
+
+function buildImage(pages: number): Buffer {
+  const image = Buffer.allocUnsafe(pages * PAGE_SIZE);
+  const words = new Uint32Array(image.buffer, image.byteOffset, image.length / 4);
+  for (let p = 0; p < pages; p++) fillPage(words.subarray((p * PAGE_SIZE) / 4, ((p + 1) * PAGE_SIZE) / 4), p);
+  return image;
+}
+
+function percentile(sorted: number[], q: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+// ---------------------------------------------------------------- source
+async function runSource(opts: Options): Promise<void> {
+  const pages = (opts.sizeMiB * 1024 * 1024) / PAGE_SIZE;
+  const image = buildImage(pages);
+  const source = await MigrationSource.listen(image, {
+    host: '127.0.0.1', batchPages: opts.batchPages,
+    pushBytesPerSecond: opts.pushRateMiB > 0 ? Math.round(opts.pushRateMiB * 1024 * 1024) : undefined,
+    onConnection: (result) => {
+      result.then((stats) => {
+        source.close();
+        process.send!({ type: 'source-done', stats }, () => process.exit(0));
+      }, (err: Error) => {
+        source.close();
+        process.send!({ type: 'source-failed', message: err.message }, () => process.exit(1));
+      });
+    },
+  });
+  process.send!({ type: 'listening', port: source.address.port });
+}
+
+// ---------------------------------------------------------------- destination
+async function runDestination(socketPath: string, port: number, opts: Options): Promise<void> {
+  const server = FdServer.listen(socketPath);
+  process.send!({ type: 'ready' });
+  const sock = await server.accept();
+  const { uffd, memfd, views, peer } = await receiveGuestMemory(sock);
+  sock.close();
+  server.close();
+  const dest = await MigrationDestination.connect({ uffd, memfd, views, port, readahead: opts.readahead, mode: opts.native ? 'native' : 'event-loop' });
+  process.send!({ type: 'migrating', guestPid: peer.pid });
+  try {
+    const stats = await dest.done;
+    process.send!({ type: 'dest-done', stats });
+  } catch (err) {
+    process.send!({ type: 'dest-failed', message: (err as Error).message });
+  } finally {
+    uffd.close();
+    memfd.close();
+  }
+}
+
+// ---------------------------------------------------------------- guest
+interface WorkerReport {
+  id: number;
+  written: [number, number][];
+  stallsUs: number[];
+}
+
+async function runGuest(socketPath: string, opts: Options): Promise<void> {
+  const pages = (opts.sizeMiB * 1024 * 1024) / PAGE_SIZE;
+  const memfd = Memfd.create(pages * PAGE_SIZE, { name: 'demo-guest' });
+  const uffd = Userfaultfd.open({ features: ['minorShmem', 'missingShmem', 'threadId'] });
+  // Phase flag and access counters shared with the workers: [phase, then per worker: during, after].
+  const shared = new Int32Array(new SharedArrayBuffer(4 * (1 + 2 * opts.workers)));
+  const workers: Worker[] = [];
+  const views = [];
+  for (let id = 0; id < opts.workers; id++) {
+    const worker = new Worker(__filename, { workerData: { role: 'worker', id, fd: memfd.fd, pages, opts, shared } });
+    workers.push(worker);
+    const [view] = (await once(worker, 'message')) as [{ address: number; length: number }];
+    // One process, one address space: the guest registers each worker's view on one uffd.
+    uffd.register(view, { missing: true, minor: true });
+    views.push({ address: view.address, length: view.length, offset: 0 });
+  }
+  const sock = FdSocket.connect(socketPath);
+  sendGuestMemory(sock, uffd, memfd, { views });
+  sock.close();
+  // The destination holds the uffd now; if it dies, closing its copy must wake our threads.
+  uffd.close();
+  const started = performance.now();
+  for (const w of workers) w.postMessage('go');
+  let migratedAt = 0;
+  await new Promise<void>((resolve) => process.on('message', (m: { type: string }) => {
+    if (m.type === 'migrated') resolve();
+  }));
+  migratedAt = performance.now();
+  Atomics.store(shared, 0, 1);
+  await new Promise((r) => setTimeout(r, opts.afterSeconds * 1000));
+  Atomics.store(shared, 0, 2);
+  const reports = (await Promise.all(workers.map((w) => once(w, 'message').then(([r]) => r as WorkerReport))));
+  await Promise.all(workers.map((w) => w.terminate()));
+  const stopped = performance.now();
+
+  // Every page against the image, with the guest's last write to it applied.
+  const written = new Map<number, number>();
+  for (const r of reports) for (const [page, counter] of r.written) written.set(page, counter);
+  const view = memfd.map({ readOnly: true });
+  const actual = new Uint8Array(view.buffer);
+  const expected = new Uint32Array(PAGE_SIZE / 4);
+  const expectedBytes = new Uint8Array(expected.buffer);
+  let bad = 0;
+  for (let p = 0; p < pages; p++) {
+    fillPage(expected, p);
+    const counter = written.get(p);
+    if (counter !== undefined) {
+      expected[0] = STAMP;
+      expected[1] = counter;
+    }
+    if (crc32(actual.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)) !== crc32(expectedBytes)) bad++;
+  }
+  view.unmap();
+  memfd.close();
+  let during = 0;
+  let after = 0;
+  for (let id = 0; id < opts.workers; id++) {
+    during += shared[1 + 2 * id];
+    after += shared[2 + 2 * id];
+  }
+  const stalls = reports.flatMap((r) => r.stallsUs).sort((a, b) => a - b);
+  process.send!({
+    type: 'guest-done', pages, badPages: bad, pagesWritten: written.size,
+    ratesPerSecond: { during: during / ((migratedAt - started) / 1000), after: after / ((stopped - migratedAt) / 1000) },
+    stalls: { count: stalls.length, p50: percentile(stalls, 0.5), p90: percentile(stalls, 0.9), p99: percentile(stalls, 0.99), max: stalls[stalls.length - 1] ?? NaN },
+  });
+}
+
+function runWorker(): void {
+  const { id, fd, pages, opts, shared } = workerData as { id: number; fd: number; pages: number; opts: Options; shared: Int32Array };
+  const memfd = Memfd.fromFd(fd);
+  const view = memfd.map();
+  const words = new Uint32Array(view.buffer);
+  parentPort!.postMessage({ address: view.address, length: view.length });
+  parentPort!.once('message', () => {
+    const hotPages = Math.max(1, Math.floor(pages * opts.hotFraction));
+    const wordsPerPage = PAGE_SIZE / 4;
+    const written = new Map<number, number>();
+    const stallsUs: number[] = [];
+    let cold = Math.floor((pages * id) / opts.workers);
+    let counter = 0;
+    let rng = 0x12345 + id * 7919;
+    const random = () => {
+      rng ^= rng << 13;
+      rng ^= rng >>> 17;
+      rng ^= rng << 5;
+      return (rng >>> 0) / 4294967296;
+    };
+    for (;;) {
+      const phase = Atomics.load(shared, 0);
+      if (phase === 2) break;
+      for (let n = 0; n < 256; n++) {
+        // The hot set is scattered over memory (a heap, not a prefix the push reaches first); the cold tail is a sweep.
+        const page = random() < opts.hotShare ? (Math.floor(random() * hotPages) * 40503) % pages : (cold = cold + 1 >= pages ? 0 : cold + 1);
+        const i = 2 + Math.floor(random() * (wordsPerPage - 2));
+        const t0 = performance.now();
+        const value = words[page * wordsPerPage + i];
+        const us = (performance.now() - t0) * 1000;
+        if (us > 20) stallsUs.push(us);
+        if (value !== ((Math.imul(page + 1, 0x9e3779b1) ^ Math.imul(i + 1, 0x85ebca77)) >>> 0))
+          throw new Error(`worker ${id}: page ${page} word ${i} reads 0x${value.toString(16)}: not the image`);
+        // Writes go to this worker's own pages only, so the last write of each page is known.
+        if (page % opts.workers === id && random() < opts.writeShare) {
+          words[page * wordsPerPage] = STAMP;
+          words[page * wordsPerPage + 1] = ++counter;
+          written.set(page, counter);
+        }
+      }
+      Atomics.add(shared, 1 + 2 * id + (phase === 0 ? 0 : 1), 256);
+    }
+    parentPort!.postMessage({ id, written: [...written], stallsUs } satisfies WorkerReport);
+    view.unmap();
+  });
+}
+
+// ---------------------------------------------------------------- orchestrator
+function child(args: string[]): ChildProcess {
+  return fork(__filename, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+}
+
+function next<T>(proc: ChildProcess, ...types: string[]): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const onMessage = (m: { type: string }) => {
+      if (types.includes(m.type)) {
+        proc.off('message', onMessage);
+        resolve(m as T);
+      }
+    };
+    proc.on('message', onMessage);
+    proc.once('exit', (code, signal) => reject(new Error(`${proc.spawnargs[2]} exited (${code ?? signal}) while waiting for ${types.join('/')}`)));
+  });
+}
+
+async function orchestrate(argv: string[]): Promise<void> {
+  const opts = parseOptions(argv);
+  const dir = mkdtempSync(join(tmpdir(), 'demo-migrate-'));
+  const socketPath = join(dir, 'handoff.sock');
+  const optArgs = ['--opts', JSON.stringify(opts)];
+  const procs: ChildProcess[] = [];
+  const watchdog = setTimeout(() => {
+    console.error('demo: no result after 120 s, stopping');
+    for (const p of procs) p.kill('SIGKILL');
+    process.exit(1);
+  }, 120_000);
+  try {
+    console.log(`userfaultfd post-copy demo: ${opts.sizeMiB} MiB guest, ${opts.workers} worker threads, hot set ${opts.hotFraction * 100}% of pages taking ${opts.hotShare * 100}% of accesses, ` +
+      `${opts.writeShare * 100}% writes, ${opts.native ? 'native' : 'event-loop'} fault handler, push ${opts.pushRateMiB > 0 ? `capped at ${opts.pushRateMiB} MiB/s` : 'uncapped'}, ${opts.batchPages} pages per batch`);
+    const source = child(['source', ...optArgs]);
+    procs.push(source);
+    const { port } = await next<{ port: number }>(source, 'listening');
+    const dest = child(['destination', socketPath, String(port), ...optArgs]);
+    procs.push(dest);
+    await next(dest, 'ready');
+    const t0 = performance.now();
+    const guest = child(['guest', socketPath, ...optArgs]);
+    procs.push(guest);
+    const destResult = await next<{ type: string; stats?: import('../lib/index').DestinationStats; message?: string }>(dest, 'dest-done', 'dest-failed');
+    const elapsed = performance.now() - t0;
+    if (destResult.type === 'dest-failed') throw new Error(`destination failed: ${destResult.message}`);
+    guest.send({ type: 'migrated' });
+    const g = await next<{ pages: number; badPages: number; pagesWritten: number; ratesPerSecond: { during: number; after: number }; stalls: Record<string, number> }>(guest, 'guest-done');
+    const s = destResult.stats!;
+    const lat = [...s.faultLatencyMs].sort((a, b) => a - b);
+    const us = (ms: number) => `${(ms * 1000).toFixed(0)} µs`;
+    console.log('');
+    console.log(`pages verified            ${g.pages - g.badPages} of ${g.pages} (CRC-32 of every page; ${g.badPages} bad; ${g.pagesWritten} written by the guest during the run)`);
+    console.log(`pages faulted on demand   ${s.pagesOnDemand} (${s.demandFaults} demand faults; ${s.faults} faults in all)`);
+    console.log(`pages pushed              ${s.pagesPushed}${s.pagesIgnored ? ` (+${s.pagesIgnored} duplicates ignored)` : ''}`);
+    const h = s.handler!.latencyUs;
+    console.log(`faults resolved           ${s.handler!.resolved} by the fault handler (${s.handler!.alreadyPresent} already present${s.handler!.nativeResolved ? `, ${s.handler!.nativeResolved} by the native thread` : ''}): p50 ${h.p50} µs  p99 ${h.p99} µs  max ${h.max} µs`);
+    console.log(`fault latency (demand)    p50 ${us(percentile(lat, 0.5))}  p90 ${us(percentile(lat, 0.9))}  p99 ${us(percentile(lat, 0.99))}  max ${us(lat[lat.length - 1] ?? NaN)}  (fetch -> page in place, destination side)`);
+    console.log(`guest stalls > 20 µs      ${g.stalls.count}: p50 ${g.stalls.p50.toFixed(0)} µs  p90 ${g.stalls.p90.toFixed(0)} µs  p99 ${g.stalls.p99.toFixed(0)} µs  max ${g.stalls.max.toFixed(0)} µs (as the guest's threads saw them)`);
+    console.log(`migration time            ${(s.durationMs / 1000).toFixed(2)} s (hello to last page; ${(elapsed / 1000).toFixed(2)} s from guest start)`);
+    const slowdown = g.ratesPerSecond.after / g.ratesPerSecond.during;
+    console.log(`guest throughput          ${(g.ratesPerSecond.during / 1e6).toFixed(2)} M accesses/s during migration, ${(g.ratesPerSecond.after / 1e6).toFixed(2)} M/s after: ${slowdown.toFixed(2)}x slowdown during migration`);
+    if (g.badPages) throw new Error(`${g.badPages} pages do not match the image`);
+    await Promise.all(procs.map((p) => (p.exitCode === null ? once(p, 'exit') : undefined)));
+  } finally {
+    clearTimeout(watchdog);
+    for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// ---------------------------------------------------------------- entry
+function optsFrom(args: string[]): Options {
+  const at = args.indexOf('--opts');
+  return JSON.parse(args[at + 1]) as Options;
+}
+
+if (!isMainThread) {
+  runWorker();
+} else {
+  const [role, ...rest] = process.argv.slice(2);
+  const fail = (err: Error) => {
+    console.error(`demo ${role ?? ''}: ${err.stack ?? err.message}`);
+    process.exit(1);
+  };
+  if (role === 'source') runSource(optsFrom(rest)).catch(fail);
+  else if (role === 'destination') runDestination(rest[0], Number(rest[1]), optsFrom(rest)).then(() => process.exit(0), fail);
+  else if (role === 'guest') runGuest(rest[0], optsFrom(rest)).then(() => process.exit(0), fail);
+  else orchestrate(process.argv.slice(2)).catch(fail);
+}
