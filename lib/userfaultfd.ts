@@ -8,7 +8,7 @@ import {
 import { trace } from './debug';
 import { UffdError, argValueError, check, checkValue, closedError, stateError } from './errors';
 import { MessageBuffer, UffdEventOf } from './events';
-import { PAGE_SIZE } from './memfd';
+import { Mapping, PAGE_SIZE } from './memfd';
 import { PollerHandle, native } from './native';
 import * as guard from './registrations';
 import * as v from './validate';
@@ -164,6 +164,9 @@ export class Userfaultfd implements Disposable {
   #closed = false;
   #reader: string | undefined;
   readonly #closeHooks = new Set<() => void>();
+  // Registered Mappings stay reachable while registered: a collected Mapping
+  // is unmapped by its finalizer, and an unmapped range silently stops faulting.
+  readonly #registeredMappings = new Set<Mapping>();
   readonly #guard: guard.GuardedUffd | undefined;
 
   private constructor(fd: number, features: number) {
@@ -248,6 +251,7 @@ export class Userfaultfd implements Disposable {
     if (mode === 0) throw argValueError('modes', 'must enable at least one of missing, wp, minor', modes);
     const mask = checkValue(native.uffdRegister(this.fd, r.address, r.length, mode), 'ioctl', { operation: 'UFFDIO_REGISTER', ...r });
     guard.addRange(this.#guard, r.address, r.length);
+    if (range instanceof Mapping) this.#registeredMappings.add(range);
     trace('uffd %d: registered 0x%s+%d mode %d', this.fd, r.address.toString(16), r.length, mode);
     return { ...r, ioctls: ioctlNames(mask), ioctlMask: mask };
   }
@@ -261,6 +265,8 @@ export class Userfaultfd implements Disposable {
     const r = this.#range('range', range);
     check(native.uffdUnregister(this.fd, r.address, r.length), 'ioctl', { operation: 'UFFDIO_UNREGISTER', ...r });
     guard.removeRange(this.#guard, r.address, r.length);
+    for (const mapping of this.#registeredMappings)
+      if (mapping.address >= r.address && mapping.address + mapping.length <= r.address + r.length) this.#registeredMappings.delete(mapping);
     check(native.uffdWake(this.fd, r.address, r.length), 'ioctl', { operation: 'UFFDIO_WAKE', ...r });
   }
 
@@ -436,6 +442,7 @@ export class Userfaultfd implements Disposable {
     this.#closed = true;
     for (const hook of [...this.#closeHooks]) hook();
     this.#closeHooks.clear();
+    this.#registeredMappings.clear();
     guard.untrack(this.#guard);
     check(native.closeFd(this.fd), 'close', { fd: this.fd });
     trace('uffd %d closed', this.fd);

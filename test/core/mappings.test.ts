@@ -110,6 +110,29 @@ describe('detaching', () => {
     expect(r.stdout).toBe('left 0');
     expect(r.status).toBe(0);
   });
+
+  it('a registered Mapping stays mapped while registered, even when the caller drops it (gc in a child)', () => {
+    // Were it collected, its finalizer would unmap the range and the
+    // registration would silently stop faulting.
+    const script = `
+      const { Memfd, Userfaultfd } = require(${JSON.stringify(join(root, 'dist/lib/index.js'))});
+      const uffd = Userfaultfd.open();
+      const mapped = () => require('fs').readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => l.includes('memfd:pinned-view')).length;
+      const tick = () => new Promise((r) => setImmediate(r));
+      // Neither the view nor its Memfd is kept by this script.
+      const { address, length } = uffd.register(Memfd.create(4 * 4096, { name: 'pinned-view' }).map(), { minor: true });
+      (async () => {
+        for (let i = 0; i < 5; i++) { globalThis.gc(); await tick(); }
+        const whileRegistered = mapped();
+        uffd.unregister({ address, length });
+        for (let i = 0; i < 5; i++) { globalThis.gc(); await tick(); }
+        process.stdout.write(whileRegistered + ' ' + mapped());
+      })();`;
+    const r = spawnSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+    expect(r.stderr).toBe('');
+    // Mapped while registered; after unregister nothing holds it and its finalizer unmaps it.
+    expect(r.stdout).toBe('1 0');
+  });
 });
 
 const HUGE = 2 * 1024 * 1024;
