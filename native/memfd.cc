@@ -86,6 +86,17 @@ void FinalizeMapping(Napi::Env, void*, MappingRecord* rec) {
   delete rec;
 }
 
+// Records a new mapping and exposes it as [address, ArrayBuffer over it].
+Napi::Value Expose(Napi::Env env, AddonState* state, void* p, size_t length) {
+  auto* rec = new MappingRecord{reinterpret_cast<uintptr_t>(p), length, false, state, 0};
+  state->mappings[rec->address] = rec;
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, p, length, FinalizeMapping, rec);
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(0u, Napi::Number::New(env, static_cast<double>(rec->address)));
+  out.Set(1u, ab);
+  return out;
+}
+
 // mmap(fd, offset, length, prot, flags) -> -errno | [address, ArrayBuffer]
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -102,13 +113,7 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   if (length == 0) return args::Result(env, -EINVAL);
   void* p = mmap(nullptr, length, static_cast<int>(prot), static_cast<int>(flags), static_cast<int>(fd), static_cast<off_t>(offset));
   if (p == MAP_FAILED) return args::Result(env, -errno);
-  auto* rec = new MappingRecord{reinterpret_cast<uintptr_t>(p), static_cast<size_t>(length), false, state, 0};
-  state->mappings[rec->address] = rec;
-  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, p, length, FinalizeMapping, rec);
-  Napi::Array out = Napi::Array::New(env, 2);
-  out.Set(0u, Napi::Number::New(env, static_cast<double>(rec->address)));
-  out.Set(1u, ab);
-  return out;
+  return Expose(env, state, p, static_cast<size_t>(length));
 }
 
 // munmap(address, arrayBuffer): detach first, then unmap. After this no
@@ -148,13 +153,7 @@ Napi::Value Mremap(const Napi::CallbackInfo& info) {
   old_rec->unmapped = true;
   Napi::ArrayBuffer old_ab = info[1].As<Napi::ArrayBuffer>();
   if (!old_ab.IsDetached()) old_ab.Detach();
-  auto* rec = new MappingRecord{reinterpret_cast<uintptr_t>(p), static_cast<size_t>(new_length), false, state, 0};
-  state->mappings[rec->address] = rec;
-  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, p, new_length, FinalizeMapping, rec);
-  Napi::Array out = Napi::Array::New(env, 2);
-  out.Set(0u, Napi::Number::New(env, static_cast<double>(rec->address)));
-  out.Set(1u, ab);
-  return out;
+  return Expose(env, state, p, static_cast<size_t>(new_length));
 }
 
 Napi::Value Madvise(const Napi::CallbackInfo& info) {

@@ -370,7 +370,7 @@ Handle* HandleOf(const Napi::CallbackInfo& info) {
 Napi::Value Start(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   AddonState* state = AddonState::Of(env);
-  int uffd, memfd;
+  int uffd = -1, memfd = -1;
   int64_t read_ahead, loop_action;
   if (!args::Fd(info, 0, &uffd) || !args::Fd(info, 1, &memfd)) return env.Undefined();
   if (!info[2].IsArrayBuffer()) return args::Fail(info, "expected the bitmap ArrayBuffer"), env.Undefined();

@@ -28,8 +28,9 @@ inline uint64_t NowNs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-// cpu < 0 means every online CPU (undo an earlier pin).
-inline int PinSelf(int cpu) {
+// Pins thread `tid` (0: the caller) to `cpu`; cpu < 0 means every online
+// CPU (undo an earlier pin).
+inline int PinThread(pid_t tid, int cpu) {
   cpu_set_t set;
   CPU_ZERO(&set);
   if (cpu >= 0) {
@@ -38,11 +39,11 @@ inline int PinSelf(int cpu) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     for (long i = 0; i < n && i < CPU_SETSIZE; i++) CPU_SET(i, &set);
   }
-  return sched_setaffinity(0, sizeof(set), &set) == 0 ? 0 : -errno;
+  return sched_setaffinity(tid, sizeof(set), &set) == 0 ? 0 : -errno;
 }
 
-// The byte every page starts with: lets each toucher prove it saw the
-// page-cache page (not a fresh zero page) through its checksum.
+inline int PinSelf(int cpu) { return PinThread(0, cpu); }
+
 inline uint8_t PageByte(size_t page) { return static_cast<uint8_t>(page % 251 + 1); }
 
 // A memfd whose pages all sit in the page cache, filled through a temporary
@@ -156,6 +157,20 @@ inline Napi::Value Errno(Napi::Env env, int neg_errno, const char* where) {
 }
 
 // Reads the (page size, page count, huge) triple every scenario starts with.
+// A fresh view of `mem` registered MINOR with a new uffd. On failure returns
+// Errno's value naming the step, with nothing left mapped or open.
+inline Napi::Value MapRegisteredView(Napi::Env env, const FilledMemfd& mem, bool random_advice, bool huge,
+                                     uint8_t** view, int* uffd) {
+  *view = MapView(mem, random_advice);
+  if (!*view) return Errno(env, -errno, "mmap");
+  *uffd = OpenUffd(huge);
+  int rc = *uffd < 0 ? *uffd : RegisterMinor(*uffd, *view, mem.length());
+  if (rc == 0) return env.Undefined();
+  if (*uffd >= 0) close(*uffd);
+  munmap(*view, mem.length());
+  return Errno(env, rc, *uffd < 0 ? "userfaultfd" : "UFFDIO_REGISTER");
+}
+
 inline bool Geometry(const Napi::CallbackInfo& info, size_t* page_size, size_t* pages, bool* huge) {
   if (!info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsBoolean()) {
     Napi::TypeError::New(info.Env(), "expected (pageSize, pages, huge, ...)").ThrowAsJavaScriptException();

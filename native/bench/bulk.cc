@@ -31,16 +31,12 @@ Napi::Value Bulk(const Napi::CallbackInfo& info) {
   std::vector<double> cont_ns, pop_ns, pop_random_ns;
   bool ok = true;
   for (uint32_t r = 0; r < reps; r++) {
-    uint8_t* view = bench::MapView(mem, false);
-    if (!view) return bench::Errno(env, -errno, "mmap");
-    int uffd = bench::OpenUffd(huge);
-    if (uffd < 0) {
-      munmap(view, mem.length());
-      return bench::Errno(env, uffd, "userfaultfd");
-    }
-    rc = bench::RegisterMinor(uffd, view, mem.length());
+    uint8_t* view;
+    int uffd;
+    Napi::Value failed = bench::MapRegisteredView(env, mem, false, huge, &view, &uffd);
+    if (!failed.IsUndefined()) return failed;
     uint64_t t0 = bench::NowNs();
-    int64_t mapped = rc < 0 ? rc : bench::ContinueRange(uffd, reinterpret_cast<uintptr_t>(view), mem.length());
+    int64_t mapped = bench::ContinueRange(uffd, reinterpret_cast<uintptr_t>(view), mem.length());
     uint64_t t1 = bench::NowNs();
     if (mapped != static_cast<int64_t>(mem.length())) {
       close(uffd);

@@ -70,19 +70,10 @@ Napi::Value Reference(const Napi::CallbackInfo& info) {
   bench::FilledMemfd mem;
   int rc = bench::MakeFilledMemfd(page_size, pages, huge, &mem);
   if (rc < 0) return bench::Errno(env, rc, "memfd");
-  uint8_t* view = bench::MapView(mem, true);
-  if (!view) return bench::Errno(env, -errno, "mmap");
-  int uffd = bench::OpenUffd(huge);
-  if (uffd < 0) {
-    munmap(view, mem.length());
-    return bench::Errno(env, uffd, "userfaultfd");
-  }
-  rc = bench::RegisterMinor(uffd, view, mem.length());
-  if (rc < 0) {
-    close(uffd);
-    munmap(view, mem.length());
-    return bench::Errno(env, rc, "UFFDIO_REGISTER");
-  }
+  uint8_t* view;
+  int uffd;
+  Napi::Value failed = bench::MapRegisteredView(env, mem, true, huge, &view, &uffd);
+  if (!failed.IsUndefined()) return failed;
 
   std::atomic<bool> stop{false};
   Counts counts;

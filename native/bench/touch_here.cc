@@ -49,15 +49,7 @@ Napi::Value PinThread(const Napi::CallbackInfo& info) {
   // Only threads of this process: never re-pin somebody else's.
   std::string task = "/proc/self/task/" + std::to_string(tid);
   if (tid <= 0 || access(task.c_str(), F_OK) != 0) return Napi::Number::New(info.Env(), -ESRCH);
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (cpu >= 0) {
-    CPU_SET(cpu, &set);
-  } else {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    for (long i = 0; i < n && i < CPU_SETSIZE; i++) CPU_SET(i, &set);
-  }
-  return Napi::Number::New(info.Env(), sched_setaffinity(tid, sizeof(set), &set) == 0 ? 0 : -errno);
+  return Napi::Number::New(info.Env(), bench::PinThread(tid, cpu));
 }
 
 }  // namespace
