@@ -18,6 +18,8 @@ export type { Range } from './validate';
 
 const EEXIST = -17;
 const HANDSHAKE_DONE = 0x80000000;
+/** Page-aligned for every page size and above mmap_min_addr: a WAKE there wakes no one. */
+const IDLE_WAKE_ADDRESS = 0x40000000;
 const EINVAL_ERRNO = 22;
 const ENOENT_ERRNO = 2;
 const EAGAIN = -11;
@@ -140,9 +142,13 @@ function fdinfoFeatures(fd: number): number | undefined {
   }
   const api = /^API:\s*([0-9a-f]+):([0-9a-f]+):([0-9a-f]+)/m.exec(text);
   if (!api) return undefined;
-  // The kernel marks a handshaken context with UFFD_FEATURE_INITIALIZED (bit 31).
+  // Since 5.17 the kernel marks a handshaken context with bit 31
+  // (UFFD_FEATURE_INITIALIZED). Older kernels show only the features, so a
+  // zero word is ambiguous there: every ioctl but UFFDIO_API is EINVAL before
+  // the handshake, and a WAKE of a range nobody waits on is harmless after it.
   const word = parseInt(api[2], 16);
-  return word >= HANDSHAKE_DONE ? word - HANDSHAKE_DONE : undefined;
+  if (word >= HANDSHAKE_DONE) return word - HANDSHAKE_DONE;
+  return native.uffdWake(fd, IDLE_WAKE_ADDRESS, PAGE_SIZE) === 0 ? word : undefined;
 }
 
 /**

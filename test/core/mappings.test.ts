@@ -120,7 +120,7 @@ describe('detaching', () => {
       const mapped = () => require('fs').readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => l.includes('memfd:pinned-view')).length;
       const tick = () => new Promise((r) => setImmediate(r));
       // Neither the view nor its Memfd is kept by this script.
-      const { address, length } = uffd.register(Memfd.create(4 * 4096, { name: 'pinned-view' }).map(), { minor: true });
+      const { address, length } = uffd.register(Memfd.create(4 * 4096, { name: 'pinned-view' }).map(), { missing: true });
       (async () => {
         for (let i = 0; i < 5; i++) { globalThis.gc(); await tick(); }
         const whileRegistered = mapped();
