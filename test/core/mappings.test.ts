@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
-import { itWith, root } from '../helpers';
+import { caps, itWith, root } from '../helpers';
 import { Closer, Pagefault, filledMemfd, pageByte, serve } from './support';
 
 const closer = new Closer();
@@ -180,9 +180,9 @@ describe('hugetlb 2 MiB memfd', () => {
     // A hugetlb range must be registered in whole huge pages.
     expect(() => uffd.register({ address: guest.address, length: PAGE_SIZE }, { minor: true })).toThrow(expect.objectContaining({ code: 'EINVAL' }));
     const reg = uffd.register(guest, { minor: true });
-    // No ZEROPAGE on hugetlb (0x18c).
-    expect(reg.ioctlMask).toBe(0x18cn);
-    expect(reg.ioctls).toEqual(['wake', 'copy', 'continue', 'poison']);
+    // No ZEROPAGE on hugetlb: WAKE, COPY, CONTINUE (0x8c), plus POISON where offered (0x18c).
+    expect(reg.ioctlMask).toBe(0x8cn | (caps.features.poison ? 0x100n : 0n));
+    expect(reg.ioctls).toEqual(['wake', 'copy', 'continue', ...(caps.features.poison ? ['poison'] : [])]);
     const touched = touchPages(guest, [1, 0]);
     const events = (await serve(uffd, touched, (ev) => {
       if (ev.type !== 'pagefault') return;
