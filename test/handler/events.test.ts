@@ -1,4 +1,3 @@
-import { spawnSync } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect } from 'vitest';
 
@@ -122,38 +121,6 @@ describe('REMAP events', () => {
     expect(stats.untracked).toBe(0);
     expect(stats.fetched).toBe(2 * pages);
     expectPages(new Uint8Array(moved.buffer), shuffled(2 * pages, rng(4)));
-  });
-});
-
-describe('FORK events', () => {
-  itWith([...EVENTS], 'native mode: a fork during a fault storm yields the child uffd through onFork; the storm completes', async () => {
-    const pages = 512;
-    const mem = Memfd.create(pages * PAGE_SIZE, { name: 'fork', allocate: true });
-    const uffd = Userfaultfd.open({ features: [...EVENTS] });
-    open.push(mem, uffd);
-    const children: Userfaultfd[] = [];
-    const handler = new FaultHandler(uffd, {
-      memfd: mem, mode: 'native',
-      fetch: (f) => void mem.write(f.offset, pageContent(f.page)),
-      onFork: (child) => children.push(child),
-    });
-    handlers.push(handler);
-    const guest = mem.map();
-    handler.attach(guest).start();
-    const storm = Promise.all([1, 2].map((s) => touchPages(guest, shuffled(pages, rng(s)))));
-    // fork() blocks until the FORK event is read: the native thread reads it,
-    // so the loop thread may fork (spawn) while it serves.
-    const child = spawnSync('/bin/true', { timeout: 10_000 });
-    expect(child.error).toBeUndefined();
-    await storm;
-    await waitFor(() => children.length === 1, 5000, 'the FORK event');
-    const [childUffd] = children;
-    expect(childUffd).toBeInstanceOf(Userfaultfd);
-    expect(childUffd.fd).not.toBe(uffd.fd);
-    expect(childUffd.features).toEqual(uffd.features);
-    childUffd.close();
-    expect(handler.stats().events.fork).toBe(1);
-    expectPages(new Uint8Array(guest.buffer), shuffled(pages, rng(3)));
   });
 });
 
