@@ -1,16 +1,11 @@
 import { spawnSync } from 'node:child_process';
-import { afterEach, describe, expect } from 'vitest';
+import { describe, expect } from 'vitest';
 
 import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
 import { distEntry, fixture, itWith } from '../helpers';
-import { delay, expectPages, pageContent, pageContentModule, rng, shuffled, settledStats } from './util';
+import { cleanupAfterEach, delay, expectPages, pageContent, pageContentModule, rng, settledStats, shuffled } from './util';
 
-const open: { close(): void }[] = [];
-const handlers: FaultHandler[] = [];
-afterEach(async () => {
-  while (handlers.length) await handlers.pop()!.stop();
-  while (open.length) open.pop()!.close();
-});
+const { open, handlers } = cleanupAfterEach();
 
 function setup(pages: number, allocate = true) {
   const mem = Memfd.create(pages * PAGE_SIZE, { name: 'handler-test', allocate });

@@ -1,17 +1,12 @@
 import { Worker } from 'node:worker_threads';
-import { afterEach, describe, expect } from 'vitest';
+import { describe, expect } from 'vitest';
 
 import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
 import type { RemoveEvent, UffdEvent } from '../../lib/index';
 import { distEntry, fixture, itWith, waitFor } from '../helpers';
-import { expectPages, pageContent, pageContentModule, rng, shuffled, settledStats } from './util';
+import { cleanupAfterEach, expectPages, pageContent, pageContentModule, rng, settledStats, shuffled } from './util';
 
-const open: { close(): void }[] = [];
-const handlers: FaultHandler[] = [];
-afterEach(async () => {
-  while (handlers.length) await handlers.pop()!.stop();
-  while (open.length) open.pop()!.close();
-});
+const { open, handlers } = cleanupAfterEach();
 
 const EVENTS = ['minorShmem', 'missingShmem', 'threadId', 'eventRemove', 'eventUnmap', 'eventRemap', 'eventFork'] as const;
 

@@ -3,18 +3,13 @@
 // fetched once overall however many processes and threads touch it.
 import { spawn } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
-import { afterEach, describe, expect } from 'vitest';
+import { describe, expect } from 'vitest';
 
 import { FaultHandler, FdSocket, Memfd, PAGE_SIZE, PresentPages, Userfaultfd, touchPages } from '../../lib/index';
 import { distEntry, fixture, itWith } from '../helpers';
-import { delay, expectPages, pageContent, pageContentModule, rng, shuffled, settledStats } from './util';
+import { cleanupAfterEach, delay, expectPages, pageContent, pageContentModule, rng, settledStats, shuffled } from './util';
 
-const open: { close(): void }[] = [];
-const handlers: FaultHandler[] = [];
-afterEach(async () => {
-  while (handlers.length) await handlers.pop()!.stop();
-  while (open.length) open.pop()!.close();
-});
+const { open, handlers } = cleanupAfterEach();
 
 function startChild(mem: Memfd, seed: number) {
   const [parentEnd, childEnd] = FdSocket.pair();

@@ -1,15 +1,10 @@
-import { afterEach, describe, expect } from 'vitest';
+import { describe, expect } from 'vitest';
 
 import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
 import { itWith } from '../helpers';
-import { delay, expectPages, pageContent, rng, shuffled, settledStats } from './util';
+import { cleanupAfterEach, delay, expectPages, pageContent, rng, settledStats, shuffled } from './util';
 
-const open: { close(): void }[] = [];
-const handlers: FaultHandler[] = [];
-afterEach(async () => {
-  while (handlers.length) await handlers.pop()!.stop();
-  while (open.length) open.pop()!.close();
-});
+const { open, handlers } = cleanupAfterEach();
 
 function setup(pages: number) {
   const mem = Memfd.create(pages * PAGE_SIZE, { name: 'native-test', allocate: true });

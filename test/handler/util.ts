@@ -1,7 +1,7 @@
 // Shared plumbing of the FaultHandler tests: deterministic page content,
 // shuffles, and byte-for-byte checks.
 import { join } from 'node:path';
-import { expect } from 'vitest';
+import { afterEach, expect } from 'vitest';
 
 import { FaultHandler, Memfd, PAGE_SIZE } from '../../lib/index';
 import type { FaultHandlerStats } from '../../lib/index';
@@ -16,6 +16,20 @@ export const { pageContent, rng, shuffled } = shared;
 export const pageContentModule = join(__dirname, '..', 'fixtures', 'page-content.js');
 
 /** Checks every byte of `pages` through `view` (already mapped pages only: a registered unmapped page would fault on this thread). */
+/**
+ * What a test file opens, stopped and closed after each test: handlers first
+ * (stop() wakes their faulters), then memfds and uffds, newest first.
+ */
+export function cleanupAfterEach(): { open: { close(): void }[]; handlers: FaultHandler[] } {
+  const open: { close(): void }[] = [];
+  const handlers: FaultHandler[] = [];
+  afterEach(async () => {
+    while (handlers.length) await handlers.pop()!.stop();
+    while (open.length) open.pop()!.close();
+  });
+  return { open, handlers };
+}
+
 export function expectPages(view: Uint8Array, pages: Iterable<number>, seed = 0): void {
   for (const p of pages) {
     const got = Buffer.from(view.buffer, view.byteOffset + p * PAGE_SIZE, PAGE_SIZE);
