@@ -21,7 +21,7 @@ import { EVENT } from '../constants';
 import { UffdError, argValueError, stateError } from '../errors';
 import { MessageBuffer } from '../events';
 import { FdServer, FdSocket } from '../fd-socket';
-import { Mapping, Memfd } from '../memfd';
+import { Mapping, Memfd, PAGE_SIZE } from '../memfd';
 import { PollerHandle, native } from '../native';
 import { Userfaultfd } from '../userfaultfd';
 import * as v from '../validate';
@@ -34,7 +34,7 @@ export interface FirecrackerRegion {
   size: number;
   /** Offset of the region in the snapshot memory file (and in the memory fd, three-fd mode). */
   offset: number;
-  /** 4096, or 2097152 for hugetlb-backed regions. */
+  /** The host's base page size, or the huge page size of a hugetlb-backed region. */
   pageSize: number;
 }
 
@@ -245,7 +245,7 @@ export class FirecrackerSession implements Disposable {
       if (threeFds) {
         const pageSize = regions[0].pageSize;
         if (regions.some((r) => r.pageSize !== pageSize)) throw stateError('ERR_FIRECRACKER_HANDSHAKE', 'three-fd mode needs one page size for every region');
-        memory = Memfd.fromFd(fds[0], { owned: true, hugePageSize: pageSize > 4096 ? pageSize : undefined });
+        memory = Memfd.fromFd(fds[0], { owned: true, hugePageSize: pageSize > PAGE_SIZE ? pageSize : undefined });
         const bitmapFd = Memfd.fromFd(fds[1], { owned: true });
         fds.length = 0;
         const pages = Math.max(...regions.map((r) => (r.offset + r.size) / pageSize));
@@ -417,7 +417,8 @@ export class FirecrackerSession implements Disposable {
     const index = region.firstIndex + within / ps;
     const zero = this.#removed[index] === 1;
     let result: number;
-    if (zero && ps === 4096) result = native.uffdZeropage(this.#uffd.fd, page, ps, 0);
+    // ZEROPAGE exists only for base pages: hugetlb zeros arrive by COPY.
+    if (zero && ps === PAGE_SIZE) result = native.uffdZeropage(this.#uffd.fd, page, ps, 0);
     else result = native.uffdCopyBuffer(this.#uffd.fd, page, zero ? this.#zeroPage(ps) : this.#image.read(region.offset + within, ps), 0);
     if (result >= 0) {
       this.#removed[index] = 0;

@@ -23,26 +23,37 @@ const cacheDir = process.env.UFFD_VM_CACHE || path.join(os.homedir(), '.cache', 
 const debian = 'http://deb.debian.org/debian';
 const keyring = '/usr/share/keyrings/debian-archive-keyring.gpg';
 
+// What each row runs unless --tests says otherwise. The host runs everything;
+// guests under software emulation run the suites that exercise the kernel
+// (x86-64 about 4 times, arm64 about 15 times slower than the host), and the
+// benchmark, migration and soak suites, which measure speed or run for
+// minutes, stay on the host.
+const GUEST_TESTS_X86 = ['test/core', 'test/handler', 'test/platform'];
+const GUEST_TESTS_ARM64 = ['test/core', 'test/platform'];
+
 /** Rows of the matrix. `meta` is the Debian metapackage whose dependency names the kernel. */
 const TARGETS = [
-  { id: 'host', arch: 'x86_64', run: 'vitest' },
-  { id: 'x86_64-5.10-bullseye', arch: 'x86_64', suite: 'bullseye', debArch: 'amd64', meta: 'linux-image-amd64', run: 'vitest' },
-  { id: 'x86_64-6.1-bookworm', arch: 'x86_64', suite: 'bookworm', debArch: 'amd64', meta: 'linux-image-amd64', run: 'vitest' },
-  { id: 'x86_64-6.12-trixie', arch: 'x86_64', suite: 'trixie', debArch: 'amd64', meta: 'linux-image-amd64', run: 'vitest' },
-  { id: 'arm64-6.12-4k-trixie', arch: 'aarch64', suite: 'trixie', debArch: 'arm64', meta: 'linux-image-arm64', run: 'vitest' },
-  { id: 'arm64-6.12-16k-trixie', arch: 'aarch64', suite: 'trixie', debArch: 'arm64', meta: 'linux-image-arm64-16k', run: 'vitest' },
+  { id: 'host', arch: 'x86_64', tests: [] },
+  { id: 'x86_64-5.10-bullseye', arch: 'x86_64', suite: 'bullseye', debArch: 'amd64', meta: 'linux-image-amd64', tests: GUEST_TESTS_X86 },
+  { id: 'x86_64-6.1-bookworm', arch: 'x86_64', suite: 'bookworm', debArch: 'amd64', meta: 'linux-image-amd64', tests: GUEST_TESTS_X86 },
+  { id: 'x86_64-6.12-trixie', arch: 'x86_64', suite: 'trixie', debArch: 'amd64', meta: 'linux-image-amd64', tests: GUEST_TESTS_X86 },
+  { id: 'arm64-6.12-4k-trixie', arch: 'aarch64', suite: 'trixie', debArch: 'arm64', meta: 'linux-image-arm64', tests: GUEST_TESTS_ARM64 },
+  { id: 'arm64-6.12-16k-trixie', arch: 'aarch64', suite: 'trixie', debArch: 'arm64', meta: 'linux-image-arm64-16k', tests: GUEST_TESTS_ARM64 },
 ];
+
+/** The vitest filters of a row: --tests when given, else the row's own. */
+const testsFor = (target) => (args.tests ? args.tests : target.tests);
 
 /** Modules the guests load; their dependencies come from modules.dep. */
 const WANTED_MODULES = ['virtio_pci', 'virtio_mmio', '9pnet_virtio', '9p', 'overlay'];
-/** The arm64 userland: Node and busybox with their dependency closure. */
-const ARM64_USERLAND = ['nodejs', 'busybox-static'];
+/** The arm64 userland: Node, busybox and setpriv (util-linux, for the unprivileged tests) with their dependency closure. */
+const ARM64_USERLAND = ['nodejs', 'busybox-static', 'util-linux'];
 
 const args = parseArgs(process.argv.slice(2));
 const running = new Set();
 
 function parseArgs(argv) {
-  const out = { only: [], tests: [], kvm: true, timeout: 1800 };
+  const out = { only: [], tests: undefined, kvm: true, timeout: 1800 };
   for (const a of argv) {
     if (a.startsWith('--only=')) out.only = a.slice(7).split(',').filter(Boolean);
     else if (a.startsWith('--tests=')) out.tests = a.slice(8).split(',').filter(Boolean);
@@ -299,7 +310,9 @@ function bootableKernel(kernel, arch) {
 
 function prepareArm64Userland(suite) {
   const root = path.join(cacheDir, `rootfs-arm64-${suite}`);
-  if (fs.existsSync(path.join(root, '.done'))) return root;
+  const marker = path.join(root, '.done');
+  // The marker names the packages, so a changed list rebuilds the tree.
+  if (fs.existsSync(marker) && fs.readFileSync(marker, 'utf8') === ARM64_USERLAND.join(' ')) return root;
   const archives = path.join(cacheDir, `debs-arm64-${suite}`);
   fs.mkdirSync(path.join(archives, 'partial'), { recursive: true });
   log(`downloading the arm64 userland (${ARM64_USERLAND.join(', ')} and dependencies, ${suite})`);
@@ -314,7 +327,7 @@ function prepareArm64Userland(suite) {
   for (const deb of fs.readdirSync(archives).filter((f) => f.endsWith('.deb'))) extractDeb(path.join(archives, deb), root);
   if (!fs.existsSync(path.join(root, 'usr/bin/sh'))) fs.symlinkSync('busybox', path.join(root, 'usr/bin/sh'));
   for (const d of ['proc', 'sys', 'dev', 'tmp', 'root']) fs.mkdirSync(path.join(root, d), { recursive: true });
-  fs.writeFileSync(path.join(root, '.done'), '');
+  fs.writeFileSync(marker, ARM64_USERLAND.join(' '));
   return root;
 }
 
@@ -387,11 +400,9 @@ function jobScript(target, results) {
   lines.push(`node -p 'process.version + " " + process.arch' > ${r}/node.txt 2>&1`);
   lines.push(`node -e ${shellQuote(PROBE_JS)} > ${r}/probe.json 2> ${r}/probe.err`);
   lines.push(`if [ -f dist/lib/cli.js ]; then node dist/lib/cli.js doctor > ${r}/doctor.txt 2>&1; fi`);
-  if (target.run === 'vitest') {
-    const filters = args.tests.map(shellQuote).join(' ');
-    lines.push(`node node_modules/vitest/vitest.mjs run ${filters} --reporter=default --reporter=json --outputFile.json=${r}/vitest.json > ${r}/tests.log 2>&1`);
-    lines.push(`echo $? > ${r}/tests.rc`);
-  }
+  const filters = testsFor(target).map(shellQuote).join(' ');
+  lines.push(`node node_modules/vitest/vitest.mjs run ${filters} --reporter=default --reporter=json --outputFile.json=${r}/vitest.json > ${r}/tests.log 2>&1`);
+  lines.push(`echo $? > ${r}/tests.rc`);
   lines.push(`node scripts/vm/smoke.js > ${r}/smoke.json 2> ${r}/smoke.log`, `echo $? > ${r}/smoke.rc`, 'sync');
   fs.writeFileSync(path.join(results, 'job.sh'), lines.join('\n') + '\n');
 }
@@ -408,8 +419,12 @@ function qemuCommand(target, kernelImage, initrd, results, accel, rootfs) {
       ...share('hostroot', '/', true), ...share('results', results, false),
     ]];
   }
+  // Not `-cpu max`: under QEMU 7.2's emulation of it, Node on the 16 KiB kernel
+  // crashed in code that never loads the addon (the vitest main process) and
+  // jumped into zeroed memory in a test worker; a Neoverse-N1 (ARMv8.2, 4/16/64
+  // KiB granules, no pointer authentication or LPA2) ran the same suite cleanly.
   return ['qemu-system-aarch64', [
-    '-M', 'virt', '-accel', 'tcg', '-cpu', 'max,pauth-impdef=on', '-smp', smp, '-m', mem,
+    '-M', 'virt', '-accel', 'tcg', '-cpu', process.env.UFFD_VM_ARM64_CPU || 'neoverse-n1', '-smp', smp, '-m', mem,
     '-nographic', '-no-reboot', '-kernel', kernelImage, '-initrd', initrd,
     '-append', `console=ttyAMA0 panic=-1 quiet loglevel=3 hugepages=4 uffdvm.repo=${repo}`,
     ...share('hostroot', rootfs, true), ...share('repo', repo, true), ...share('results', results, false),
@@ -469,7 +484,7 @@ async function runGuest(target) {
     rootfs = prepareArm64Userland(target.suite);
     busybox = arm64Busybox(target.suite);
     fs.copyFileSync(crossCompileAddon(), path.join(results, 'userfaultfd.node'));
-    if (target.run === 'vitest') fs.cpSync(arm64NativePackages(), path.join(results, 'npm-arm64'), { recursive: true });
+    fs.cpSync(arm64NativePackages(), path.join(results, 'npm-arm64'), { recursive: true });
   } else {
     busybox = fs.realpathSync(run('sh', ['-c', 'command -v busybox']).trim());
   }
@@ -518,7 +533,7 @@ function summarizeVitest(report) {
     const reason = m ? m[1] : 'skipped without a stated reason';
     reasons[reason] = (reasons[reason] || 0) + 1;
   }
-  return {
+  const out = {
     passed: tests.filter((t) => t.status === 'passed').length,
     failed: tests.filter((t) => t.status === 'failed').length,
     skipped: skipped.length,
@@ -526,6 +541,12 @@ function summarizeVitest(report) {
     failures: tests.filter((t) => t.status === 'failed').map((t) => `${t.file}: ${t.fullName}: ${(t.failureMessages || [''])[0].split('\n')[0]}`),
     suiteErrors: (report?.testResults || []).filter((f) => f.status === 'failed' && !f.assertionResults.length).map((f) => `${path.relative(repo, f.name)}: ${f.message}`),
   };
+  // A test worker that dies leaves its remaining tests "pending", which would
+  // read as skips: vitest's own verdict catches that.
+  if (report && report.success === false && !out.failed && !out.suiteErrors.length) {
+    out.suiteErrors.push('vitest failed outside any test (a crashed worker or an unhandled error: see tests.log)');
+  }
+  return out;
 }
 
 function summarizeSmoke(report) {
@@ -543,17 +564,15 @@ function summarizeSmoke(report) {
   };
 }
 
-/** The vitest suite (where it runs) plus the smoke test (everywhere), counted together. */
-function summarize(results, withVitest) {
-  const parts = [summarizeSmoke(readJson(path.join(results, 'smoke.json')))];
-  if (!readJson(path.join(results, 'smoke.json'))) parts[0].suiteErrors.push('the smoke test wrote no report (see smoke.log)');
-  if (withVitest) {
-    const report = readJson(path.join(results, 'vitest.json'));
-    const v = summarizeVitest(report);
-    if (!report) v.suiteErrors.push('vitest wrote no report (see tests.log)');
-    parts.unshift(v);
-  }
-  const out = { passed: 0, failed: 0, skipped: 0, skipReasons: {}, failures: [], suiteErrors: [], vitest: withVitest ? parts[0] : undefined, smoke: parts[parts.length - 1] };
+/** The vitest suite plus the smoke test, counted together. */
+function summarize(results) {
+  const smoke = summarizeSmoke(readJson(path.join(results, 'smoke.json')));
+  if (!readJson(path.join(results, 'smoke.json'))) smoke.suiteErrors.push('the smoke test wrote no report (see smoke.log)');
+  const report = readJson(path.join(results, 'vitest.json'));
+  const vitest = summarizeVitest(report);
+  if (!report) vitest.suiteErrors.push('vitest wrote no report (see tests.log)');
+  const parts = [vitest, smoke];
+  const out = { passed: 0, failed: 0, skipped: 0, skipReasons: {}, failures: [], suiteErrors: [], vitest, smoke };
   for (const p of parts) {
     out.passed += p.passed;
     out.failed += p.failed;
@@ -598,19 +617,19 @@ async function runHost() {
       resolve();
     });
   });
-  await child(['node_modules/vitest/vitest.mjs', 'run', ...args.tests, '--reporter=default', '--reporter=json', `--outputFile.json=${path.join(results, 'vitest.json')}`], 'tests.log', 'tests.err');
+  await child(['node_modules/vitest/vitest.mjs', 'run', ...testsFor(TARGETS[0]), '--reporter=default', '--reporter=json', `--outputFile.json=${path.join(results, 'vitest.json')}`], 'tests.log', 'tests.err');
   await child(['scripts/vm/smoke.js'], 'smoke.json', 'smoke.log');
   const probe = readJson(path.join(results, 'probe.json'));
   return {
     id: 'host', kernel: os.release(), arch: os.arch() === 'x64' ? 'x86_64' : os.arch(), pageSize: probe?.pageSize, accel: 'none (host)',
     node: process.version, verdict: 'done', seconds: (Date.now() - started) / 1000, features: offered(probe), allFeatures: known(probe), reasons: probe?.reasons || [],
-    ...summarize(results, true), results,
+    ...summarize(results), results,
   };
 }
 
 function rowFromGuest(target, { kernel, results, accel, outcome }) {
   const probe = readJson(path.join(results, 'probe.json'));
-  const summary = summarize(results, target.run === 'vitest');
+  const summary = summarize(results);
   let node = '';
   try {
     node = fs.readFileSync(path.join(results, 'node.txt'), 'utf8').trim();

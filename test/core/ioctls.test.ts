@@ -87,8 +87,8 @@ describe('write protection', () => {
 describe('POISON', () => {
   itWith(['minorShmem', 'poison'], 'a poisoned page kills its reader with SIGBUS (in a child process)', () => {
     const script = `
-      const { Memfd, Userfaultfd } = require(${JSON.stringify(join(root, 'dist/lib/index.js'))});
-      const mem = Memfd.create(2 * 4096 * 4);
+      const { Memfd, PAGE_SIZE, Userfaultfd } = require(${JSON.stringify(join(root, 'dist/lib/index.js'))});
+      const mem = Memfd.create(8 * PAGE_SIZE);
       mem.write(0, Buffer.alloc(mem.size, 9));
       const guest = mem.map();
       const uffd = Userfaultfd.open({ features: ['minorShmem', 'poison'] });

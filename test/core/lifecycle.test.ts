@@ -43,9 +43,9 @@ describe('lifecycle', () => {
 
   itWith(['minorShmem'], 'a process exits 0 with views, a registered uffd, an event poller and a blocked faulter', () => {
     const script = `
-      const { Memfd, Userfaultfd, touchPages } = require(${JSON.stringify(join(root, 'dist/lib/index.js'))});
-      const mem = Memfd.create(8 * 4096);
-      mem.write(0, Buffer.alloc(8 * 4096, 1));
+      const { Memfd, PAGE_SIZE, Userfaultfd, touchPages } = require(${JSON.stringify(join(root, 'dist/lib/index.js'))});
+      const mem = Memfd.create(8 * PAGE_SIZE);
+      mem.write(0, Buffer.alloc(mem.size, 1));
       const guest = mem.map();
       mem.map();
       const uffd = Userfaultfd.open({ features: ['minorShmem'] });
@@ -66,9 +66,9 @@ describe('lifecycle', () => {
 
   itWith(['minorShmem'], 'a process whose loop drains exits 0 by itself with mappings and a uffd open', () => {
     const script = `
-      const { Memfd, Userfaultfd } = require(${JSON.stringify(join(root, 'dist/lib/index.js'))});
-      const mem = Memfd.create(4 * 4096);
-      mem.write(0, Buffer.alloc(4 * 4096, 1));
+      const { Memfd, PAGE_SIZE, Userfaultfd } = require(${JSON.stringify(join(root, 'dist/lib/index.js'))});
+      const mem = Memfd.create(4 * PAGE_SIZE);
+      mem.write(0, Buffer.alloc(mem.size, 1));
       const guest = mem.map();
       Userfaultfd.open({ features: ['minorShmem'] }).register(guest, { minor: true });
       process.stdout.write('done');`;

@@ -1,6 +1,7 @@
 // Memfd views (kernel-semantics.md, "MAP_PRIVATE" and "Huge pages"): private
 // mappings, detaching on unmap and close, finalizers that must not unmap
-// twice, and 2 MiB hugetlb memfds.
+// twice, and hugetlb memfds of the default huge page size (2 MiB on x86-64
+// and 4 KiB-page arm64, 32 MiB with 16 KiB pages).
 import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -79,8 +80,8 @@ describe('detaching', () => {
     // would tear down whatever the kernel placed there since: the new views
     // would then crash this child with SIGSEGV instead of reading their bytes.
     const script = `
-      const { Memfd } = require(${JSON.stringify(join(root, 'dist/lib/index.js'))});
-      const size = 16 * 4096;
+      const { Memfd, PAGE_SIZE } = require(${JSON.stringify(join(root, 'dist/lib/index.js'))});
+      const size = 16 * PAGE_SIZE;
       const mem = Memfd.create(size);
       mem.write(0, Buffer.alloc(size, 0x5a));
       const count = () => require('fs').readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => l.includes('memfd:')).length;
@@ -115,12 +116,12 @@ describe('detaching', () => {
     // Were it collected, its finalizer would unmap the range and the
     // registration would silently stop faulting.
     const script = `
-      const { Memfd, Userfaultfd } = require(${JSON.stringify(join(root, 'dist/lib/index.js'))});
+      const { Memfd, PAGE_SIZE, Userfaultfd } = require(${JSON.stringify(join(root, 'dist/lib/index.js'))});
       const uffd = Userfaultfd.open();
       const mapped = () => require('fs').readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => l.includes('memfd:pinned-view')).length;
       const tick = () => new Promise((r) => setImmediate(r));
       // Neither the view nor its Memfd is kept by this script.
-      const { address, length } = uffd.register(Memfd.create(4 * 4096, { name: 'pinned-view' }).map(), { missing: true });
+      const { address, length } = uffd.register(Memfd.create(4 * PAGE_SIZE, { name: 'pinned-view' }).map(), { missing: true });
       (async () => {
         for (let i = 0; i < 5; i++) { globalThis.gc(); await tick(); }
         const whileRegistered = mapped();
@@ -135,7 +136,7 @@ describe('detaching', () => {
   });
 });
 
-const HUGE = 2 * 1024 * 1024;
+const HUGE = caps.hugePages.size || 2 * 1024 * 1024;
 const NR_HUGEPAGES = '/proc/sys/vm/nr_hugepages';
 let hugeAdded = 0;
 let hugeReason: string | undefined;
@@ -144,7 +145,7 @@ function freeHugePages(): number {
   return Number(/HugePages_Free:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0);
 }
 
-describe('hugetlb 2 MiB memfd', () => {
+describe('hugetlb memfd of the default huge page size', () => {
   beforeAll(() => {
     const need = 4;
     try {
@@ -164,7 +165,7 @@ describe('hugetlb 2 MiB memfd', () => {
     if (hugeAdded) writeFileSync(NR_HUGEPAGES, String(Math.max(0, Number(readFileSync(NR_HUGEPAGES, 'utf8')) - hugeAdded)));
   });
 
-  itWith(['minorHugetlbfs'], 'write through the internal mapping, MINOR fault per 2 MiB page, CONTINUE in 2 MiB units', async (ctx) => {
+  itWith(['minorHugetlbfs'], 'write through the internal mapping, MINOR fault per huge page, CONTINUE in whole huge pages', async (ctx) => {
     if (hugeReason) return ctx.skip();
     const mem = closer.add(Memfd.create(2 * HUGE, { name: 'huge', hugetlb: true }));
     expect([mem.hugetlb, mem.pageSize, mem.size]).toEqual([true, HUGE, 2 * HUGE]);
@@ -186,7 +187,7 @@ describe('hugetlb 2 MiB memfd', () => {
     const touched = touchPages(guest, [1, 0]);
     const events = (await serve(uffd, touched, (ev) => {
       if (ev.type !== 'pagefault') return;
-      // A 4 KiB CONTINUE is refused on a huge page; 2 MiB maps it.
+      // A base-page CONTINUE is refused on a huge page; a whole one maps it.
       expect(() => uffd.continue(ev.address, PAGE_SIZE)).toThrow(expect.objectContaining({ code: 'EINVAL' }));
       expect(uffd.continue(ev.address, HUGE)).toBe(HUGE);
       expect(uffd.continue(ev.address, HUGE)).toBe(0);
