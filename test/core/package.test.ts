@@ -1,9 +1,9 @@
 // The package as users meet it: both entry points, the doctor command, and
 // README's example program, each run in a fresh node process.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 
 import * as api from '../../lib/index';
 import { caps, fixture, itWith, root } from '../helpers';
@@ -16,7 +16,32 @@ const run = (args: string[], options: { asNobody?: boolean } = {}) => {
   return spawnSync(cmd, argv, { encoding: 'utf8', timeout: 15_000, cwd: root });
 };
 const haveSetpriv = existsSync('/usr/bin/setpriv') || existsSync('/bin/setpriv');
-if (!haveSetpriv) console.log('skipping unprivileged runs: setpriv(1) is not installed');
+
+// The unprivileged runs expect the usual setting, vm.unprivileged_userfaultfd=0:
+// as root, set it for this file and put it back afterwards.
+const SYSCTL = '/proc/sys/vm/unprivileged_userfaultfd';
+const sysctlBefore = caps.unprivilegedUserfaultfd;
+let sysctlProblem: string | undefined;
+if (sysctlBefore !== undefined && sysctlBefore !== 0) {
+  try {
+    writeFileSync(SYSCTL, '0');
+  } catch (err) {
+    sysctlProblem = `vm.unprivileged_userfaultfd is ${sysctlBefore} and cannot be set to 0 (${(err as NodeJS.ErrnoException).code})`;
+  }
+}
+afterAll(() => {
+  if (sysctlBefore !== undefined && sysctlBefore !== 0 && !sysctlProblem) writeFileSync(SYSCTL, String(sysctlBefore));
+});
+
+// Both runs check what the device node (Linux 6.1+) refuses to an unprivileged user.
+const unprivilegedSkip = !haveSetpriv ? 'setpriv is not installed'
+  : sysctlProblem ?? (!caps.open.device.present ? '/dev/userfaultfd is not present (Linux 6.1+)' : undefined);
+
+/** A test run as uid 65534 through setpriv; skipped, with the reason in its name, where that cannot be done. */
+function itUnprivileged(name: string, fn: () => void): void {
+  if (unprivilegedSkip) console.log(`skipped "${name}": ${unprivilegedSkip}`);
+  it.skipIf(unprivilegedSkip !== undefined)(`${name}${unprivilegedSkip ? ` [skipped: ${unprivilegedSkip}]` : ''}`, fn);
+}
 
 describe('entry points', () => {
   it('ESM and CommonJS load the same module and export the same names', () => {
@@ -69,13 +94,7 @@ describe('userfaultfd doctor', () => {
     }
   });
 
-  // What an unprivileged user is refused depends on the sysctl and on the
-  // device node (6.1+); this host has both at their usual settings.
-  const unprivilegedSkip = !haveSetpriv ? 'setpriv is not installed'
-    : caps.unprivilegedUserfaultfd !== 0 ? `vm.unprivileged_userfaultfd is ${caps.unprivilegedUserfaultfd}, not 0`
-    : !caps.open.device.present ? '/dev/userfaultfd is not present (Linux 6.1+)' : undefined;
-  if (unprivilegedSkip) console.log(`skipped "as an unprivileged user ...": ${unprivilegedSkip}`);
-  it.skipIf(unprivilegedSkip !== undefined)(`as an unprivileged user it says what does not work and why${unprivilegedSkip ? ` [skipped: ${unprivilegedSkip}]` : ''}`, () => {
+  itUnprivileged('as an unprivileged user it says what does not work and why', () => {
     const r = run([cli, 'doctor'], { asNobody: true });
     expect([r.status, r.stderr]).toEqual([0, '']);
     expect(r.stdout).toContain('process      uid 65534, CAP_SYS_PTRACE no');
@@ -89,8 +108,7 @@ describe('userfaultfd doctor', () => {
 });
 
 describe('privilege model', () => {
-  itWith(['minorShmem'], 'unprivileged (vm.unprivileged_userfaultfd=0): user-mode-only opens, kernel-mode is refused naming both paths', () => {
-    if (!haveSetpriv) return;
+  itUnprivileged('unprivileged (vm.unprivileged_userfaultfd=0): user-mode-only opens, kernel-mode is refused naming both paths', () => {
     const script = `
       const { Userfaultfd } = require(${JSON.stringify(join(root, 'dist/lib/index.js'))});
       const out = {};
@@ -104,7 +122,7 @@ describe('privilege model', () => {
     const r = run(['-e', script], { asNobody: true });
     expect(r.status).toBe(0);
     const out = JSON.parse(r.stdout);
-    expect(caps.unprivilegedUserfaultfd).toBe(0);
+    expect(readFileSync(SYSCTL, 'utf8').trim()).toBe('0');
     expect(out['syscall:true']).toBe('ok');
     expect(out['auto:true']).toBe('ok');
     expect(out['syscall:false']).toMatch(/^EPERM .*userfaultfd\(2\) failed with EPERM.*CAP_SYS_PTRACE/);
