@@ -31,11 +31,6 @@ mount -t 9p -o "$opts,ro,cache=loose" hostroot /lower || fail "mount hostroot"
 mount -t tmpfs -o size=2g tmpfs /rw || fail "tmpfs"
 mkdir -p /rw/upper /rw/work /rw/repo-upper /rw/repo-work
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /root || fail "overlay root"
-if [ -n "$repo" ]; then
-  mount -t 9p -o "$opts,ro,cache=loose" repo /repo-lower || fail "mount repo"
-  mkdir -p "/root$repo"
-  mount -t overlay overlay -o lowerdir=/repo-lower,upperdir=/rw/repo-upper,workdir=/rw/repo-work "/root$repo" || fail "overlay repo"
-fi
 mkdir -p /root/uffd-vm-results /root/proc /root/sys /root/dev /root/tmp
 mount -t 9p -o "$opts" results /root/uffd-vm-results || fail "mount results"
 mount -t proc proc /root/proc
@@ -44,6 +39,12 @@ mount -t devtmpfs devtmpfs /root/dev
 mkdir -p /root/dev/shm /root/dev/pts
 mount -t tmpfs tmpfs /root/dev/shm
 mount -t tmpfs tmpfs /root/tmp
+# The checkout goes last, so a checkout under /tmp is not hidden by the tmpfs.
+if [ -n "$repo" ]; then
+  mount -t 9p -o "$opts,ro,cache=loose" repo /repo-lower || fail "mount repo"
+  mkdir -p "/root$repo" || fail "mkdir $repo"
+  mount -t overlay overlay -o lowerdir=/repo-lower,upperdir=/rw/repo-upper,workdir=/rw/repo-work "/root$repo" || fail "overlay repo"
+fi
 
 echo "UFFD-VM: job-start"
 chroot /root /bin/sh /uffd-vm-results/job.sh

@@ -391,7 +391,7 @@ const PROBE_JS = "process.stdout.write(JSON.stringify(require('./dist/lib').prob
 
 function jobScript(target, results) {
   const r = '/uffd-vm-results';
-  const lines = ['set -u', `cd ${shellQuote(repo)}`, 'export HOME=/tmp CI=true TERM=dumb NO_COLOR=1 UFFD_TEST_DIST_PREBUILT=1', 'export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin'];
+  const lines = ['set -u', `cd ${shellQuote(repo)} || exit 1`, 'export HOME=/tmp CI=true TERM=dumb NO_COLOR=1 UFFD_TEST_DIST_PREBUILT=1', 'export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin'];
   if (target.arch === 'aarch64') {
     // The repository is overlaid in the guest: these copies never reach the host.
     lines.push('mkdir -p build/Release', `cp ${r}/userfaultfd.node build/Release/userfaultfd.node`);
@@ -415,8 +415,8 @@ function qemuCommand(target, kernelImage, initrd, results, accel, rootfs) {
     return ['qemu-system-x86_64', [
       '-accel', accel, '-cpu', accel === 'kvm' ? 'host' : 'max', '-smp', smp, '-m', mem,
       '-nographic', '-no-reboot', '-kernel', kernelImage, '-initrd', initrd,
-      '-append', 'console=ttyS0 panic=-1 quiet loglevel=3 hugepages=4',
-      ...share('hostroot', '/', true), ...share('results', results, false),
+      '-append', `console=ttyS0 panic=-1 quiet loglevel=3 hugepages=4 uffdvm.repo=${repo}`,
+      ...share('hostroot', '/', true), ...share('repo', repo, true), ...share('results', results, false),
     ]];
   }
   // Not `-cpu max`: under QEMU 7.2's emulation of it, Node on the 16 KiB kernel
@@ -710,7 +710,7 @@ async function main() {
   for (const target of targets) {
     log(`${target.id}: starting`);
     const row = target.id === 'host' ? await runHost() : rowFromGuest(target, await runGuest(target));
-    log(`${target.id}: ${row.passed} passed, ${row.failed} failed, ${row.skipped} skipped in ${row.seconds.toFixed(0)} s (${row.verdict}, ${row.accel}); results in ${row.results}`);
+    log(`${target.id}: ${row.passed} passed, ${row.failed} failed${row.suiteErrors.length ? ` (+${row.suiteErrors.length} errors)` : ''}, ${row.skipped} skipped in ${row.seconds.toFixed(0)} s (${row.verdict}, ${row.accel}); results in ${row.results}`);
     rows.push(row);
   }
   const report = { date: new Date().toISOString(), host: os.release(), accel: kvmUsable ? 'KVM' : 'TCG (software emulation)', rows };
