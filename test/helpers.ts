@@ -20,9 +20,16 @@ export function missingReason(...features: FeatureName[]): string | undefined {
 }
 
 /**
+ * How much longer than on real hardware tests may take: the VM matrix sets
+ * UFFD_TEST_TIME_SCALE for guests under software emulation, where a test
+ * file runs 10 to 25 times slower. Scales time bounds, never what is checked.
+ */
+export const TIME_SCALE = Math.max(1, Number(process.env.UFFD_TEST_TIME_SCALE) || 1);
+
+/**
  * `it` that runs only where the kernel offers `features`; elsewhere the test
  * is skipped and the reason is part of its name (and printed), so reports
- * from older kernels say why.
+ * from older kernels say why. `timeout` is scaled by TIME_SCALE.
  */
 export function itWith(features: FeatureName[], name: string, fn: () => unknown, timeout?: number): void {
   const reason = missingReason(...features);
@@ -30,7 +37,7 @@ export function itWith(features: FeatureName[], name: string, fn: () => unknown,
     console.log(`skipped "${name}": ${reason}`);
     it.skip(`${name} [skipped: ${reason}]`, fn);
   } else {
-    it(name, fn, timeout);
+    it(name, fn, timeout === undefined ? undefined : timeout * TIME_SCALE);
   }
 }
 
