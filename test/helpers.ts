@@ -27,18 +27,22 @@ export function missingReason(...features: FeatureName[]): string | undefined {
 export const TIME_SCALE = Math.max(1, Number(process.env.UFFD_TEST_TIME_SCALE) || 1);
 
 /**
- * `it` that runs only where the kernel offers `features`; elsewhere the test
- * is skipped and the reason is part of its name (and printed), so reports
- * from older kernels say why. `timeout` is scaled by TIME_SCALE.
+ * `it` that runs unless `skipReason` is set; then the test is skipped and the
+ * reason is part of its name (and printed), so reports from other machines
+ * and older kernels say why. `timeout` is scaled by TIME_SCALE.
  */
-export function itWith(features: FeatureName[], name: string, fn: () => unknown, timeout?: number): void {
-  const reason = missingReason(...features);
-  if (reason) {
-    console.log(`skipped "${name}": ${reason}`);
-    it.skip(`${name} [skipped: ${reason}]`, fn);
+export function itUnless(skipReason: string | undefined, name: string, fn: () => unknown, timeout?: number): void {
+  if (skipReason) {
+    console.log(`skipped "${name}": ${skipReason}`);
+    it.skip(`${name} [skipped: ${skipReason}]`, fn);
   } else {
     it(name, fn, timeout === undefined ? undefined : timeout * TIME_SCALE);
   }
+}
+
+/** `it` that runs only where the kernel offers `features` (see itUnless). */
+export function itWith(features: FeatureName[], name: string, fn: () => unknown, timeout?: number): void {
+  itUnless(missingReason(...features), name, fn, timeout);
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

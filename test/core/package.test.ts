@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import * as api from '../../lib/index';
-import { caps, fixture, itWith, root } from '../helpers';
+import { caps, fixture, itUnless, itWith, root } from '../helpers';
 
 const cli = join(root, 'dist', 'lib', 'cli.js');
 const run = (args: string[], options: { asNobody?: boolean } = {}) => {
@@ -20,28 +20,20 @@ const haveSetpriv = existsSync('/usr/bin/setpriv') || existsSync('/bin/setpriv')
 // The unprivileged runs expect the usual setting, vm.unprivileged_userfaultfd=0:
 // as root, set it for this file and put it back afterwards.
 const SYSCTL = '/proc/sys/vm/unprivileged_userfaultfd';
-const sysctlBefore = caps.unprivilegedUserfaultfd;
 let sysctlProblem: string | undefined;
-if (sysctlBefore !== undefined && sysctlBefore !== 0) {
+if (caps.unprivilegedUserfaultfd !== undefined && caps.unprivilegedUserfaultfd !== 0) {
+  const before = caps.unprivilegedUserfaultfd;
   try {
     writeFileSync(SYSCTL, '0');
+    afterAll(() => writeFileSync(SYSCTL, String(before)));
   } catch (err) {
-    sysctlProblem = `vm.unprivileged_userfaultfd is ${sysctlBefore} and cannot be set to 0 (${(err as NodeJS.ErrnoException).code})`;
+    sysctlProblem = `vm.unprivileged_userfaultfd is ${before} and cannot be set to 0 (${(err as NodeJS.ErrnoException).code})`;
   }
 }
-afterAll(() => {
-  if (sysctlBefore !== undefined && sysctlBefore !== 0 && !sysctlProblem) writeFileSync(SYSCTL, String(sysctlBefore));
-});
 
 // Both runs check what the device node (Linux 6.1+) refuses to an unprivileged user.
 const unprivilegedSkip = !haveSetpriv ? 'setpriv is not installed'
   : sysctlProblem ?? (!caps.open.device.present ? '/dev/userfaultfd is not present (Linux 6.1+)' : undefined);
-
-/** A test run as uid 65534 through setpriv; skipped, with the reason in its name, where that cannot be done. */
-function itUnprivileged(name: string, fn: () => void): void {
-  if (unprivilegedSkip) console.log(`skipped "${name}": ${unprivilegedSkip}`);
-  it.skipIf(unprivilegedSkip !== undefined)(`${name}${unprivilegedSkip ? ` [skipped: ${unprivilegedSkip}]` : ''}`, fn);
-}
 
 describe('entry points', () => {
   it('ESM and CommonJS load the same module and export the same names', () => {
@@ -94,7 +86,7 @@ describe('userfaultfd doctor', () => {
     }
   });
 
-  itUnprivileged('as an unprivileged user it says what does not work and why', () => {
+  itUnless(unprivilegedSkip, 'as an unprivileged user it says what does not work and why', () => {
     const r = run([cli, 'doctor'], { asNobody: true });
     expect([r.status, r.stderr]).toEqual([0, '']);
     expect(r.stdout).toContain('process      uid 65534, CAP_SYS_PTRACE no');
@@ -108,7 +100,7 @@ describe('userfaultfd doctor', () => {
 });
 
 describe('privilege model', () => {
-  itUnprivileged('unprivileged (vm.unprivileged_userfaultfd=0): user-mode-only opens, kernel-mode is refused naming both paths', () => {
+  itUnless(unprivilegedSkip, 'unprivileged (vm.unprivileged_userfaultfd=0): user-mode-only opens, kernel-mode is refused naming both paths', () => {
     const script = `
       const { Userfaultfd } = require(${JSON.stringify(join(root, 'dist/lib/index.js'))});
       const out = {};

@@ -5,8 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { FirecrackerPageServer, parseFirecrackerRegions } from '../../lib/index';
-import { distEntry, fixture, itWith } from '../helpers';
+import { FeatureName, FirecrackerPageServer, parseFirecrackerRegions } from '../../lib/index';
+import { distEntry, fixture, itUnless, itWith, missingReason } from '../helpers';
 
 const HUGE = 2 * 1024 * 1024;
 const dir = mkdtempSync(join(tmpdir(), 'uffd-fc-'));
@@ -30,11 +30,8 @@ try {
 }
 
 /** Like itWith, and also skipped (with the reason printed) when no huge pages could be reserved. */
-function itWithHuge(features: Parameters<typeof itWith>[0], name: string, fn: () => unknown): void {
-  if (hugeReason) {
-    console.log(`skipped "${name}": ${hugeReason}`);
-    it.skip(`${name} [skipped: ${hugeReason}]`, fn);
-  } else itWith(features, name, fn);
+function itWithHuge(features: FeatureName[], name: string, fn: () => unknown): void {
+  itUnless(hugeReason ?? missingReason(...features), name, fn);
 }
 
 beforeAll(() => {
