@@ -571,8 +571,9 @@ function summarizeSmoke(report) {
 
 /** The vitest suite plus the smoke test, counted together. */
 function summarize(results) {
-  const smoke = summarizeSmoke(readJson(path.join(results, 'smoke.json')));
-  if (!readJson(path.join(results, 'smoke.json'))) smoke.suiteErrors.push('the smoke test wrote no report (see smoke.log)');
+  const smokeReport = readJson(path.join(results, 'smoke.json'));
+  const smoke = summarizeSmoke(smokeReport);
+  if (!smokeReport) smoke.suiteErrors.push('the smoke test wrote no report (see smoke.log)');
   const report = readJson(path.join(results, 'vitest.json'));
   const vitest = summarizeVitest(report);
   if (!report) vitest.suiteErrors.push('vitest wrote no report (see tests.log)');
