@@ -13,6 +13,8 @@
         "native/poller.cc",
         "native/toucher.cc",
         "native/fd_passing.cc",
+        "native/engine.cc",
+        "native/engine_napi.cc",
         "native/resolver.cc"
       ],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api"],

@@ -6,7 +6,7 @@ import { fstatSync } from 'node:fs';
 
 import { UffdError, argValueError, check, checkValue, closedError, stateError } from './errors';
 import { native } from './native';
-import { Poller } from './userfaultfd';
+import { Poller } from './poller';
 import * as v from './validate';
 
 const EAGAIN = -11;

@@ -18,7 +18,7 @@ export type { TouchOptions, TouchResult } from './touch';
 export { FdSocket, FdServer } from './fd-socket';
 export type { FdMessage, PeerCredentials } from './fd-socket';
 export { FaultHandler } from './fault-handler';
-export type { Fault, FaultHandlerOptions, FaultHandlerStats, AttachOptions, ViewRange, ErrorAction, LoopThreadFaultAction, LatencyStats } from './fault-handler';
+export type { Fault, FetchContext, FaultHandlerOptions, FaultHandlerStats, AttachOptions, ViewRange, ErrorAction, LoopThreadFaultAction, LatencyStats } from './fault-handler';
 export { PresentPages } from './present-pages';
 export { MigrationSource, servePages } from './migration/source';
 export type { SourceOptions, SourceStats } from './migration/source';

@@ -62,27 +62,27 @@ export interface NativeBinding {
     done: (report: TouchReport) => void,
   ): SysResult;
 
-  /**
-   * Starts the native resolver thread on uffd `fd` (see native/resolver.cc).
-   * `present` is the present-page bitmap; `loopThreadAction` 0 = abort, 1 = map as-is.
-   * `onBatch(faults, count, events)`: faults it could not resolve as
-   * [address, flags, tid, ageNs] * count, events as [code, a, b, c] * n.
-   */
-  resolverStart(
-    fd: number,
-    memfd: number,
-    present: ArrayBuffer,
-    readAhead: number,
-    loopThreadAction: number,
-    onBatch: (faults: Float64Array, count: number, events: number[]) => void,
-    pageSize?: number,
-  ): SysResult | ResolverHandle;
-  /** Replaces the region table: [address, length, memfdOffset] * n. */
-  resolverSetRegions(handle: ResolverHandle, regions: Float64Array): void;
-  /** Stops and joins the thread. Idempotent. */
-  resolverStop(handle: ResolverHandle): void;
-  /** [faults, resolved, alreadyPresent, readAheadPages, loopThreadFaults, ...latency buckets, deferrals]. */
-  resolverStats(handle: ResolverHandle): Float64Array;
+  /** Names and positions the engine's records, counters and histogram use (native/engine.h). */
+  engineLayout: EngineLayout;
+  /** A fault engine over uffd `fd` (native/engine.h); `present` is the present-page bitmap over a SharedArrayBuffer. */
+  engineCreate(fd: number, backingFd: number, pageSize: number, fill: number, readAhead: number, present: Uint32Array): EngineHandle;
+  engineAddRegion(handle: EngineHandle, address: number, length: number, offset: number, pageSize: number): void;
+  /** The views as the engine knows them now (events applied): [address, length, offset, pageSize] * n. */
+  engineRegions(handle: EngineHandle): Float64Array;
+  /** Reads and serves one batch; writes [pending, ...records] into `out`; returns the record count or -errno. */
+  engineRead(handle: EngineHandle, out: Float64Array): SysResult;
+  engineServe(handle: EngineHandle, address: number, flags: number, tid: number, time: number): SysResult;
+  engineCopy(handle: EngineHandle, address: number, flags: number, tid: number, time: number, bytes: ArrayBufferView): SysResult;
+  engineZero(handle: EngineHandle, address: number, flags: number, tid: number, time: number): SysResult;
+  engineMapPresent(handle: EngineHandle, offset: number, length: number): SysResult;
+  enginePoison(handle: EngineHandle, address: number, length: number): SysResult;
+  enginePoisonAbsent(handle: EngineHandle): SysResult;
+  /** [...counters (engineLayout.stats), ...latency buckets]. */
+  engineStats(handle: EngineHandle): Float64Array;
+  /** Starts the native resolver thread; `loopThreadAction` 0 = abort, 1 = map as-is. */
+  engineStartThread(handle: EngineHandle, loopThreadAction: number, onRecords: (records: Float64Array, count: number) => void): SysResult;
+  /** Stops and joins the resolver thread. Idempotent. */
+  engineStopThread(handle: EngineHandle): void;
 
   socketPair(): SysResult | [number, number];
   unixListen(path: string, backlog: number): SysResult;
@@ -100,9 +100,31 @@ export interface PollerHandle {
   readonly __poller: unique symbol;
 }
 
-/** Opaque handle of a native resolver thread. */
-export interface ResolverHandle {
-  readonly __resolver: unique symbol;
+/** Opaque handle of a fault engine. */
+export interface EngineHandle {
+  readonly __engine: unique symbol;
+}
+
+/** The engine's contract with TypeScript, defined once in native/engine.h and exported at load. */
+export interface EngineLayout {
+  recordSize: number;
+  recordCapacity: number;
+  kinds: {
+    pagefault: number; fork: number; remap: number; remove: number; unmap: number;
+    loopThreadMapped: number; readerFailed: number; ioctlFailed: number; pagesRemoved: number;
+  };
+  stats: {
+    faults: number; resolved: number; alreadyPresent: number; readAheadPages: number; loopThreadFaults: number;
+    deferrals: number; untracked: number; poisoned: number; copied: number;
+  };
+  statCount: number;
+  buckets: { linear: number; log: number };
+  fill: { continue: number; copy: number };
+  errno: {
+    ENOENT: number; ESRCH: number; EAGAIN: number; EFAULT: number; EEXIST: number; EINVAL: number; EBUSY: number;
+    EPERM: number; ENOMEM: number; EBADF: number; ENOSYS: number; EACCES: number; ENOTTY: number; EPIPE: number;
+    EIO: number; ENOSPC: number;
+  };
 }
 
 export const native: NativeBinding = bindings('userfaultfd');

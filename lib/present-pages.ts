@@ -1,8 +1,9 @@
 // Which pages of a memfd already hold their content in the page cache. One
-// bit per memfd page in a plain ArrayBuffer: the native resolver thread reads
-// the same memory with atomic loads, so a page marked here is CONTINUEd
-// without a round trip through JavaScript. Bits are set with Atomics so that
-// a concurrent native read never sees a torn word.
+// bit per memfd page in a SharedArrayBuffer: the fault engine (and its native
+// thread) reads the same memory with atomic loads, so a page marked here is
+// mapped without a round trip through JavaScript. Shared memory cannot be
+// detached or transferred away, so no JavaScript code can pull it from under
+// a native reader. Bits are set with Atomics so that no read sees a torn word.
 import { argRangeError } from './errors';
 import * as v from './validate';
 
@@ -18,8 +19,8 @@ export class PresentPages {
   readonly pageSize: number;
   /** Number of pages tracked (the memfd size this map was made for). */
   readonly pageCount: number;
-  /** @internal The bitmap memory, shared with the native resolver. */
-  readonly buffer: ArrayBuffer;
+  /** @internal The bitmap words, shared with the fault engine. */
+  readonly words: Uint32Array;
   readonly #words: Uint32Array;
   /** @internal Fetches in flight, by page index; settled promises are removed. */
   readonly inflight = new Map<number, Promise<void>>();
@@ -30,8 +31,8 @@ export class PresentPages {
     v.pageLength('size', size, pageSize);
     this.pageCount = size / pageSize;
     // Whole 64-bit words, so that native code may also read 8 bytes at a time.
-    this.buffer = new ArrayBuffer(Math.ceil(this.pageCount / 64) * 8);
-    this.#words = new Uint32Array(this.buffer);
+    this.words = new Uint32Array(new SharedArrayBuffer(Math.ceil(this.pageCount / 64) * 8));
+    this.#words = this.words;
   }
 
   /** True when page `page` (an index, not a byte offset) is marked present. */
@@ -39,10 +40,15 @@ export class PresentPages {
     return (this.#words[page >>> 5] & (1 << (page & 31))) !== 0;
   }
 
-  /** Marks the pages covering [offset, offset + length) of the memfd present. */
-  mark(offset: number, length: number): void {
+  /** Marks the pages covering [offset, offset + length) of the memfd present; returns how many were absent. */
+  mark(offset: number, length: number): number {
     const [first, end] = this.#pages(offset, length);
-    for (let p = first; p < end; p++) Atomics.or(this.#words, p >>> 5, 1 << (p & 31));
+    let added = 0;
+    for (let p = first; p < end; p++) {
+      const bit = 1 << (p & 31);
+      if ((Atomics.or(this.#words, p >>> 5, bit) & bit) === 0) added++;
+    }
+    return added;
   }
 
   /** Marks the pages covering [offset, offset + length) absent (their content must be fetched again). */

@@ -36,7 +36,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitPoller(env, exports);
   InitThreads(env, exports);
   InitFdPassing(env, exports);
-  InitResolver(env, exports);
+  InitEngine(env, exports);
   return exports;
 }
 

@@ -65,5 +65,5 @@ void InitMemfd(Napi::Env env, Napi::Object exports);
 void InitPoller(Napi::Env env, Napi::Object exports);
 void InitThreads(Napi::Env env, Napi::Object exports);
 void InitFdPassing(Napi::Env env, Napi::Object exports);
-void InitResolver(Napi::Env env, Napi::Object exports);
+void InitEngine(Napi::Env env, Napi::Object exports);
 void CleanupMappings(AddonState* state);

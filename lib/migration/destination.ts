@@ -9,6 +9,12 @@
 // when the page has arrived; pages the handler finds present are mapped
 // without asking (in native mode by its resolver thread, without JavaScript).
 //
+// A page the guest drops comes back the way the kernel says: MADV_DONTNEED
+// on shared memory keeps the page cache, so the page stays present and its
+// next fault is a MINOR one mapped without asking the source; MADV_REMOVE
+// frees it, the next fault finds it gone (CONTINUE fails), and the page is
+// asked for again with a refetch request, which the source always answers.
+//
 // Why a push can never overwrite a guest write: the guest can only write a
 // page once it is mapped in its view, it is mapped only by CONTINUE, and
 // CONTINUE is only issued after the page is in the page cache and marked
@@ -20,8 +26,9 @@ import { once } from 'node:events';
 import { performance } from 'node:perf_hooks';
 
 import { trace } from '../debug';
-import { UffdError, argValueError, stateError } from '../errors';
-import { Fault, FaultHandler, FaultHandlerStats } from '../fault-handler';
+import { NEGATIVE_ERRNO } from '../errno';
+import { argValueError, stateError } from '../errors';
+import { Fault, FaultHandler, FaultHandlerStats, FetchContext } from '../fault-handler';
 import { Mapping, Memfd } from '../memfd';
 import { PresentPages } from '../present-pages';
 import { Userfaultfd } from '../userfaultfd';
@@ -113,7 +120,7 @@ interface View {
   pageCount: number;
 }
 
-const ESRCH = -3;
+const { ESRCH } = NEGATIVE_ERRNO;
 
 /**
  * Receives a guest's memory by post-copy while the guest runs. Create with
@@ -138,9 +145,15 @@ export class MigrationDestination implements Disposable {
   readonly #handler: FaultHandler;
   /** The handler's present-page bitmap: the one truth about which pages hold their content. */
   readonly #present: PresentPages;
+  /** Per page: 1 asked at demand priority, 2 asked as prefetch only; cleared when the page arrives. */
   #requested = new Uint8Array(0);
-  #presentCount = 0;
+  /** Per page: 1 once it has arrived (a later fault on it means the guest lost it). */
+  #received = new Uint8Array(0);
+  #receivedCount = 0;
+  /** The source said done while refetched pages were still on their way. */
+  #doneSeen = false;
   readonly #toDemand: number[] = [];
+  readonly #toRefetch: number[] = [];
   readonly #toPrefetch: number[] = [];
   #flushScheduled = false;
   /** Fetches waiting for their page to arrive, by page. */
@@ -180,7 +193,7 @@ export class MigrationDestination implements Disposable {
     this.#handler = new FaultHandler(opts.uffd, {
       memfd: opts.memfd,
       mode: opts.mode,
-      fetch: (fault) => this.#fetch(fault),
+      fetch: (fault, context) => this.#fetch(fault, context),
       // Fetches fail only once the migration has failed: apply the policy to their pages.
       onError: () => (this.#policy === 'poison' ? 'poison' : 'zero-fill'),
     });
@@ -246,7 +259,7 @@ export class MigrationDestination implements Disposable {
 
   /** Pages present in the memfd so far. */
   get pagesPresent(): number {
-    return this.#presentCount;
+    return this.#present.count();
   }
 
   /** The fault handler's counters and latency percentiles. */
@@ -299,7 +312,7 @@ export class MigrationDestination implements Disposable {
       socket.on('data', onData);
       socket.on('error', (err) => this.#fail(stateError('ERR_MIGRATION_CONNECTION_LOST', `migration destination: connection to the source failed: ${err.message}`)));
       socket.on('close', () => this.#fail(stateError('ERR_MIGRATION_CONNECTION_LOST',
-        `migration destination: the source closed the connection with ${this.#pageCount - this.#presentCount} of ${this.#pageCount} pages missing`)));
+        `migration destination: the source closed the connection with ${this.#pageCount - this.#present.count()} of ${this.#pageCount} pages missing`)));
     });
     this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
     return started;
@@ -319,6 +332,7 @@ export class MigrationDestination implements Disposable {
     this.#pageCount = hello.pageCount;
     this.#stats.pageCount = hello.pageCount;
     this.#requested = new Uint8Array(hello.pageCount);
+    this.#received = new Uint8Array(hello.pageCount);
     this.#started = performance.now();
     this.#handler.start();
     this.#handlerStarted = true;
@@ -338,9 +352,11 @@ export class MigrationDestination implements Disposable {
         if (!frame.demand) this.#creditOwed++;
         return;
       case 'done':
-        if (this.#presentCount !== this.#pageCount)
-          throw protocolError('ERR_MIGRATION_INCOMPLETE', `the source says done after ${frame.pagesSent} pages, but ${this.#pageCount - this.#presentCount} pages never arrived`);
-        this.#complete();
+        if (this.#receivedCount !== this.#pageCount)
+          throw protocolError('ERR_MIGRATION_INCOMPLETE', `the source says done after ${frame.pagesSent} pages, but ${this.#pageCount - this.#receivedCount} pages never arrived`);
+        // Pages lost and asked for again are still on their way: done when they are in.
+        if (this.#pending.size > 0) this.#doneSeen = true;
+        else this.#complete();
         return;
       case 'error':
         throw stateError(frame.code, `migration destination: the source reported: ${frame.message}`);
@@ -349,15 +365,36 @@ export class MigrationDestination implements Disposable {
     }
   }
 
-  /** The fault handler's fetch policy: ask for the page, settle when it is in place. */
-  #fetch(fault: Fault): Promise<void> | void {
+  /** The fault handler's fetch policy: ask for the page, settle when it is in place (or the handler gives up). */
+  #fetch(fault: Fault, context: FetchContext): Promise<void> | void {
     if (this.#failure) throw this.#failure;
+    context.signal.throwIfAborted();
     const page = fault.page;
     if (this.#present.has(page)) return;
     this.#stats.demandFaults++;
-    const waiting = new Promise<void>((resolve, reject) => this.#pending.set(page, { since: performance.now(), resolve, reject }));
-    // 1: asked at demand priority; 2: asked as prefetch only (a fault upgrades it).
-    if (this.#requested[page] !== 1) {
+    const waiting = new Promise<void>((resolve, reject) => {
+      const onAbort = () => {
+        this.#pending.delete(page);
+        reject(context.signal.reason);
+      };
+      context.signal.addEventListener('abort', onAbort, { once: true });
+      this.#pending.set(page, {
+        since: performance.now(),
+        resolve: () => {
+          context.signal.removeEventListener('abort', onAbort);
+          resolve();
+        },
+        reject: (err) => {
+          context.signal.removeEventListener('abort', onAbort);
+          reject(err);
+        },
+      });
+    });
+    if (this.#received[page]) {
+      // Received once and lost since (MADV_REMOVE): the source must send it again.
+      this.#toRefetch.push(page);
+      this.#scheduleFlush();
+    } else if (this.#requested[page] !== 1) {
       this.#requested[page] = 1;
       this.#toDemand.push(page);
       for (let p = page + 1; p <= page + this.#readahead && p < this.#pageCount; p++) {
@@ -365,16 +402,19 @@ export class MigrationDestination implements Disposable {
         this.#requested[p] = 2;
         this.#toPrefetch.push(p);
       }
-      // The handler calls fetch for each page of a batch of faults: send their requests together.
-      if (!this.#flushScheduled) {
-        this.#flushScheduled = true;
-        queueMicrotask(() => {
-          this.#flushScheduled = false;
-          this.#flushRequests();
-        });
-      }
+      this.#scheduleFlush();
     }
     return waiting;
+  }
+
+  /** The handler calls fetch for each page of a batch of faults: send their requests together. */
+  #scheduleFlush(): void {
+    if (this.#flushScheduled) return;
+    this.#flushScheduled = true;
+    queueMicrotask(() => {
+      this.#flushScheduled = false;
+      this.#flushRequests();
+    });
   }
 
   /** Sends the requests gathered since the last flush, coalesced into runs of consecutive pages. */
@@ -384,7 +424,7 @@ export class MigrationDestination implements Disposable {
       this.#socket.write(encodeCredit(this.#creditOwed));
       this.#creditOwed = 0;
     }
-    for (const [pages, priority] of [[this.#toDemand, PRIORITY.demand], [this.#toPrefetch, PRIORITY.prefetch]] as const) {
+    for (const [pages, priority] of [[this.#toRefetch, PRIORITY.refetch], [this.#toDemand, PRIORITY.demand], [this.#toPrefetch, PRIORITY.prefetch]] as const) {
       if (pages.length === 0) continue;
       const sorted = pages.splice(0).sort((x, y) => x - y);
       let i = 0;
@@ -410,9 +450,15 @@ export class MigrationDestination implements Disposable {
       let q = p;
       while (q < end && !this.#present.has(q)) q++;
       this.#memfd.write(p * ps, data.subarray((p - first) * ps, (q - first) * ps));
-      // Content first, then the bit: the native resolver maps whatever is marked.
+      // Content first, then the bit: the engine maps whatever is marked.
       this.#present.mark(p * ps, (q - p) * ps);
-      this.#presentCount += q - p;
+      for (let r = p; r < q; r++) {
+        this.#requested[r] = 0;
+        if (!this.#received[r]) {
+          this.#received[r] = 1;
+          this.#receivedCount++;
+        }
+      }
       if (demand) this.#stats.pagesOnDemand += q - p;
       else this.#stats.pagesPushed += q - p;
       this.#resolveRun(p, q);
@@ -424,11 +470,8 @@ export class MigrationDestination implements Disposable {
   #resolveRun(p: number, q: number): void {
     const ps = this.#pageSize;
     if (this.#mapReceived) {
-      for (const view of this.#views) {
-        const a = Math.max(p, view.firstPage);
-        const b = Math.min(q, view.firstPage + view.pageCount);
-        if (a < b) this.#continue(view.address + (a - view.firstPage) * ps, (b - a) * ps);
-      }
+      const r = this.#handler.mapPresent(p * ps, (q - p) * ps);
+      if (r === ESRCH) throw stateError('ERR_MIGRATION_GUEST_EXITED', 'migration destination: the guest process exited');
     }
     if (this.#pending.size === 0) return;
     const now = performance.now();
@@ -439,20 +482,7 @@ export class MigrationDestination implements Disposable {
       this.#stats.faultLatencyMs.push(now - waiting.since);
       waiting.resolve();
     }
-  }
-
-  /** CONTINUE with the fallbacks the kernel needs: per page after partial progress, ESRCH means the guest is gone. */
-  #continue(address: number, length: number): void {
-    try {
-      this.#uffd.continue(address, length);
-    } catch (err) {
-      const e = err as UffdError;
-      if (e.errno === ESRCH) throw stateError('ERR_MIGRATION_GUEST_EXITED', 'migration destination: the guest process exited');
-      if (length === this.#pageSize) throw err;
-      // Partial progress or a page mapped meanwhile: go page by page so each
-      // page gets its own answer (EEXIST pages are woken by continue()).
-      for (let off = 0; off < length; off += this.#pageSize) this.#uffd.continue(address + off, this.#pageSize);
-    }
+    if (this.#doneSeen && this.#pending.size === 0) this.#complete();
   }
 
   #complete(): void {
@@ -482,13 +512,8 @@ export class MigrationDestination implements Disposable {
       const problems: string[] = [];
       // Before the hello nothing was received: every page of every view is absent.
       if (this.#policy === 'poison') {
-        for (const view of this.#views) {
-          try {
-            this.#poisonAbsent(view);
-          } catch (e) {
-            problems.push(`poisoning missing pages failed (${(e as Error).message}); they will read as zeros`);
-          }
-        }
+        const r = this.#handler.poisonAbsent();
+        if (r < 0 && r !== ESRCH) problems.push(`poisoning missing pages failed (errno ${-r}); they will read as zeros`);
       }
       // Faulters waiting on a fetch: the handler applies the same policy to their pages.
       for (const waiting of this.#pending.values()) waiting.reject(err);
@@ -499,7 +524,7 @@ export class MigrationDestination implements Disposable {
           try {
             if (!this.#uffd.closed) this.#uffd.unregister({ address: view.address, length: view.length });
           } catch (e) {
-            if ((e as UffdError).errno !== ESRCH) problems.push(`unregistering a guest view failed: ${(e as Error).message}`);
+            if ((e as { errno?: number }).errno !== ESRCH) problems.push(`unregistering a guest view failed: ${(e as Error).message}`);
           }
         }
       }
@@ -507,26 +532,10 @@ export class MigrationDestination implements Disposable {
       const handlerStats = this.#handler.stats();
       this.#stats.faults = handlerStats.faults;
       this.#stats.handler = handlerStats;
-      Object.assign(err, { policy: this.#policy, pagesMissing: this.#pageCount - this.#presentCount });
+      Object.assign(err, { policy: this.#policy, pagesMissing: this.#pageCount - this.#present.count() });
       trace('migration destination failed: %s', err.message);
       this.#reject(err);
     })();
-  }
-
-  #poisonAbsent(view: View): void {
-    const ps = this.#pageSize;
-    const end = view.firstPage + view.pageCount;
-    let p = view.firstPage;
-    while (p < end) {
-      if (this.#present.has(p)) {
-        p++;
-        continue;
-      }
-      let q = p;
-      while (q < end && !this.#present.has(q)) q++;
-      this.#uffd.poison(view.address + (p - view.firstPage) * ps, (q - p) * ps);
-      p = q;
-    }
   }
 
   #settle(): void {

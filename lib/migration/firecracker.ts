@@ -17,12 +17,13 @@
 // peer is killed (SIGKILL, pid from SO_PEERCRED) rather than left hanging or
 // fed zeros.
 import { trace } from '../debug';
-import { EVENT } from '../constants';
-import { UffdError, argValueError, stateError } from '../errors';
-import { MessageBuffer } from '../events';
+import { FaultEngine } from '../engine';
+import { NEGATIVE_ERRNO } from '../errno';
+import { argValueError, stateError } from '../errors';
 import { FdServer, FdSocket } from '../fd-socket';
 import { Mapping, Memfd, PAGE_SIZE } from '../memfd';
-import { PollerHandle, native } from '../native';
+import { native } from '../native';
+import { PresentPages } from '../present-pages';
 import { Userfaultfd } from '../userfaultfd';
 import * as v from '../validate';
 import { ImageSource, PageImage, openImage } from './image';
@@ -67,15 +68,9 @@ export interface FirecrackerStats {
   alreadyMapped: number;
 }
 
-interface Region extends FirecrackerRegion {
-  end: number;
-  /** Index of the region's first page in the session's per-page arrays. */
-  firstIndex: number;
-}
-
-const EEXIST = -17;
-const EAGAIN = -11;
-const ESRCH = -3;
+const { EAGAIN, ENOENT } = NEGATIVE_ERRNO;
+const KIND = native.engineLayout.kinds;
+const STAT = native.engineLayout.stats;
 const PAGE_SIZES = [4096, 16384, 65536, 2 * 1024 * 1024, 1024 * 1024 * 1024];
 
 /** Parses and checks Firecracker's region array. Accepts `page_size` and the older `page_size_kib`. */
@@ -163,23 +158,22 @@ export class FirecrackerSession implements Disposable {
   readonly mode: 'uffd' | 'guest_memfd';
   /** Resolves when Firecracker goes away (socket closed or its process exited); rejects when serving failed. */
   readonly finished: Promise<FirecrackerStats>;
-  readonly stats: FirecrackerStats = { faults: 0, pagesFromSnapshot: 0, zeroPages: 0, removeEvents: 0, faultRequests: 0, alreadyMapped: 0 };
+  readonly #counts = { pagesFromSnapshot: 0, zeroPages: 0, removeEvents: 0, faultRequests: 0 };
 
   readonly #socket: FdSocket;
   readonly #uffd: Userfaultfd;
   readonly #image: PageImage;
-  readonly #regions: Region[];
   readonly #onFailure: FirecrackerFailureAction;
-  /** Per page: 1 when the balloon removed it (its next fault gets zeros). */
+  /** The smallest region page size: the granularity of the per-page state below. */
+  readonly #pageSize: number;
+  /** Per page of the snapshot (offset / #pageSize): 1 when the balloon removed it (its next fault gets zeros). */
   readonly #removed: Uint8Array;
+  /** Which snapshot pages are in guest memory; the engine maps those without asking. */
+  readonly #present: PresentPages;
+  readonly #engine: FaultEngine;
   readonly #memory?: Memfd;
   readonly #bitmap?: Uint8Array;
   #bitmapView?: Mapping;
-  #poller: PollerHandle | undefined;
-  #releaseReader: (() => void) | undefined;
-  readonly #messages = new MessageBuffer(64);
-  #deferred: number[] = [];
-  #retry: NodeJS.Immediate | undefined;
   #settled = false;
   #resolve!: (stats: FirecrackerStats) => void;
   #reject!: (err: Error) => void;
@@ -195,13 +189,15 @@ export class FirecrackerSession implements Disposable {
     this.#image = image;
     this.#onFailure = onFailure;
     this.mode = memory ? 'guest_memfd' : 'uffd';
-    let index = 0;
-    this.#regions = regions.map((r) => {
-      const region = { ...r, end: r.baseHostVirtAddr + r.size, firstIndex: index };
-      index += r.size / r.pageSize;
-      return region;
-    });
-    this.#removed = new Uint8Array(index);
+    const pageSize = Math.min(...regions.map((r) => r.pageSize));
+    this.#pageSize = pageSize;
+    const pages = Math.max(...regions.map((r) => (r.offset + r.size) / pageSize));
+    this.#removed = new Uint8Array(pages);
+    this.#present = new PresentPages(pages * pageSize, pageSize);
+    // Anonymous memory (one fd) is filled by COPY of snapshot bytes; guest_memfd
+    // memory (three fds) is written, then mapped by CONTINUE.
+    this.#engine = new FaultEngine(uffd, { backingFd: memory ? memory.fd : -1, pageSize, fill: memory ? 'continue' : 'copy', readAhead: 0, present: this.#present });
+    for (const r of regions) this.#engine.addRegion({ address: r.baseHostVirtAddr, length: r.size, offset: r.offset, pageSize: r.pageSize });
     this.#memory = memory;
     this.#bitmapView = bitmapView;
     this.#bitmap = bitmapView ? new Uint8Array(bitmapView.buffer) : undefined;
@@ -274,13 +270,18 @@ export class FirecrackerSession implements Disposable {
     this.close();
   }
 
+  /** Counters so far. */
+  get stats(): FirecrackerStats {
+    const engine = this.#engine.stats();
+    return { faults: engine[STAT.faults], alreadyMapped: engine[STAT.alreadyPresent], ...this.#counts };
+  }
+
   #start(rest: string): void {
-    this.#releaseReader = this.#uffd.claimReader('FirecrackerSession');
-    // The raw poller (not a wrapper) so this file does not depend on how the
-    // core wraps it; teardown stops it before the uffd is closed.
-    const handle = native.pollerStart(this.#uffd.fd, this.#messages.buffer, (count) => this.#onEvents(count));
-    if (typeof handle === 'number') throw new UffdError(handle, 'uv_poll_start', { fd: this.#uffd.fd });
-    this.#poller = handle;
+    this.#engine.start('event-loop', {
+      fault: (address, flags, tid, time, page, pageSize) => this.#serve(address, flags, tid, time, page, pageSize),
+      event: (kind, a, b) => this.#onEvent(kind, a, b),
+      failed: (error) => this.#fail(error),
+    }, 'FirecrackerSession');
     if (rest) this.#onRequestText(rest);
     void this.#readSocket();
   }
@@ -325,130 +326,78 @@ export class FirecrackerSession implements Disposable {
   #onFaultRequest(req: { vcpu?: unknown; offset?: unknown; flags?: unknown; token?: unknown }): void {
     if (typeof req.offset !== 'number' || !Number.isSafeInteger(req.offset) || req.offset < 0)
       throw stateError('ERR_FIRECRACKER_PROTOCOL', `fault request without a valid offset: ${JSON.stringify(req)}`);
-    const pageSize = this.#regions[0].pageSize;
+    const pageSize = this.#pageSize;
     const offset = req.offset - (req.offset % pageSize);
-    const region = this.#regions.find((r) => offset >= r.offset && offset < r.offset + r.size);
-    if (!region) throw stateError('ERR_FIRECRACKER_PROTOCOL', `fault request for offset ${req.offset}, outside every region`);
-    const zero = this.#populate(region, offset - region.offset);
-    this.stats.faultRequests++;
+    if (!this.regions.some((r) => offset >= r.offset && offset < r.offset + r.size))
+      throw stateError('ERR_FIRECRACKER_PROTOCOL', `fault request for offset ${req.offset}, outside every region`);
+    const zero = this.#populate(offset / pageSize);
+    this.#counts.faultRequests++;
     const reply = { vcpu: req.vcpu ?? null, offset, len: pageSize, flags: req.flags ?? 0, token: req.token ?? null, zero };
     this.#socket.send(JSON.stringify(reply));
   }
 
-  /** Three-fd mode: makes the page at `within` of `region` present in the memory fd. Returns true when it was served as zeros. */
-  #populate(region: Region, within: number): boolean {
-    const ps = region.pageSize;
-    const memOffset = region.offset + within;
-    const index = region.firstIndex + within / ps;
-    const bit = memOffset / ps;
+  /** Three-fd mode: makes snapshot page `page` present in the memory fd. Returns true when it was served as zeros. */
+  #populate(page: number): boolean {
+    const ps = this.#pageSize;
+    const memOffset = page * ps;
     const bitmap = this.#bitmap!;
-    const unpopulated = (bitmap[bit >> 3] & (1 << (bit & 7))) !== 0;
-    const zero = this.#removed[index] === 1;
+    const unpopulated = (bitmap[page >> 3] & (1 << (page & 7))) !== 0;
+    const zero = this.#removed[page] === 1;
     if (zero) {
       this.#memory!.write(memOffset, this.#zeroPage(ps));
-      this.#removed[index] = 0;
-      this.stats.zeroPages++;
+      this.#removed[page] = 0;
+      this.#counts.zeroPages++;
     } else if (unpopulated) {
       this.#memory!.write(memOffset, this.#image.read(memOffset, ps));
-      this.stats.pagesFromSnapshot++;
+      this.#counts.pagesFromSnapshot++;
     }
-    // The content is in place before the bit says so.
-    if (unpopulated || zero) bitmap[bit >> 3] &= ~(1 << (bit & 7));
+    // The content is in place before either bit says so.
+    if (unpopulated || zero) bitmap[page >> 3] &= ~(1 << (page & 7));
+    this.#present.markPage(page);
     return zero;
   }
 
-  #onEvents(count: number): void {
+  /** A fault on a page not in guest memory yet: snapshot bytes, or zeros where the balloon took the page. */
+  #serve(address: number, flags: number, tid: number, time: number, page: number, ps: number): void {
     if (this.#settled) return;
-    try {
-      if (count < 0) throw new UffdError(count, 'read', { fd: this.#uffd.fd });
-      const m = this.#messages;
-      // REMOVE first: a fault read in the same batch may be for a page the
-      // balloon just removed, and must then get zeros.
-      for (let i = 0; i < count; i++) if (m.kind(i) === EVENT.remove) this.#onRemove(m.u64(i, 8), m.u64(i, 16));
-      const faults = this.#deferred;
-      this.#deferred = [];
-      for (let i = 0; i < count; i++) {
-        if (m.kind(i) === EVENT.pagefault) {
-          this.stats.faults++;
-          faults.push(m.u64(i, 16));
-        }
-      }
-      for (const address of faults) this.#serve(address);
-      if (this.#deferred.length && !this.#retry) {
-        this.#retry = setImmediate(() => {
-          this.#retry = undefined;
-          this.#onEvents(0);
-        });
-      }
-    } catch (err) {
-      this.#fail(err as Error);
-    }
-  }
-
-  #onRemove(start: number, end: number): void {
-    this.stats.removeEvents++;
-    for (const r of this.#regions) {
-      const a = Math.max(start, r.baseHostVirtAddr);
-      const b = Math.min(end, r.end);
-      if (a >= b) continue;
-      const first = Math.floor((a - r.baseHostVirtAddr) / r.pageSize);
-      const last = Math.ceil((b - r.baseHostVirtAddr) / r.pageSize);
-      this.#removed.fill(1, r.firstIndex + first, r.firstIndex + last);
-      if (this.#bitmap) {
-        // The page cache still holds the old bytes: send vCPU accesses back here.
-        for (let p = first; p < last; p++) {
-          const bit = (r.offset + p * r.pageSize) / r.pageSize;
-          this.#bitmap[bit >> 3] |= 1 << (bit & 7);
-        }
-      }
-    }
-  }
-
-  #serve(address: number): void {
-    const region = this.#regions.find((r) => address >= r.baseHostVirtAddr && address < r.end);
-    if (!region) throw stateError('ERR_FIRECRACKER_PROTOCOL', `fault at 0x${address.toString(16)} is outside every region Firecracker announced`);
-    const ps = region.pageSize;
-    const within = Math.floor((address - region.baseHostVirtAddr) / ps) * ps;
-    const page = region.baseHostVirtAddr + within;
-    if (this.#memory) {
-      this.#populate(region, within);
-      return this.#resolve3(page, ps);
-    }
-    const index = region.firstIndex + within / ps;
-    const zero = this.#removed[index] === 1;
     let result: number;
-    // ZEROPAGE exists only for base pages: hugetlb zeros arrive by COPY.
-    if (zero && ps === PAGE_SIZE) result = native.uffdZeropage(this.#uffd.fd, page, ps, 0);
-    else result = native.uffdCopyBuffer(this.#uffd.fd, page, zero ? this.#zeroPage(ps) : this.#image.read(region.offset + within, ps), 0);
-    if (result >= 0) {
-      this.#removed[index] = 0;
-      if (zero) this.stats.zeroPages++;
-      else this.stats.pagesFromSnapshot++;
-      return;
+    let zero = false;
+    if (this.#memory) {
+      zero = this.#populate(page);
+      result = this.#engine.serve(address, flags, tid, time);
+    } else {
+      zero = this.#removed[page] === 1;
+      result = zero ? this.#engine.zero(address, flags, tid, time) : this.#engine.copy(address, flags, tid, time, this.#image.read(page * this.#pageSize, ps));
+      if (result >= 0) {
+        this.#removed.fill(0, page, page + ps / this.#pageSize);
+        if (zero) this.#counts.zeroPages++;
+        else this.#counts.pagesFromSnapshot++;
+      }
     }
-    this.#ioctlResult(result, page, ps, zero ? 'UFFDIO_ZEROPAGE' : 'UFFDIO_COPY');
+    // EAGAIN: an event is unread, the engine retries after it; ENOENT: outside
+    // every region now (unmapped), woken by the engine.
+    if (result >= 0 || result === EAGAIN || result === ENOENT) return;
+    const ioctl = this.#memory ? 'UFFDIO_CONTINUE' : zero ? 'UFFDIO_ZEROPAGE' : 'UFFDIO_COPY';
+    this.#fail(this.#engine.ioctlError(result, ioctl, address, `serving Firecracker pid ${this.pid}`));
   }
 
-  #resolve3(page: number, ps: number): void {
-    const result = native.uffdContinue(this.#uffd.fd, page, ps, 0);
-    if (result < 0) this.#ioctlResult(result, page, ps, 'UFFDIO_CONTINUE');
-  }
-
-  #ioctlResult(result: number, page: number, ps: number, operation: string): void {
-    if (result === EEXIST) {
-      // Present already: EEXIST wakes nobody, so wake the range ourselves.
-      this.stats.alreadyMapped++;
-      const wake = native.uffdWake(this.#uffd.fd, page, ps);
-      if (wake < 0 && wake !== ESRCH) throw new UffdError(wake, 'ioctl', { operation: 'UFFDIO_WAKE', address: page, length: ps });
+  #onEvent(kind: number, a: number, b: number): void {
+    if (kind === KIND.remove) {
+      this.#counts.removeEvents++;
       return;
     }
-    if (result === EAGAIN) {
-      // An event is unread (the poller will deliver it); retry after it.
-      this.#deferred.push(page);
-      return;
+    if (kind !== KIND.pagesRemoved) return;
+    // The balloon took these pages: their next access gets zeros.
+    const ps = this.#pageSize;
+    const first = Math.floor(a / ps);
+    const last = Math.ceil((a + b) / ps);
+    this.#removed.fill(1, first, last);
+    if (this.#bitmap) {
+      // The page cache still holds the old bytes: send vCPU accesses back
+      // here, and make the next uffd fault come to the policy too.
+      this.#present.clear(first * ps, (last - first) * ps);
+      for (let p = first; p < last; p++) this.#bitmap[p >> 3] |= 1 << (p & 7);
     }
-    if (result === ESRCH) return this.#finish();
-    throw new UffdError(result, 'ioctl', { operation, address: page, length: ps, hint: `serving Firecracker pid ${this.pid}` });
   }
 
   #zeroPage(size: number): Uint8Array {
@@ -459,10 +408,8 @@ export class FirecrackerSession implements Disposable {
 
   #teardown(): void {
     this.#settled = true;
-    if (this.#poller) native.pollerStop(this.#poller);
-    this.#poller = undefined;
-    if (this.#retry) clearImmediate(this.#retry);
-    this.#releaseReader?.();
+    // Stops reading before the uffd is closed (closing it wakes every vCPU).
+    this.#engine.stop();
     this.#abort.abort();
     this.#uffd.close();
     this.#socket.close();

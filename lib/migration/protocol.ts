@@ -5,8 +5,11 @@ import * as zlib from 'node:zlib';
 
 import { stateError } from '../errors';
 
-/** Protocol version carried in the hello frame. A destination refuses any other. */
-export const PROTOCOL_VERSION = 1;
+/**
+ * Protocol version carried in the hello frame. A destination refuses any
+ * other. Version 2 added `refetch` requests (a page the destination lost).
+ */
+export const PROTOCOL_VERSION = 2;
 
 /** Bytes of every frame header: u32 payload length, u8 type, u8 flags, u16 reserved. */
 export const FRAME_HEADER = 8;
@@ -17,8 +20,13 @@ export const MAX_PAYLOAD = 64 * 1024 * 1024 + 64;
 /** Frame types. */
 export const FRAME = { hello: 1, request: 2, batch: 3, done: 4, error: 5, credit: 6 } as const;
 
-/** Request priorities: a faulting thread waits on `demand`; `prefetch` is a hint. */
-export const PRIORITY = { demand: 0, prefetch: 1 } as const;
+/**
+ * Request priorities: a faulting thread waits on `demand`; `prefetch` is a
+ * hint; `refetch` is a demand for pages the destination received and then
+ * lost (the guest punched them out with MADV_REMOVE): answered even though
+ * they were sent before.
+ */
+export const PRIORITY = { demand: 0, prefetch: 1, refetch: 2 } as const;
 
 /** Batch flags: whether the pages answer a demand request or were pushed. */
 export const BATCH_FLAG = { demand: 1 } as const;

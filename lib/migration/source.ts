@@ -2,7 +2,8 @@
 // demand requests first, everything else pushed in the background in large
 // batches. Each page is sent at most once per connection: a page the
 // destination asks for after it was pushed is already on the wire ahead of
-// the request's answer (TCP keeps order), so it is not sent twice.
+// the request's answer (TCP keeps order), so it is not sent twice, unless
+// the destination asks again with a refetch request (it lost the page).
 import { once } from 'node:events';
 import * as net from 'node:net';
 
@@ -82,6 +83,7 @@ class SourceConnection {
   #sentCount = 0;
   #cursor = 0;
   readonly #demand: [number, number][] = [];
+  readonly #refetch: [number, number][] = [];
   readonly #prefetch: [number, number][] = [];
   #waitingDrain = false;
   #doneSent = false;
@@ -158,7 +160,8 @@ class SourceConnection {
         if (pageCount === 0 || firstPage + pageCount > this.#pageCount)
           throw protocolError('ERR_MIGRATION_BAD_FRAME', `request for pages ${firstPage}+${pageCount} outside the image's ${this.#pageCount} pages`);
         this.#stats.requestsReceived++;
-        (frame.priority === PRIORITY.demand ? this.#demand : this.#prefetch).push([firstPage, pageCount]);
+        if (frame.priority === PRIORITY.refetch) this.#refetch.push([firstPage, pageCount]);
+        else (frame.priority === PRIORITY.demand ? this.#demand : this.#prefetch).push([firstPage, pageCount]);
         return;
       }
       case 'credit':
@@ -174,7 +177,7 @@ class SourceConnection {
   /** Writes as long as the socket takes data: requests first, then the background push. */
   #pump(): void {
     while (!this.#waitingDrain && !this.#socket.destroyed) {
-      if (this.#serveQueue(this.#demand, true) || this.#serveQueue(this.#prefetch, true)) continue;
+      if (this.#serveRefetch() || this.#serveQueue(this.#demand, true) || this.#serveQueue(this.#prefetch, true)) continue;
       if (this.#sentCount === this.#pageCount) {
         if (!this.#doneSent) {
           this.#doneSent = true;
@@ -227,6 +230,25 @@ class SourceConnection {
       return true;
     }
     return false;
+  }
+
+  /** Sends the first queued refetch (pages the destination lost): sent again, whatever was sent before. */
+  #serveRefetch(): boolean {
+    const next = this.#refetch.shift();
+    if (next === undefined) return false;
+    const [first, count] = next;
+    const end = Math.min(first + count, first + this.#opts.batchPages);
+    if (end < first + count) this.#refetch.unshift([end, first + count - end]);
+    let unsent = 0;
+    for (let p = first; p < end; p++) if (!this.#sent[p]) unsent++;
+    const pages = this.#image.read(first * this.#opts.pageSize, (end - first) * this.#opts.pageSize);
+    const [head, body] = encodeBatch(true, first, end - first, pages);
+    this.#sent.fill(1, first, end);
+    this.#sentCount += unsent;
+    this.#stats.pagesOnDemand += end - first;
+    this.#write(head);
+    this.#write(body);
+    return true;
   }
 
   #sendRun(first: number, end: number, demand: boolean): void {

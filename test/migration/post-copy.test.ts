@@ -10,7 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import {
   FdServer, FdSocket, MigrationDestination, MigrationSource, Memfd, PAGE_SIZE, ReceivedGuestMemory, Userfaultfd, crc32, receiveGuestMemory,
 } from '../../lib/index';
-import { Frame, PRIORITY, encodeBatch, encodeCredit, encodeDone, encodeHello, encodeRequest, FrameDecoder, FRAME_HEADER } from '../../lib/migration/protocol';
+import { Frame, PRIORITY, PROTOCOL_VERSION, encodeBatch, encodeCredit, encodeDone, encodeHello, encodeRequest, FrameDecoder, FRAME_HEADER } from '../../lib/migration/protocol';
 import { distEntry, fixture, itWith } from '../helpers';
 
 const cleanups: (() => void)[] = [];
@@ -227,9 +227,12 @@ describe('post-copy migration over TCP', () => {
     const unknownType = Buffer.from(encodeDone(0));
     unknownType[4] = 42;
     cases.push(['unknown type', Buffer.concat([unknown, unknownType]), 'ERR_MIGRATION_BAD_FRAME']);
-    const v2 = encodeHello(PAGE_SIZE, 4 * PAGE_SIZE);
-    v2.writeUInt32LE(2, FRAME_HEADER);
-    cases.push(['version 2', v2, 'ERR_MIGRATION_VERSION']);
+    for (const version of [1, PROTOCOL_VERSION + 1]) {
+      // 1: a source from before refetch requests existed.
+      const other = encodeHello(PAGE_SIZE, 4 * PAGE_SIZE);
+      other.writeUInt32LE(version, FRAME_HEADER);
+      cases.push([`version ${version}`, other, 'ERR_MIGRATION_VERSION']);
+    }
     const huge = Buffer.alloc(FRAME_HEADER);
     huge.writeUInt32LE(0xffffffff, 0);
     huge[4] = 3;
@@ -279,7 +282,7 @@ describe('post-copy migration over TCP', () => {
       wake();
     });
     await until(1);
-    expect(frames[0]).toMatchObject({ type: 'hello', version: 1, pageSize: PAGE_SIZE, imageSize: image.length, pageCount: pages });
+    expect(frames[0]).toMatchObject({ type: 'hello', version: PROTOCOL_VERSION, pageSize: PAGE_SIZE, imageSize: image.length, pageCount: pages });
     socket.write(encodeCredit(2));
     socket.write(encodeRequest(PRIORITY.demand, 40, 1));
     await until(4);

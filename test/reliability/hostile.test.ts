@@ -517,7 +517,7 @@ describe('kernel refusals come back as UffdErrors', () => {
 });
 
 describe('FaultHandler misuse', () => {
-  itWith(['minorShmem', 'threadId'], 'start twice, stop twice, attach after stop, start on a closed uffd: typed errors, no leak', async () => {
+  itWith(['minorShmem', 'threadId'], 'start twice, stop twice, attach after stop, a handler for a closed uffd: typed errors, no leak', async () => {
     const watch = leakWatch();
     for (const mode of ['event-loop', 'native'] as const) {
       const mem = Memfd.create(SIZE);
@@ -532,8 +532,8 @@ describe('FaultHandler misuse', () => {
       await handler.stop();
       expect(() => handler.attach(view)).toThrow(expect.objectContaining({ code: 'ERR_UFFD_HANDLER_STATE' }));
       uffd.close();
-      const late = new FaultHandler(uffd, { memfd: mem, mode, fetch: () => {} });
-      expect(() => late.start()).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
+      // Refused at once, not at the first use.
+      expect(() => new FaultHandler(uffd, { memfd: mem, mode, fetch: () => {} })).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
       mem.close();
     }
     expect(watch.leaks()).toEqual({ fds: [], memfdMappings: 0 });

@@ -1,0 +1,245 @@
+// @internal The fault engine (native/engine.h) as the policies use it:
+// FaultHandler, MigrationDestination (through FaultHandler) and
+// FirecrackerSession. The engine owns the region table, the present check
+// and every resolving ioctl; this wrapper drives it on the event loop (one
+// native call per batch) or on its native thread, and turns its records
+// into calls on the policy's sink. No policy issues a resolving ioctl itself.
+import { trace } from './debug';
+import { NEGATIVE_ERRNO } from './errno';
+import { UffdError } from './errors';
+import { EngineHandle, native } from './native';
+import { Poller } from './poller';
+import { PresentPages } from './present-pages';
+import type { Userfaultfd } from './userfaultfd';
+
+const { EAGAIN } = NEGATIVE_ERRNO;
+const LAYOUT = native.engineLayout;
+const KIND = LAYOUT.kinds;
+const SIZE = LAYOUT.recordSize;
+const IOCTL_NAMES: Record<number, string> = { 2: 'UFFDIO_WAKE', 3: 'UFFDIO_COPY', 4: 'UFFDIO_ZEROPAGE', 7: 'UFFDIO_CONTINUE', 8: 'UFFDIO_POISON' };
+
+/** One view of the backing in the faulting process. */
+export interface EngineRegion {
+  address: number;
+  length: number;
+  /** Offset of the view's first byte in the backing (memfd, or snapshot for anonymous memory). */
+  offset: number;
+  /** The view's page size; default the engine's (the bitmap's granularity), else a multiple of it. */
+  pageSize?: number;
+}
+
+/** What the engine leaves to the policy. */
+export interface EngineSink {
+  /**
+   * A fault on an absent page: the policy makes it present, then calls
+   * serve/copy/zero. `time` is the engine's clock (ns); `page` the bitmap
+   * index (backing offset / engine page size); `pageSize` the view's page.
+   */
+  fault(address: number, flags: number, tid: number, time: number, page: number, pageSize: number): void;
+  /** A non-cooperative event the engine has applied to its regions, or a loop-thread fault it mapped as-is. */
+  event(kind: number, a: number, b: number, c: number): void;
+  /** The engine cannot go on (the uffd failed to read, or the kernel refused to map a page): stop, loudly. */
+  failed(error: Error): void;
+}
+
+export interface EngineOptions {
+  /** The memfd (MINOR memory) or -1 (anonymous memory). */
+  backingFd: number;
+  pageSize: number;
+  /** `'continue'`: pages are made present in a shared backing and mapped by CONTINUE. `'copy'`: the policy hands bytes (COPY/ZEROPAGE). */
+  fill: 'continue' | 'copy';
+  /** Map up to this many following present pages with the faulting one. */
+  readAhead: number;
+  present: PresentPages;
+}
+
+export type EngineDriver = 'event-loop' | 'native';
+
+export class FaultEngine {
+  readonly uffd: Userfaultfd;
+  readonly pageSize: number;
+  readonly present: PresentPages;
+  readonly #handle: EngineHandle;
+  readonly #fd: number;
+  #sink: EngineSink | undefined;
+  #driver: EngineDriver | undefined;
+  #poller: Poller | undefined;
+  #out: Float64Array | undefined;
+  #retry: NodeJS.Immediate | undefined;
+  #releaseReader: (() => void) | undefined;
+  #stopped = false;
+
+  constructor(uffd: Userfaultfd, options: EngineOptions) {
+    this.uffd = uffd;
+    this.#fd = uffd.fd;
+    this.pageSize = options.pageSize;
+    this.present = options.present;
+    const fill = options.fill === 'copy' ? LAYOUT.fill.copy : LAYOUT.fill.continue;
+    this.#handle = native.engineCreate(this.#fd, options.backingFd, options.pageSize, fill, options.readAhead, options.present.words);
+  }
+
+  addRegion(region: EngineRegion): void {
+    native.engineAddRegion(this.#handle, region.address, region.length, region.offset, region.pageSize ?? this.pageSize);
+  }
+
+  /** The views as the engine knows them now (cut by unmap, moved by remap). */
+  regions(): EngineRegion[] {
+    const flat = native.engineRegions(this.#handle);
+    const out: EngineRegion[] = [];
+    for (let i = 0; i < flat.length; i += 4) out.push({ address: flat[i], length: flat[i + 1], offset: flat[i + 2], pageSize: flat[i + 3] });
+    return out;
+  }
+
+  get running(): boolean {
+    return this.#driver !== undefined && !this.#stopped;
+  }
+
+  /**
+   * Claims the uffd's events and starts serving: on this thread's event loop,
+   * or on a native thread (`loopThreadAction`: what to do when this
+   * environment's JavaScript thread faults on an absent page).
+   */
+  start(driver: EngineDriver, sink: EngineSink, who: string, loopThreadAction: 'abort' | 'map-as-is' = 'abort'): void {
+    this.#releaseReader = this.uffd.claimReader(who);
+    this.#sink = sink;
+    try {
+      if (driver === 'native') {
+        const rc = native.engineStartThread(this.#handle, loopThreadAction === 'abort' ? 0 : 1, (records, count) => this.#dispatch(records, 0, count));
+        if (rc < 0) throw new UffdError(rc, 'pthread_create', { operation: 'resolver', fd: this.#fd });
+        // The native thread reads REMOVE/UNMAP events, so munmap and madvise
+        // of registered views from this thread no longer wait forever.
+        this.uffd.setReadOnOtherThread(true);
+      } else {
+        this.#out = new Float64Array(1 + LAYOUT.recordCapacity * SIZE);
+        this.#poller = new Poller(this.#fd, null, (result) => {
+          if (result < 0) this.#fail(new UffdError(result, 'poll', { fd: this.#fd }));
+          else this.#pump();
+        });
+      }
+    } catch (err) {
+      this.#releaseReader();
+      this.#releaseReader = undefined;
+      throw err;
+    }
+    this.#driver = driver;
+  }
+
+  /** The policy made the page present: map it and wake its faulter. Returns 0 or -errno (EAGAIN: deferred, retried by the engine). */
+  serve(address: number, flags: number, tid: number, time: number): number {
+    return this.#after(native.engineServe(this.#handle, address, flags, tid, time));
+  }
+
+  /** Fills the faulting page with `bytes` (anonymous memory). */
+  copy(address: number, flags: number, tid: number, time: number, bytes: Uint8Array): number {
+    return this.#after(native.engineCopy(this.#handle, address, flags, tid, time, bytes));
+  }
+
+  /** Fills the faulting page with zeros (anonymous memory). */
+  zero(address: number, flags: number, tid: number, time: number): number {
+    return this.#after(native.engineZero(this.#handle, address, flags, tid, time));
+  }
+
+  /** Maps the present pages of backing range [offset, offset + length) into every view. */
+  mapPresent(offset: number, length: number): number {
+    return native.engineMapPresent(this.#handle, offset, length);
+  }
+
+  /** Poisons [address, address + length) of a view: touching it raises SIGBUS. */
+  poison(address: number, length: number): number {
+    return native.enginePoison(this.#handle, address, length);
+  }
+
+  /** Poisons every absent page of every view. */
+  poisonAbsent(): number {
+    return native.enginePoisonAbsent(this.#handle);
+  }
+
+  /** Raw counters (indexes in native.engineLayout.stats) followed by the latency buckets. */
+  stats(): Float64Array {
+    return native.engineStats(this.#handle);
+  }
+
+  /** Builds the error for a failed resolving ioctl. */
+  ioctlError(result: number, ioctl: string, address: number, hint?: string): UffdError {
+    return new UffdError(result, 'ioctl', { operation: ioctl, address, length: this.pageSize, hint });
+  }
+
+  /** Stops reading (joins the native thread) and gives the uffd's events back. Idempotent. */
+  stop(): void {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    this.#poller?.stop();
+    this.#poller = undefined;
+    if (this.#retry) clearImmediate(this.#retry);
+    this.#retry = undefined;
+    if (this.#driver === 'native') {
+      native.engineStopThread(this.#handle);
+      this.uffd.setReadOnOtherThread(false);
+    }
+    this.#releaseReader?.();
+    this.#releaseReader = undefined;
+    trace('engine uffd %d: stopped', this.#fd);
+  }
+
+  /** Unregisters every view and wakes it: every faulter resumes (as an ordinary fault). */
+  releaseViews(): void {
+    for (const r of this.regions()) {
+      native.uffdUnregister(this.#fd, r.address, r.length);
+      native.uffdWake(this.#fd, r.address, r.length);
+    }
+  }
+
+  #after(result: number): number {
+    if (result === EAGAIN && this.#driver === 'event-loop') this.#scheduleRetry();
+    return result;
+  }
+
+  #scheduleRetry(): void {
+    if (this.#retry || this.#stopped) return;
+    this.#retry = setImmediate(() => {
+      this.#retry = undefined;
+      this.#pump();
+    });
+  }
+
+  #pump(): void {
+    if (this.#stopped || this.#out === undefined) return;
+    const out = this.#out;
+    const count = native.engineRead(this.#handle, out);
+    if (count < 0) return this.#fail(new UffdError(count, 'read', { fd: this.#fd }));
+    this.#dispatch(out, 1, count);
+    // Deferred faults wait for their event's mm change to finish: give it a turn.
+    if (out[0] > 0) this.#scheduleRetry();
+  }
+
+  #dispatch(records: Float64Array, base: number, count: number): void {
+    const sink = this.#sink;
+    if (sink === undefined || this.#stopped) return this.#orphan(records, base, count);
+    for (let i = 0; i < count; i++) {
+      const r = base + i * SIZE;
+      const kind = records[r];
+      if (kind === KIND.pagefault) sink.fault(records[r + 1], records[r + 2], records[r + 3], records[r + 4], records[r + 5], records[r + 6]);
+      else if (kind === KIND.readerFailed) this.#fail(new UffdError(-records[r + 1], 'read', { fd: this.#fd, operation: 'native resolver' }));
+      else if (kind === KIND.ioctlFailed)
+        this.#fail(this.ioctlError(-records[r + 1], IOCTL_NAMES[records[r + 3]] ?? 'ioctl', records[r + 2]));
+      else sink.event(kind, records[r + 1], records[r + 2], records[r + 3]);
+    }
+  }
+
+  /** Records that arrive after stop: nobody will serve them, so wake them and close forked uffds. */
+  #orphan(records: Float64Array, base: number, count: number): void {
+    for (let i = 0; i < count; i++) {
+      const r = base + i * SIZE;
+      if (records[r] === KIND.fork) native.closeFd(records[r + 1]);
+      else if (records[r] === KIND.pagefault && !this.uffd.closed) {
+        const [address, pageSize] = [records[r + 1], records[r + 6]];
+        native.uffdWake(this.#fd, address - (address % pageSize), pageSize);
+      }
+    }
+  }
+
+  #fail(error: Error): void {
+    if (this.#stopped) return;
+    this.#sink?.failed(error);
+  }
+}
