@@ -183,10 +183,7 @@ export class FaultEngine {
 
   /** Unregisters every view and wakes it: every faulter resumes (as an ordinary fault). */
   releaseViews(): void {
-    for (const r of this.regions()) {
-      native.uffdUnregister(this.#fd, r.address, r.length);
-      native.uffdWake(this.#fd, r.address, r.length);
-    }
+    native.engineReleaseViews(this.#handle);
   }
 
   #after(result: number): number {
@@ -233,7 +230,7 @@ export class FaultEngine {
       if (records[r] === KIND.fork) native.closeFd(records[r + 1]);
       else if (records[r] === KIND.pagefault && !this.uffd.closed) {
         const [address, pageSize] = [records[r + 1], records[r + 6]];
-        native.uffdWake(this.#fd, address - (address % pageSize), pageSize);
+        native.engineWake(this.#handle, address - (address % pageSize), pageSize);
       }
     }
   }

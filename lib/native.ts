@@ -77,6 +77,9 @@ export interface NativeBinding {
   engineMapPresent(handle: EngineHandle, offset: number, length: number): SysResult;
   enginePoison(handle: EngineHandle, address: number, length: number): SysResult;
   enginePoisonAbsent(handle: EngineHandle): SysResult;
+  engineWake(handle: EngineHandle, address: number, length: number): SysResult;
+  /** Unregisters and wakes every view the engine knows. */
+  engineReleaseViews(handle: EngineHandle): void;
   /** [...counters (engineLayout.stats), ...latency buckets]. */
   engineStats(handle: EngineHandle): Float64Array;
   /** Starts the native resolver thread; `loopThreadAction` 0 = abort, 1 = map as-is. */

@@ -110,6 +110,14 @@ int Engine::Wake(uint64_t start, uint64_t length) {
   return Ioctl(uffd_, uffd_abi::kWake, &range);
 }
 
+void Engine::ReleaseViews() {
+  for (const Region& r : Regions()) {
+    struct uffdio_range range = {r.address, r.length};
+    Ioctl(uffd_, uffd_abi::kUnregister, &range);
+    Wake(r.address, r.length);
+  }
+}
+
 void Engine::Defer(const Fault& fault) {
   Count(kDeferrals);
   std::lock_guard<std::mutex> lock(mu_);

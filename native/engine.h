@@ -144,6 +144,12 @@ class Engine {
   // Poisons every absent page of every view (a failed migration's pages).
   int PoisonAbsent();
 
+  // Wakes whoever waits in [start, start + length).
+  int Wake(uint64_t start, uint64_t length);
+  // Unregisters every view and wakes it: every faulter resumes as an
+  // ordinary fault (UNREGISTER alone leaves MINOR faulters asleep).
+  void ReleaseViews();
+
   bool HasDeferred();
   // Wakes every deferred fault and forgets it (the engine is going away).
   void WakeDeferred();
@@ -159,7 +165,6 @@ class Engine {
   // when the first page is mapped, else its -errno; *mapped_end is where
   // mapping stopped.
   int MapRun(uint64_t start, uint64_t end, uint64_t ps, uint64_t* mapped_end);
-  int Wake(uint64_t start, uint64_t length);
   void Defer(const Fault& fault);
   void Record(uint64_t time_ns);
   void Count(int index, uint64_t n = 1) { stats_[index].fetch_add(n, std::memory_order_relaxed); }

@@ -176,6 +176,20 @@ Napi::Value Poison(const Napi::CallbackInfo& info) {
   return args::Result(info.Env(), h->engine->Poison(address, length));
 }
 
+// engineWake(h, address, length)
+Napi::Value WakeRange(const Napi::CallbackInfo& info) {
+  Handle* h = Of(info);
+  uint64_t address, length;
+  if (!h || !args::U64(info, 1, &address) || !args::U64(info, 2, &length)) return info.Env().Undefined();
+  return args::Result(info.Env(), h->engine->Wake(address, length));
+}
+
+// engineReleaseViews(h): unregister and wake every view.
+Napi::Value ReleaseViews(const Napi::CallbackInfo& info) {
+  if (Handle* h = Of(info)) h->engine->ReleaseViews();
+  return info.Env().Undefined();
+}
+
 // enginePoisonAbsent(h)
 Napi::Value PoisonAbsent(const Napi::CallbackInfo& info) {
   Handle* h = Of(info);
@@ -198,7 +212,7 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
 Napi::Value StartThread(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Handle* h = Of(info);
-  int64_t action;
+  int64_t action = 0;
   if (!h || !args::Int(info, 1, &action)) return env.Undefined();
   if (!info[2].IsFunction()) return args::Fail(info, "expected a callback"), env.Undefined();
   if (h->thread) return args::Result(env, -EBUSY);
@@ -284,6 +298,8 @@ void InitEngine(Napi::Env env, Napi::Object exports) {
   exports.Set("engineZero", Napi::Function::New(env, Zero, "engineZero"));
   exports.Set("engineMapPresent", Napi::Function::New(env, MapPresent, "engineMapPresent"));
   exports.Set("enginePoison", Napi::Function::New(env, Poison, "enginePoison"));
+  exports.Set("engineWake", Napi::Function::New(env, WakeRange, "engineWake"));
+  exports.Set("engineReleaseViews", Napi::Function::New(env, ReleaseViews, "engineReleaseViews"));
   exports.Set("enginePoisonAbsent", Napi::Function::New(env, PoisonAbsent, "enginePoisonAbsent"));
   exports.Set("engineStats", Napi::Function::New(env, Stats, "engineStats"));
   exports.Set("engineStartThread", Napi::Function::New(env, StartThread, "engineStartThread"));

@@ -48,8 +48,7 @@ void Deliver(Thread* t, Records* records) {
     for (size_t i = 0; i + engine::kRecordSize <= records->size(); i += engine::kRecordSize) {
       if ((*records)[i] != engine::kPagefault) continue;
       const uint64_t ps = static_cast<uint64_t>((*records)[i + 6]);
-      struct uffdio_range range = {static_cast<uint64_t>((*records)[i + 1]) & ~(ps - 1), ps};
-      ioctl(t->engine->uffd(), uffd_abi::kWake, &range);
+      t->engine->Wake(static_cast<uint64_t>((*records)[i + 1]) & ~(ps - 1), ps);
     }
     delete records;
   }

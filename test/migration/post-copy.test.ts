@@ -133,6 +133,41 @@ describe('post-copy migration over TCP', () => {
     expect(await guest.exit).toEqual({ code: 0, signal: null });
   });
 
+  for (const mode of ['event-loop', 'native'] as const)
+  for (const advice of ['dontneed', 'remove'] as const)
+  itWith(['minorShmem', 'missingShmem', 'threadId', 'eventRemove'], `a guest that drops served pages (MADV_${advice.toUpperCase()}) and touches them again is answered (${mode} fault handler)`, async () => {
+    const pages = 16;
+    const image = randomBytes(pages * PAGE_SIZE);
+    const guest = await startGuest(pages);
+    // No push: every page arrives because the guest asked for it.
+    const source = await MigrationSource.listen(image, { host: '127.0.0.1', push: false });
+    cleanups.push(() => source.close());
+    const { uffd, memfd, views } = guest.memory;
+    const dest = await MigrationDestination.connect({ uffd, memfd, views, port: source.address.port, mode });
+    const dropped = [5, 6, 7];
+    const first = await guest.ask<{ seen: number[] }>({ type: 'touch', read: dropped, write: [] }, 'touched');
+    expect(first.seen).toEqual(dropped.map((p) => image[p * PAGE_SIZE + 100]));
+    expect(dest.stats.demandFaults).toBe(3);
+    await guest.ask({ type: 'drop', pages: dropped, advice }, 'dropped');
+    // MADV_DONTNEED leaves the shared page cache alone; MADV_REMOVE frees the pages.
+    for (const p of dropped)
+      expect(memfd.read(p * PAGE_SIZE, PAGE_SIZE)).toEqual(advice === 'dontneed' ? image.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE) : Buffer.alloc(PAGE_SIZE));
+    const again = await guest.ask<{ seen: number[] }>({ type: 'touch', read: dropped, write: [] }, 'touched');
+    expect(again.seen).toEqual(dropped.map((p) => image[p * PAGE_SIZE + 100]));
+    // Kept pages are mapped from the page cache without asking; freed ones are asked for again.
+    expect(dest.stats.demandFaults).toBe(advice === 'dontneed' ? 3 : 6);
+    expect(dest.faultStats().events.remove).toBe(3);
+    // The rest, so the migration completes; then every byte is the image's.
+    const rest = [...Array(pages).keys()].filter((p) => !dropped.includes(p));
+    await guest.ask({ type: 'touch', read: rest, write: [] }, 'touched');
+    const stats = await dest.done;
+    expect(stats.pagesOnDemand).toBe(advice === 'dontneed' ? pages : pages + 3);
+    const { sums } = await guest.ask<{ sums: number[] }>({ type: 'checksums' }, 'checksums');
+    expect(sums).toEqual(expectedSums(image, new Set()));
+    guest.child.send({ type: 'exit' });
+    expect(await guest.exit).toEqual({ code: 0, signal: null });
+  });
+
   itWith(['minorShmem', 'missingShmem'], 'a source that re-sends every page cannot overwrite what the guest wrote', async () => {
     const pages = 64;
     const image = randomBytes(pages * PAGE_SIZE);
