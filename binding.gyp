@@ -15,7 +15,8 @@
         "native/fd_passing.cc",
         "native/engine.cc",
         "native/engine_napi.cc",
-        "native/resolver.cc"
+        "native/resolver.cc",
+        "native/watchdog.cc"
       ],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api"],
       "defines": ["NAPI_VERSION=8"],

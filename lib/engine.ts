@@ -111,6 +111,8 @@ export class FaultEngine {
         this.uffd.setReadOnOtherThread(true);
       } else {
         this.#out = new Float64Array(1 + LAYOUT.recordCapacity * SIZE);
+        // Read on this thread: if this thread ever blocks in a fault only it serves, say so instead of hanging.
+        this.uffd.watchLoopThread(true);
         this.#poller = new Poller(this.#fd, null, (result) => {
           if (result < 0) this.#fail(new UffdError(result, 'poll', { fd: this.#fd }));
           else this.#pump();
@@ -175,7 +177,7 @@ export class FaultEngine {
     if (this.#driver === 'native') {
       native.engineStopThread(this.#handle);
       this.uffd.setReadOnOtherThread(false);
-    }
+    } else if (this.#driver === 'event-loop') this.uffd.watchLoopThread(false);
     this.#releaseReader?.();
     this.#releaseReader = undefined;
     trace('engine uffd %d: stopped', this.#fd);

@@ -8,7 +8,7 @@ export type { Capabilities, OpenPath } from './probe';
 export { Memfd, Mapping, PAGE_SIZE } from './memfd';
 export type { MemfdOptions, MapOptions, FromFdOptions } from './memfd';
 export { Userfaultfd } from './userfaultfd';
-export type { OpenOptions, RegisterModes, Registration, ContinueOptions, WakeOptions, UffdEvent, Range } from './userfaultfd';
+export type { OpenOptions, UffdFromFdOptions, RegisterModes, Registration, ContinueOptions, WakeOptions, UffdEvent, Range } from './userfaultfd';
 export type { PagefaultEvent, ForkEvent, RemapEvent, RemoveEvent, UnmapEvent } from './events';
 export { UffdError } from './errors';
 export { FEATURES, FEATURE_SINCE, IOCTLS } from './constants';

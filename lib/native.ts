@@ -87,6 +87,10 @@ export interface NativeBinding {
   /** Stops and joins the resolver thread. Idempotent. */
   engineStopThread(handle: EngineHandle): void;
 
+  /** Watches uffd `fd`, read on this environment's JavaScript thread, for the loop-thread deadlock (native/watchdog.cc). */
+  watchdogWatch(fd: number, thresholdMs: number): SysResult;
+  watchdogUnwatch(fd: number): void;
+
   socketPair(): SysResult | [number, number];
   unixListen(path: string, backlog: number): SysResult;
   unixAccept(fd: number): SysResult;

@@ -20,6 +20,7 @@ export type { Range } from './validate';
 export { offeredFeatures, userModeOnlyUnsupported } from './handshake';
 
 const { EEXIST, EAGAIN } = NEGATIVE_ERRNO;
+const DEFAULT_WATCHDOG_MS = 2000;
 
 /** Options of {@link Userfaultfd.open}. */
 export interface OpenOptions {
@@ -36,6 +37,21 @@ export interface OpenOptions {
   userModeOnly?: boolean;
   /** How to open: the syscall, then /dev/userfaultfd (`auto`, default), or only one of them. */
   via?: 'auto' | 'syscall' | 'device';
+  /**
+   * When this uffd is read on the JavaScript thread (an event-loop
+   * FaultHandler, `events()`, `readEvents()`) and that very thread blocks in
+   * a fault on a range only it serves, the process can never go on. A
+   * watchdog thread notices (the event loop stalled this many milliseconds,
+   * the thread sleeps in a userfault, messages wait on this uffd), prints the
+   * address and the rule, and aborts. Default 2000; 0 turns it off.
+   */
+  deadlockWatchdogMs?: number;
+}
+
+/** Options of {@link Userfaultfd.fromFd}. */
+export interface UffdFromFdOptions {
+  /** See {@link OpenOptions.deadlockWatchdogMs}. Default 2000; 0 turns it off. */
+  deadlockWatchdogMs?: number;
 }
 
 /** Register modes; any mix, at least one. */
@@ -100,10 +116,13 @@ export class Userfaultfd implements Disposable {
   // is unmapped by its finalizer, and an unmapped range silently stops faulting.
   readonly #registeredMappings = new Set<Mapping>();
   readonly #guard: guard.GuardedUffd | undefined;
+  readonly #watchdogMs: number;
+  #watchers = 0;
 
-  private constructor(fd: number, features: number) {
+  private constructor(fd: number, features: number, watchdogMs: number) {
     this.fd = fd;
     this.featureMask = features;
+    this.#watchdogMs = watchdogMs;
     this.#guard = guard.track(fd, features);
   }
 
@@ -116,6 +135,7 @@ export class Userfaultfd implements Disposable {
       if (typeof name !== 'string' || !Object.prototype.hasOwnProperty.call(FEATURES, name)) throw argValueError('options.features', `contains an unknown feature (known: ${Object.keys(FEATURES).join(', ')})`, name);
     const userModeOnly = v.boolean('options.userModeOnly', opts.userModeOnly, true);
     const via = v.oneOf('options.via', opts.via, ['auto', 'syscall', 'device'] as const, 'auto');
+    const watchdogMs = v.integer('options.deadlockWatchdogMs', opts.deadlockWatchdogMs ?? DEFAULT_WATCHDOG_MS, 0, 3_600_000);
     const bits = featureBits(requested);
     const fd = openFd(userModeOnly, via);
     try {
@@ -134,7 +154,7 @@ export class Userfaultfd implements Disposable {
       checkValue(native.uffdApi(fd, bits), 'ioctl', { operation: 'UFFDIO_API', fd });
       const negotiated = bits;
       trace('uffd %d open (%s): features %s', fd, userModeOnly ? 'user-mode only' : 'all modes', featureNames(negotiated).join(',') || 'none');
-      return new Userfaultfd(fd, negotiated);
+      return new Userfaultfd(fd, negotiated, watchdogMs);
     } catch (err) {
       native.closeFd(fd);
       throw err;
@@ -146,13 +166,14 @@ export class Userfaultfd implements Disposable {
    * Unix socket (see `recvFds`) or inherited. The object owns the fd from now
    * on and closes it in {@link close}. Features are read from /proc/self/fdinfo.
    */
-  static fromFd(fd: number): Userfaultfd {
+  static fromFd(fd: number, options?: UffdFromFdOptions): Userfaultfd {
     v.fd('fd', fd);
+    const watchdogMs = v.integer('options.deadlockWatchdogMs', v.options<UffdFromFdOptions>('options', options).deadlockWatchdogMs ?? DEFAULT_WATCHDOG_MS, 0, 3_600_000);
     const features = fdinfoFeatures(fd);
     if (features === undefined)
       throw stateError('ERR_UFFD_NOT_USERFAULTFD', `fd ${fd} is not a userfaultfd that completed its handshake`);
     native.adoptFd(fd);
-    return new Userfaultfd(fd, features);
+    return new Userfaultfd(fd, features, watchdogMs);
   }
 
   /** Negotiated features by name. */
@@ -304,6 +325,8 @@ export class Userfaultfd implements Disposable {
   readEvents(max = 64): UffdEvent[] {
     this.#assertOpen();
     v.integer('max', max, 1, 4096);
+    // A loop of readEvents() runs on this thread: watched until close.
+    if (this.#watchers === 0) this.watchLoopThread(true);
     const messages = max === this.#messages.capacity ? this.#messages : new MessageBuffer(max);
     const count = check(native.uffdRead(this.fd, messages.buffer), 'read', { fd: this.fd });
     const events: UffdEvent[] = [];
@@ -327,7 +350,12 @@ export class Userfaultfd implements Disposable {
   async *#eventStream(signal: AbortSignal | undefined): AsyncGenerator<UffdEvent, void, undefined> {
     this.#assertOpen();
     signal?.throwIfAborted();
-    const release = this.claimReader('events()');
+    const claimed = this.claimReader('events()');
+    this.watchLoopThread(true);
+    const release = () => {
+      claimed();
+      this.watchLoopThread(false);
+    };
     const messages = new MessageBuffer(64);
     const queue: UffdEvent[] = [];
     let wake: (() => void) | undefined;
@@ -372,6 +400,8 @@ export class Userfaultfd implements Disposable {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#watchers > 0) native.watchdogUnwatch(this.fd);
+    this.#watchers = 0;
     for (const hook of [...this.#closeHooks]) hook();
     this.#closeHooks.clear();
     this.#registeredMappings.clear();
@@ -403,6 +433,16 @@ export class Userfaultfd implements Disposable {
    */
   setReadOnOtherThread(value: boolean): void {
     if (this.#guard) this.#guard.readOnOtherThread = value;
+  }
+
+  /**
+   * @internal This uffd is (or no longer is) read on this JavaScript thread:
+   * the deadlock watchdog looks after it while anyone does.
+   */
+  watchLoopThread(on: boolean): void {
+    if (this.#watchdogMs === 0 || this.#closed) return;
+    if (on && this.#watchers++ === 0) check(native.watchdogWatch(this.fd, this.#watchdogMs), 'watchdog', { fd: this.fd });
+    if (!on && this.#watchers > 0 && --this.#watchers === 0) native.watchdogUnwatch(this.fd);
   }
 
   /** @internal Runs `hook` when the uffd closes (before the fd is closed). */
@@ -446,7 +486,7 @@ export class Userfaultfd implements Disposable {
   #adoptFork(fd: number): Userfaultfd {
     native.adoptFd(fd);
     trace('uffd %d: fork event, child uffd %d', this.fd, fd);
-    return new Userfaultfd(fd, this.featureMask);
+    return new Userfaultfd(fd, this.featureMask, this.#watchdogMs);
   }
 
   #range(name: string, range: v.Range): { address: number; length: number } {

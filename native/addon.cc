@@ -37,6 +37,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitThreads(env, exports);
   InitFdPassing(env, exports);
   InitEngine(env, exports);
+  InitWatchdog(env, exports);
   return exports;
 }
 

@@ -38,6 +38,10 @@ struct AddonState {
   // Stop callbacks of pollers and native threads, run before fds are closed.
   std::unordered_map<void*, std::function<void()>> stoppers;
 
+  // The deadlock watchdog (watchdog.cc), created when a uffd read on this
+  // environment's JavaScript thread is first watched.
+  void* watchdog = nullptr;
+
   // Scratch slots the hot path writes side results into (bytes done after a
   // partial CONTINUE/COPY), so that no call allocates a result object.
   double* scratch = nullptr;
@@ -66,4 +70,5 @@ void InitPoller(Napi::Env env, Napi::Object exports);
 void InitThreads(Napi::Env env, Napi::Object exports);
 void InitFdPassing(Napi::Env env, Napi::Object exports);
 void InitEngine(Napi::Env env, Napi::Object exports);
+void InitWatchdog(Napi::Env env, Napi::Object exports);
 void CleanupMappings(AddonState* state);
