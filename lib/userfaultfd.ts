@@ -103,8 +103,7 @@ export interface WakeOptions {
  * the native resolver of {@link FaultHandler}.
  */
 export class Userfaultfd implements Disposable {
-  /** The descriptor (close-on-exec, non-blocking). */
-  readonly fd: number;
+  readonly #fd: number;
   /** Feature bits negotiated in the handshake. */
   readonly featureMask: number;
   readonly #pageSize = PAGE_SIZE;
@@ -120,10 +119,15 @@ export class Userfaultfd implements Disposable {
   #watchers = 0;
 
   private constructor(fd: number, features: number, watchdogMs: number) {
-    this.fd = fd;
+    this.#fd = fd;
     this.featureMask = features;
     this.#watchdogMs = watchdogMs;
     this.#guard = guard.track(fd, features);
+  }
+
+  /** The descriptor (close-on-exec, non-blocking); -1 once closed, as Node's FileHandle does. */
+  get fd(): number {
+    return this.#closed ? -1 : this.#fd;
   }
 
   /** Opens a userfaultfd and performs the handshake with the requested features. */
@@ -202,10 +206,10 @@ export class Userfaultfd implements Disposable {
       | (v.boolean('modes.wp', m.wp, false) ? REGISTER_MODE.wp : 0)
       | (v.boolean('modes.minor', m.minor, false) ? REGISTER_MODE.minor : 0);
     if (mode === 0) throw argValueError('modes', 'must enable at least one of missing, wp, minor', modes);
-    const mask = checkValue(native.uffdRegister(this.fd, r.address, r.length, mode), 'ioctl', { operation: 'UFFDIO_REGISTER', ...r });
+    const mask = checkValue(native.uffdRegister(this.#fd, r.address, r.length, mode), 'ioctl', { operation: 'UFFDIO_REGISTER', ...r });
     guard.addRange(this.#guard, r.address, r.length);
     if (range instanceof Mapping) this.#registeredMappings.add(range);
-    trace('uffd %d: registered 0x%s+%d mode %d', this.fd, r.address.toString(16), r.length, mode);
+    trace('uffd %d: registered 0x%s+%d mode %d', this.#fd, r.address.toString(16), r.length, mode);
     return { ...r, ioctls: ioctlNames(mask), ioctlMask: mask };
   }
 
@@ -216,11 +220,11 @@ export class Userfaultfd implements Disposable {
   unregister(range: v.Range): void {
     this.#assertOpen();
     const r = this.#range('range', range);
-    check(native.uffdUnregister(this.fd, r.address, r.length), 'ioctl', { operation: 'UFFDIO_UNREGISTER', ...r });
+    check(native.uffdUnregister(this.#fd, r.address, r.length), 'ioctl', { operation: 'UFFDIO_UNREGISTER', ...r });
     guard.removeRange(this.#guard, r.address, r.length);
     for (const mapping of this.#registeredMappings)
       if (mapping.address >= r.address && mapping.address + mapping.length <= r.address + r.length) this.#registeredMappings.delete(mapping);
-    check(native.uffdWake(this.fd, r.address, r.length), 'ioctl', { operation: 'UFFDIO_WAKE', ...r });
+    check(native.uffdWake(this.#fd, r.address, r.length), 'ioctl', { operation: 'UFFDIO_WAKE', ...r });
   }
 
   /**
@@ -239,7 +243,7 @@ export class Userfaultfd implements Disposable {
     const dontWake = v.boolean('options.dontWake', opts?.dontWake, false);
     const mode = (dontWake ? CONTINUE_MODE.dontWake : 0)
       | (v.boolean('options.writeProtect', opts?.writeProtect, false) ? CONTINUE_MODE.wp : 0);
-    const result = native.uffdContinue(this.fd, a, len, mode);
+    const result = native.uffdContinue(this.#fd, a, len, mode);
     if (result >= 0) return result;
     if (result === EEXIST && v.oneOf('options.onExists', opts?.onExists, ['wake', 'throw'] as const, 'wake') === 'wake') {
       if (!dontWake) this.wake(a, len);
@@ -257,7 +261,7 @@ export class Userfaultfd implements Disposable {
     const opts = v.options<WakeOptions & { writeProtect?: boolean }>('options', options);
     const mode = (v.boolean('options.dontWake', opts.dontWake, false) ? COPY_MODE.dontWake : 0)
       | (v.boolean('options.writeProtect', opts.writeProtect, false) ? COPY_MODE.wp : 0);
-    const result = native.uffdCopyBuffer(this.fd, a, bytes, mode);
+    const result = native.uffdCopyBuffer(this.#fd, a, bytes, mode);
     if (result < 0) throw this.#ioctlError(result, 'UFFDIO_COPY', a, bytes.byteLength);
     return result;
   }
@@ -269,7 +273,7 @@ export class Userfaultfd implements Disposable {
     const s = v.pageAddress('sourceAddress', sourceAddress, this.#pageSize);
     const len = v.pageLength('length', length, this.#pageSize);
     const mode = v.boolean('options.dontWake', v.options<WakeOptions>('options', options).dontWake, false) ? COPY_MODE.dontWake : 0;
-    const result = native.uffdCopy(this.fd, a, s, len, mode);
+    const result = native.uffdCopy(this.#fd, a, s, len, mode);
     if (result < 0) throw this.#ioctlError(result, 'UFFDIO_COPY', a, len);
     return result;
   }
@@ -289,7 +293,7 @@ export class Userfaultfd implements Disposable {
     this.#assertOpen();
     const a = v.pageAddress('address', address, this.#pageSize);
     const len = v.pageLength('length', length, this.#pageSize);
-    check(native.uffdWake(this.fd, a, len), 'ioctl', { operation: 'UFFDIO_WAKE', address: a, length: len });
+    check(native.uffdWake(this.#fd, a, len), 'ioctl', { operation: 'UFFDIO_WAKE', address: a, length: len });
   }
 
   /** UFFDIO_WRITEPROTECT: sets (`protect: true`) or clears write protection; clearing wakes unless `dontWake`. */
@@ -300,7 +304,7 @@ export class Userfaultfd implements Disposable {
     const opts = v.options<{ protect: boolean; dontWake?: boolean }>('options', options);
     const protect = v.boolean('options.protect', opts.protect, false);
     const mode = (protect ? WRITEPROTECT_MODE.wp : 0) | (v.boolean('options.dontWake', opts.dontWake, false) ? WRITEPROTECT_MODE.dontWake : 0);
-    check(native.uffdWriteProtect(this.fd, a, len, mode), 'ioctl', { operation: 'UFFDIO_WRITEPROTECT', address: a, length: len });
+    check(native.uffdWriteProtect(this.#fd, a, len, mode), 'ioctl', { operation: 'UFFDIO_WRITEPROTECT', address: a, length: len });
   }
 
   /** UFFDIO_MOVE (6.8+): moves anonymous pages from `source` to `address`. Returns bytes moved. */
@@ -312,7 +316,7 @@ export class Userfaultfd implements Disposable {
     const opts = v.options<WakeOptions & { allowSourceHoles?: boolean }>('options', options);
     const mode = (v.boolean('options.dontWake', opts.dontWake, false) ? MOVE_MODE.dontWake : 0)
       | (v.boolean('options.allowSourceHoles', opts.allowSourceHoles, false) ? MOVE_MODE.allowSrcHoles : 0);
-    const result = native.uffdMove(this.fd, a, s, len, mode);
+    const result = native.uffdMove(this.#fd, a, s, len, mode);
     if (result < 0) throw this.#ioctlError(result, 'UFFDIO_MOVE', a, len);
     return result;
   }
@@ -328,7 +332,7 @@ export class Userfaultfd implements Disposable {
     // A loop of readEvents() runs on this thread: watched until close.
     if (this.#watchers === 0) this.watchLoopThread(true);
     const messages = max === this.#messages.capacity ? this.#messages : new MessageBuffer(max);
-    const count = check(native.uffdRead(this.fd, messages.buffer), 'read', { fd: this.fd });
+    const count = check(native.uffdRead(this.#fd, messages.buffer), 'read', { fd: this.#fd });
     const events: UffdEvent[] = [];
     for (let i = 0; i < count; i++) events.push(messages.decode(i, (fd) => this.#adoptFork(fd)));
     return events;
@@ -361,9 +365,9 @@ export class Userfaultfd implements Disposable {
     let wake: (() => void) | undefined;
     let failure: Error | undefined;
     let done = false;
-    const poller = new Poller(this.fd, messages.buffer, (result) => {
+    const poller = new Poller(this.#fd, messages.buffer, (result) => {
       if (result < 0) {
-        failure = new UffdError(result, 'read', { fd: this.fd });
+        failure = new UffdError(result, 'read', { fd: this.#fd });
         poller.stop();
       } else for (let i = 0; i < result; i++) queue.push(messages.decode(i, (fd) => this.#adoptFork(fd)));
       wake?.();
@@ -400,14 +404,14 @@ export class Userfaultfd implements Disposable {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#watchers > 0) native.watchdogUnwatch(this.fd);
+    if (this.#watchers > 0) native.watchdogUnwatch(this.#fd);
     this.#watchers = 0;
     for (const hook of [...this.#closeHooks]) hook();
     this.#closeHooks.clear();
     this.#registeredMappings.clear();
     guard.untrack(this.#guard);
-    check(native.closeFd(this.fd), 'close', { fd: this.fd });
-    trace('uffd %d closed', this.fd);
+    check(native.closeFd(this.#fd), 'close', { fd: this.#fd });
+    trace('uffd %d closed', this.#fd);
   }
 
   [Symbol.dispose](): void {
@@ -441,8 +445,8 @@ export class Userfaultfd implements Disposable {
    */
   watchLoopThread(on: boolean): void {
     if (this.#watchdogMs === 0 || this.#closed) return;
-    if (on && this.#watchers++ === 0) check(native.watchdogWatch(this.fd, this.#watchdogMs), 'watchdog', { fd: this.fd });
-    if (!on && this.#watchers > 0 && --this.#watchers === 0) native.watchdogUnwatch(this.fd);
+    if (on && this.#watchers++ === 0) check(native.watchdogWatch(this.#fd, this.#watchdogMs), 'watchdog', { fd: this.#fd });
+    if (!on && this.#watchers > 0 && --this.#watchers === 0) native.watchdogUnwatch(this.#fd);
   }
 
   /** @internal Runs `hook` when the uffd closes (before the fd is closed). */
@@ -478,14 +482,14 @@ export class Userfaultfd implements Disposable {
     const a = v.pageAddress('address', address, this.#pageSize);
     const len = v.pageLength('length', length, this.#pageSize);
     const mode = v.boolean('options.dontWake', v.options<WakeOptions>('options', options).dontWake, false) ? dontWakeBit : 0;
-    const result = call(this.fd, a, len, mode);
+    const result = call(this.#fd, a, len, mode);
     if (result < 0) throw this.#ioctlError(result, operation, a, len);
     return result;
   }
 
   #adoptFork(fd: number): Userfaultfd {
     native.adoptFd(fd);
-    trace('uffd %d: fork event, child uffd %d', this.fd, fd);
+    trace('uffd %d: fork event, child uffd %d', this.#fd, fd);
     return new Userfaultfd(fd, this.featureMask, this.#watchdogMs);
   }
 

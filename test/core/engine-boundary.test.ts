@@ -135,3 +135,26 @@ describe('one fault path', () => {
     expect(named).toEqual(['engine.cc', 'uffd.cc']);
   });
 });
+
+describe('what users see', () => {
+  it('a closed Userfaultfd says so: fd is -1, as a closed FileHandle\'s', async () => {
+    const { Userfaultfd } = await import('../../lib/index');
+    const uffd = Userfaultfd.open();
+    expect(uffd.fd).toBeGreaterThan(2);
+    uffd.close();
+    expect(uffd.fd).toBe(-1);
+    uffd.close();
+    expect(uffd.fd).toBe(-1);
+  });
+
+  it('internal members stay out of the published declarations', () => {
+    const dts = (name: string): string => readFileSync(join(root, 'dist', 'lib', name), 'utf8');
+    const uffd = dts('userfaultfd.d.ts');
+    for (const internal of ['setReadOnOtherThread', 'claimReader', 'adoptForkChild', 'watchLoopThread', 'onClose', 'ioctlError'])
+      expect(uffd, internal).not.toContain(internal);
+    const present = dts('present-pages.d.ts');
+    for (const internal of ['words', 'inflight', 'markPage', 'clearPage']) expect(present, internal).not.toContain(internal);
+    const handler = dts('fault-handler/index.d.ts');
+    for (const internal of ['mapPresent', 'poisonAbsent']) expect(handler, internal).not.toContain(internal);
+  });
+});
