@@ -146,14 +146,19 @@ describe('teardown with a blocked native toucher', () => {
       (function wait() {
         if (uffd.readEvents().some((e) => e.type === 'pagefault')) {
           parentPort.postMessage({ uffd: uffd.fd });
-          if (workerData.how !== 'terminate') process.exit(0);
+          if (workerData.how === 'process.exit') process.exit(0);
+          // 'uffd-held': exit once the main thread holds its duplicate.
+          if (workerData.how === 'uffd-held') parentPort.once('message', () => process.exit(0));
           return;
         }
         setImmediate(wait);
       })();
     `)}, { eval: true, workerData: { entry: ${JSON.stringify(distEntry)}, fd: mem.fd, pages: ${pages}, how: ${JSON.stringify(how)} } });
     worker.on('message', (m) => {
-      if (${JSON.stringify(how)} === 'uffd-held') held = native.dupFd(m.uffd);
+      if (${JSON.stringify(how)} === 'uffd-held') {
+        held = native.dupFd(m.uffd);
+        worker.postMessage('held');
+      }
       if (${JSON.stringify(how)} === 'terminate') worker.terminate();
     });
     worker.once('error', (err) => { throw err; });
