@@ -8,14 +8,27 @@ namespace {
 
 constexpr size_t kScratchSlots = 8;
 
-// Runs when the environment (main thread or a worker) is torn down: stop
-// pollers and native threads first, since they use the fds, then close fds.
+// Runs when the environment (main thread or a worker) is torn down. The
+// order is what keeps a faulting thread from touching unmapped memory:
+//  1. stoppers: pollers and the threads that read a uffd (resolver, engine)
+//     stop and are joined while the fds they use are still open;
+//  2. the owned fds close; releasing a uffd wakes every thread blocked in a
+//     fault on it, and the retried fault is an ordinary one;
+//  3. joiners: toucher threads, now unblocked, finish their pages and are
+//     joined (a thread whose fault is held by a uffd someone else still has
+//     open is left with its mapping pinned, never unmapped under it);
+//  4. mappings are handed to their ArrayBuffers' finalizers, which unmap
+//     only what no thread still pins.
 void Cleanup(void* arg) {
   auto* state = static_cast<AddonState*>(arg);
   auto stoppers = std::move(state->stoppers);
+  state->stoppers.clear();
   for (auto& entry : stoppers) entry.second();
   for (int fd : state->owned_fds) close(fd);
   state->owned_fds.clear();
+  auto joiners = std::move(state->joiners);
+  state->joiners.clear();
+  for (auto& entry : joiners) entry.second();
   CleanupMappings(state);
 }
 

@@ -15,13 +15,21 @@ struct AddonState;
 
 // One mmap made by this environment. Freed by the ArrayBuffer's finalizer;
 // `unmapped` tells that finalizer an explicit munmap already happened.
+// Only the environment's JavaScript thread (and its teardown) touches it.
 struct MappingRecord {
   uintptr_t address;
   size_t length;
   bool unmapped;
   AddonState* state;  // null once the environment is torn down
   int pins;           // native threads touching it; munmap refuses while > 0
+  // The ArrayBuffer is gone but a pin was still held (teardown, a thread that
+  // could not be joined): the last ReleaseMappingPin unmaps and frees.
+  bool finalized;
 };
+
+// Drops one pin taken by a native thread; unmaps a mapping whose finalizer
+// already ran and deferred to this.
+void ReleaseMappingPin(MappingRecord* rec);
 
 struct AddonState {
   // Thread id of the JavaScript thread of this environment: the deadlock
@@ -35,8 +43,14 @@ struct AddonState {
   // unmap both go through this table so that a mapping is unmapped once.
   std::unordered_map<uintptr_t, MappingRecord*> mappings;
 
-  // Stop callbacks of pollers and native threads, run before fds are closed.
+  // Teardown phases, in this order (see Cleanup in addon.cc):
+  // stoppers run before fds are closed: pollers, and threads that read a
+  // uffd and can be told to stop (resolver, engine);
+  // joiners run after fds are closed: threads that may be blocked in a fault
+  // and only return once the uffd is released (touchers), before any mapping
+  // they touch is unmapped.
   std::unordered_map<void*, std::function<void()>> stoppers;
+  std::unordered_map<void*, std::function<void()>> joiners;
 
   // The deadlock watchdog (watchdog.cc), created when a uffd read on this
   // environment's JavaScript thread is first watched.
@@ -60,6 +74,8 @@ struct AddonState {
   static AddonState* Of(Napi::Env env) { return env.GetInstanceData<AddonState>(); }
   void AddStopper(void* key, std::function<void()> fn) { stoppers[key] = std::move(fn); }
   void RemoveStopper(void* key) { stoppers.erase(key); }
+  void AddJoiner(void* key, std::function<void()> fn) { joiners[key] = std::move(fn); }
+  void RemoveJoiner(void* key) { joiners.erase(key); }
 };
 
 // Each concern registers its exports here; addon.cc calls them in order.

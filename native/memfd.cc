@@ -78,7 +78,7 @@ Napi::Value FileIo(const Napi::CallbackInfo& info) {
   return args::Result(info.Env(), static_cast<double>(done));
 }
 
-void FinalizeMapping(Napi::Env, void*, MappingRecord* rec) {
+void Release(MappingRecord* rec) {
   if (!rec->unmapped) {
     munmap(reinterpret_cast<void*>(rec->address), rec->length);
     if (rec->state) rec->state->mappings.erase(rec->address);
@@ -86,9 +86,20 @@ void FinalizeMapping(Napi::Env, void*, MappingRecord* rec) {
   delete rec;
 }
 
+// A pinned mapping is in use by a native thread (at teardown the isolate
+// frees every ArrayBuffer, referenced or not): unmapping it would turn the
+// thread's next touch into a crash, so the last pin's release unmaps it.
+void FinalizeMapping(Napi::Env, void*, MappingRecord* rec) {
+  if (rec->pins > 0) {
+    rec->finalized = true;
+    return;
+  }
+  Release(rec);
+}
+
 // Records a new mapping and exposes it as [address, ArrayBuffer over it].
 Napi::Value Expose(Napi::Env env, AddonState* state, void* p, size_t length) {
-  auto* rec = new MappingRecord{reinterpret_cast<uintptr_t>(p), length, false, state, 0};
+  auto* rec = new MappingRecord{reinterpret_cast<uintptr_t>(p), length, false, state, 0, false};
   state->mappings[rec->address] = rec;
   Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, p, length, FinalizeMapping, rec);
   Napi::Array out = Napi::Array::New(env, 2);
@@ -169,8 +180,13 @@ Napi::Value Madvise(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
+void ReleaseMappingPin(MappingRecord* rec) {
+  if (--rec->pins == 0 && rec->finalized) Release(rec);
+}
+
 // At environment teardown the ArrayBuffers' finalizers, which may run after
-// the state is gone, still unmap what is left; they must not touch the state.
+// the state is gone, still unmap what is left (unless pinned); they must not
+// touch the state.
 void CleanupMappings(AddonState* state) {
   for (auto& entry : state->mappings) entry.second->state = nullptr;
   state->mappings.clear();

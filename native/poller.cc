@@ -8,8 +8,11 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <memory>
+
 #include "addon_state.h"
 #include "args.h"
+#include "handles.h"
 #include "uffd_abi.h"
 
 namespace {
@@ -26,10 +29,16 @@ struct Poller {
   Napi::ObjectReference buffer_ref;
   Napi::AsyncContext* context;
 
+  // libuv needs the handle until uv_close's callback, JavaScript may keep the
+  // External after that: each holds a reference, the last one frees.
+  std::shared_ptr<Poller> self;
+
   Poller(Napi::Env e, int f) : env(e), fd(f), context(nullptr) {}
 };
 
-void OnClosed(uv_handle_t* h) { delete static_cast<Poller*>(h->data); }
+using Handle = std::shared_ptr<Poller>;
+
+void OnClosed(uv_handle_t* h) { static_cast<Poller*>(h->data)->self.reset(); }
 
 void Stop(Poller* p) {
   if (!p->active) return;
@@ -74,26 +83,22 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
   if (!args::Fd(info, 0, &fd)) return env.Undefined();
   if (!info[2].IsFunction()) return args::Fail(info, "expected a callback"), env.Undefined();
   bool read_messages = info[1].IsArrayBuffer();
-  auto* p = new Poller(env, fd);
+  Handle owner = std::make_shared<Poller>(env, fd);
+  Poller* p = owner.get();
   p->read_messages = read_messages;
   if (read_messages) {
     Napi::ArrayBuffer ab = info[1].As<Napi::ArrayBuffer>();
     p->capacity = ab.ByteLength() / uffd_abi::kMsgSize * uffd_abi::kMsgSize;
-    if (p->capacity == 0) {
-      delete p;
-      return args::Fail(info, "buffer smaller than one message"), env.Undefined();
-    }
+    if (p->capacity == 0) return args::Fail(info, "buffer smaller than one message"), env.Undefined();
     p->buffer = static_cast<uint8_t*>(ab.Data());
     p->buffer_ref = Napi::Persistent(ab.As<Napi::Object>());
   }
   uv_loop_t* loop = nullptr;
   napi_get_uv_event_loop(env, &loop);
   int rc = uv_poll_init(loop, &p->handle, fd);
-  if (rc != 0) {
-    delete p;
-    return args::Result(env, rc);
-  }
+  if (rc != 0) return args::Result(env, rc);
   p->handle.data = p;
+  p->self = owner;
   p->callback = Napi::Persistent(info[2].As<Napi::Function>());
   p->context = new Napi::AsyncContext(env, "userfaultfd:poll");
   rc = uv_poll_start(&p->handle, UV_READABLE | UV_DISCONNECT, OnReadable);
@@ -106,25 +111,28 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
     uv_close(reinterpret_cast<uv_handle_t*>(&p->handle), OnClosed);
     return args::Result(env, rc);
   }
-  AddonState::Of(env)->AddStopper(p, [p] { Stop(p); });
-  return Napi::External<Poller>::New(env, p);
+  std::weak_ptr<Poller> weak = owner;
+  AddonState::Of(env)->AddStopper(p, [weak] {
+    if (Handle h = weak.lock()) Stop(h.get());
+  });
+  return handles::Wrap(env, new Handle(owner), handles::kPoller, [](Napi::Env, Handle* h) { delete h; });
 }
 
-Poller* Handle(const Napi::CallbackInfo& info) {
-  if (!info[0].IsExternal()) return args::Fail(info, "expected a poller handle"), nullptr;
-  return info[0].As<Napi::External<Poller>>().Data();
+// A stopped poller stays allocated while its External lives, so every call
+// on it after pollerStop (a second stop, a ref) finds `active` false and
+// does nothing, however often JavaScript repeats it.
+Poller* PollerOf(const Napi::CallbackInfo& info) {
+  Handle* h = handles::Unwrap<Handle>(info, 0, handles::kPoller, "expected a poller handle");
+  return h ? h->get() : nullptr;
 }
 
-// The handle outlives Stop (it is freed in uv_close's callback, and the
-// External may be held by JavaScript longer), so pollerStop is idempotent
-// only through the JavaScript wrapper, which forgets the handle after it.
 Napi::Value StopPoller(const Napi::CallbackInfo& info) {
-  if (Poller* p = Handle(info)) Stop(p);
+  if (Poller* p = PollerOf(info)) Stop(p);
   return info.Env().Undefined();
 }
 
 Napi::Value RefPoller(const Napi::CallbackInfo& info) {
-  Poller* p = Handle(info);
+  Poller* p = PollerOf(info);
   if (!p || !p->active) return info.Env().Undefined();
   if (info[1].ToBoolean())
     uv_ref(reinterpret_cast<uv_handle_t*>(&p->handle));

@@ -8,8 +8,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -27,14 +29,40 @@ struct TouchJob {
   std::vector<double> latency_ns;
   uint64_t checksum = 0;
   pid_t tid = 0;
-  std::atomic<bool> done{false};
   std::thread thread;
   Napi::ThreadSafeFunction tsfn;
   MappingRecord* mapping = nullptr;
+  bool pinned = false;  // JavaScript thread only: whoever unpins first clears it
   // Keeps the ArrayBuffer's finalizer away; a raw napi_ref because the job
   // may be freed on the toucher thread, where no N-API call is allowed.
   napi_ref buffer_ref = nullptr;
+  // Teardown handshake: `finished` once the touches are done; `abandoned`
+  // when teardown gave up waiting, after which the thread must not use
+  // `tsfn` (the environment frees it).
+  std::mutex mu;
+  std::condition_variable cv;
+  bool finished = false;
+  bool abandoned = false;
 };
+
+// How long teardown waits for a toucher after the uffds are closed. A
+// released uffd lets its faults through at once, so only a fault held by a
+// uffd that another owner keeps open (another thread, another process) can
+// outlast this; that thread is then left running on a mapping that stays
+// pinned, and so mapped, for the life of the process.
+constexpr auto kTeardownJoinBound = std::chrono::seconds(5);
+
+// Runs on the JavaScript thread, once: by the report or by teardown.
+void Unpin(napi_env env, TouchJob* job) {
+  if (job->pinned) {
+    job->pinned = false;
+    ReleaseMappingPin(job->mapping);
+  }
+  if (job->buffer_ref) {
+    napi_delete_reference(env, job->buffer_ref);
+    job->buffer_ref = nullptr;
+  }
+}
 
 inline uint64_t NowNs() {
   struct timespec ts;
@@ -60,7 +88,12 @@ void Run(std::shared_ptr<TouchJob> job) {
       job->checksum += *p;
     job->latency_ns[i] = static_cast<double>(NowNs() - t0);
   }
-  job->done = true;
+  {
+    std::lock_guard<std::mutex> lock(job->mu);
+    job->finished = true;
+    if (job->abandoned) return;
+  }
+  job->cv.notify_all();
   job->tsfn.BlockingCall([job](Napi::Env env, Napi::Function cb) {
     Napi::Float64Array lat = Napi::Float64Array::New(env, job->latency_ns.size());
     std::copy(job->latency_ns.begin(), job->latency_ns.end(), lat.Data());
@@ -68,9 +101,8 @@ void Run(std::shared_ptr<TouchJob> job) {
     result.Set("threadId", Napi::Number::New(env, job->tid));
     result.Set("latencyNs", lat);
     result.Set("checksum", Napi::Number::New(env, static_cast<double>(job->checksum)));
-    job->mapping->pins--;
-    napi_delete_reference(env, job->buffer_ref);
-    job->buffer_ref = nullptr;
+    Unpin(env, job.get());
+    if (AddonState* s = AddonState::Of(env)) s->RemoveJoiner(job.get());
     cb.Call({result});
   });
   job->tsfn.Release();
@@ -107,20 +139,36 @@ Napi::Value TouchStart(const Napi::CallbackInfo& info) {
     return args::Result(env, -EFAULT);
   job->mapping = found->second;
   job->mapping->pins++;
+  job->pinned = true;
   napi_create_reference(env, ab, 1, &job->buffer_ref);
   // The finalizer runs on the JavaScript thread after the toucher released
-  // the function, so the join below waits only for the thread to return.
+  // the function (or, at teardown, after the joiner), so the join below
+  // waits only for the thread to return.
   job->tsfn = Napi::ThreadSafeFunction::New(
-      env, info[5].As<Napi::Function>(), "userfaultfd:toucher", 0, 1, [job](Napi::Env e) {
+      env, info[5].As<Napi::Function>(), "userfaultfd:toucher", 0, 1, [job](Napi::Env) {
         if (job->thread.joinable()) job->thread.join();
-        if (AddonState* s = e.GetInstanceData<AddonState>()) s->RemoveStopper(job.get());
       });
+  // At teardown a toucher may be blocked in a fault nobody will resolve. It
+  // is joined after the environment's fds are closed: releasing the uffd
+  // lets the fault through, the thread finishes its pages on memory that is
+  // still mapped, and only then is the pin dropped.
+  napi_env raw_env = env;
   std::weak_ptr<TouchJob> weak = job;
-  state->AddStopper(job.get(), [weak] {
-    // At teardown a toucher may still be blocked in a fault that nobody will
-    // resolve; it owns its job, so it is detached rather than joined.
-    if (auto j = weak.lock())
-      if (!j->done && j->thread.joinable()) j->thread.detach();
+  state->AddJoiner(job.get(), [weak, raw_env] {
+    auto j = weak.lock();
+    if (!j) return;
+    bool finished;
+    {
+      std::unique_lock<std::mutex> lock(j->mu);
+      finished = j->cv.wait_for(lock, kTeardownJoinBound, [&] { return j->finished; });
+      if (!finished) j->abandoned = true;
+    }
+    if (!finished) {
+      if (j->thread.joinable()) j->thread.detach();
+      return;  // pin kept: the mapping outlives the thread
+    }
+    if (j->thread.joinable()) j->thread.join();
+    Unpin(raw_env, j.get());
   });
   job->thread = std::thread(Run, job);
   return args::Result(env, 0);

@@ -211,7 +211,15 @@ export class FirecrackerSession implements Disposable {
   /** @internal Reads the handshake from a connected socket and starts serving. */
   static async start(socket: FdSocket, image: PageImage, onFailure: FirecrackerFailureAction, signal?: AbortSignal): Promise<FirecrackerSession> {
     const pid = socket.peerCredentials().pid;
+    // Every descriptor received is in exactly one place until the session
+    // owns it: `fds` (raw) or one of the objects below. A throw anywhere
+    // releases them all; the uffd above all, because Firecracker's vCPUs
+    // sleep on it until its last descriptor closes.
     const fds: number[] = [];
+    let uffd: Userfaultfd | undefined;
+    let memory: Memfd | undefined;
+    let bitmapFd: Memfd | undefined;
+    let session: FirecrackerSession | undefined;
     let text = '';
     let rest = '';
     try {
@@ -234,28 +242,43 @@ export class FirecrackerSession implements Disposable {
       if (fds.length !== 1 && fds.length !== 3)
         throw stateError('ERR_FIRECRACKER_HANDSHAKE', `expected 1 fd (uffd) or 3 fds (uffd, memory, userfault bitmap), got ${fds.length}`);
       const threeFds = fds.length === 3;
-      const uffd = Userfaultfd.fromFd(fds[0]);
+      uffd = Userfaultfd.fromFd(fds[0]);
       fds.shift();
-      let memory: Memfd | undefined;
       let bitmapView: Mapping | undefined;
       if (threeFds) {
         const pageSize = regions[0].pageSize;
         if (regions.some((r) => r.pageSize !== pageSize)) throw stateError('ERR_FIRECRACKER_HANDSHAKE', 'three-fd mode needs one page size for every region');
         memory = Memfd.fromFd(fds[0], { owned: true, hugePageSize: pageSize > PAGE_SIZE ? pageSize : undefined });
-        const bitmapFd = Memfd.fromFd(fds[1], { owned: true });
-        fds.length = 0;
+        fds.shift();
+        bitmapFd = Memfd.fromFd(fds[0], { owned: true });
+        fds.shift();
         const pages = Math.max(...regions.map((r) => (r.offset + r.size) / pageSize));
         if (bitmapFd.size * 8 < pages) throw stateError('ERR_FIRECRACKER_HANDSHAKE', `the userfault bitmap (${bitmapFd.size} bytes) has fewer bits than the ${pages} pages`);
         bitmapView = bitmapFd.map();
       }
-      const session = new FirecrackerSession(socket, pid, regions, uffd, image, onFailure, memory, bitmapView);
+      session = new FirecrackerSession(socket, pid, regions, uffd, image, onFailure, memory, bitmapView);
       session.#start(rest);
       trace('firecracker pid %d: %d regions, %s mode', pid, regions.length, session.mode);
       return session;
     } catch (err) {
+      // Past construction the session owns everything, a started poller and
+      // the claimed reader included; before it, each piece is closed here.
+      const release = (fn: () => void): void => {
+        try {
+          fn();
+        } catch {
+          // Closing what is left matters more than a second error.
+        }
+      };
+      if (session) release(() => session!.#teardown());
+      else {
+        release(() => bitmapFd?.close());
+        release(() => memory?.close());
+        release(() => uffd?.close());
+        release(() => socket.close());
+        release(() => image.close());
+      }
       for (const fd of fds) native.closeFd(fd);
-      socket.close();
-      image.close();
       if (onFailure === 'kill-peer') killPeer(pid);
       throw err;
     }
