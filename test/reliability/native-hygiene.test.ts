@@ -40,10 +40,10 @@ function socketPair(): [number, number] {
 }
 
 describe('native handles', () => {
-  // The only other kind of handle the addon hands out is the resolver's. On
+  // The only other kind of handle the addon hands out is the fault engine's. On
   // an untagged addon it is read as a Poller: memory corruption, so that part
   // runs in a child whose crash fails the test instead of the runner.
-  it('a value that is not a poller handle, a resolver handle included, is a TypeError for pollerStop/pollerRef', async () => {
+  it('a value that is not a poller handle, an engine handle included, is a TypeError for pollerStop/pollerRef', async () => {
     for (const bogus of [{}, null, undefined, 42, 'handle', new ArrayBuffer(8)]) {
       expect(() => native.pollerStop(bogus as unknown as PollerHandle)).toThrow(TypeError);
       expect(() => native.pollerRef(bogus as unknown as PollerHandle, true)).toThrow(TypeError);
@@ -53,13 +53,13 @@ describe('native handles', () => {
       const { Memfd, Userfaultfd } = require(${JSON.stringify(distEntry)});
       const uffd = Userfaultfd.open({ features: [] });
       const mem = Memfd.create(${PAGE_SIZE});
-      const resolver = native.resolverStart(uffd.fd, mem.fd, new ArrayBuffer(64), 0, 0, () => {});
-      if (typeof resolver === 'number') throw new Error('resolverStart: ' + resolver);
+      const engine = native.engineCreate(uffd.fd, mem.fd, ${PAGE_SIZE}, 0, 0, new Uint32Array(new SharedArrayBuffer(64)));
+      if (native.engineStartThread(engine, 0, () => {}) !== 0) throw new Error('engineStartThread failed');
       const seen = [];
-      for (const call of [() => native.pollerStop(resolver), () => native.pollerRef(resolver, false), () => native.pollerRef(resolver, true)]) {
+      for (const call of [() => native.pollerStop(engine), () => native.pollerRef(engine, false), () => native.pollerRef(engine, true)]) {
         try { call(); seen.push('returned'); } catch (err) { seen.push(err.constructor.name); }
       }
-      native.resolverStop(resolver);
+      native.engineStopThread(engine);
       uffd.close();
       mem.close();
       process.stdout.write(JSON.stringify(seen));
