@@ -1,5 +1,5 @@
 // Opaque handles handed to JavaScript: type-tagged Externals. A handle of the
-// wrong kind (a resolver handle passed where a poller is expected, a plain
+// wrong kind (an engine handle passed where a poller is expected, a plain
 // object, a handle from another addon) is refused with a TypeError instead of
 // being reinterpreted as the wrong C++ type.
 #pragma once
@@ -14,8 +14,7 @@ namespace handles {
 // lower half names the kind, so no two kinds (and no other addon's tags) collide.
 constexpr uint64_t kAddonTag = 0x75666664'6e6f6465ull;  // "uffdnode"
 inline constexpr napi_type_tag kPoller = {kAddonTag, 1};
-inline constexpr napi_type_tag kResolver = {kAddonTag, 2};
-inline constexpr napi_type_tag kEngine = {kAddonTag, 3};
+inline constexpr napi_type_tag kEngine = {kAddonTag, 2};
 
 // Wraps `data` in an External tagged `tag`; `finalize` runs when JavaScript
 // drops the last reference.
