@@ -49,7 +49,7 @@ export interface EngineOptions {
   /** `'continue'`: pages are made present in a shared backing and mapped by CONTINUE. `'copy'`: the policy hands bytes (COPY/ZEROPAGE). */
   fill: 'continue' | 'copy';
   /** Map up to this many following present pages with the faulting one. */
-  readAhead: number;
+  mapAhead: number;
   present: PresentPages;
 }
 
@@ -75,7 +75,7 @@ export class FaultEngine {
     this.pageSize = options.pageSize;
     this.present = options.present;
     const fill = options.fill === 'copy' ? LAYOUT.fill.copy : LAYOUT.fill.continue;
-    this.#handle = native.engineCreate(this.#fd, options.backingFd, options.pageSize, fill, options.readAhead, options.present.words);
+    this.#handle = native.engineCreate(this.#fd, options.backingFd, options.pageSize, fill, options.mapAhead, options.present.words);
   }
 
   addRegion(region: EngineRegion): void {

@@ -118,6 +118,10 @@ export const argRangeError = (name: string, rule: string, actual: unknown): Rang
 export const argValueError = (name: string, reason: string, actual: unknown): TypeError =>
   coded(TypeError, 'ERR_INVALID_ARG_VALUE', `The argument '${name}' ${reason}. Received ${describe(actual)}`);
 
+/** A name the API no longer accepts: says which one replaced it (the package is 0.x; see the CHANGELOG). */
+export const renamedError = (old: string, replacement: string): TypeError =>
+  coded(TypeError, 'ERR_UFFD_RENAMED', `${old} was renamed: use ${replacement}`);
+
 export const closedError = (what: string): Error =>
   coded(Error, 'ERR_UFFD_CLOSED', `${what} is closed`);
 

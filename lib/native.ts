@@ -65,7 +65,7 @@ export interface NativeBinding {
   /** Names and positions the engine's records, counters and histogram use (native/engine.h). */
   engineLayout: EngineLayout;
   /** A fault engine over uffd `fd` (native/engine.h); `present` is the present-page bitmap over a SharedArrayBuffer. */
-  engineCreate(fd: number, backingFd: number, pageSize: number, fill: number, readAhead: number, present: Uint32Array): EngineHandle;
+  engineCreate(fd: number, backingFd: number, pageSize: number, fill: number, mapAhead: number, present: Uint32Array): EngineHandle;
   engineAddRegion(handle: EngineHandle, address: number, length: number, offset: number, pageSize: number): void;
   /** The views as the engine knows them now (events applied): [address, length, offset, pageSize] * n. */
   engineRegions(handle: EngineHandle): Float64Array;
@@ -121,7 +121,7 @@ export interface EngineLayout {
     loopThreadMapped: number; readerFailed: number; ioctlFailed: number; pagesRemoved: number;
   };
   stats: {
-    faults: number; resolved: number; alreadyPresent: number; readAheadPages: number; loopThreadFaults: number;
+    faults: number; resolved: number; alreadyPresent: number; mapAheadPages: number; loopThreadFaults: number;
     deferrals: number; untracked: number; poisoned: number; copied: number;
   };
   statCount: number;

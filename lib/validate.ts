@@ -1,7 +1,7 @@
 // Every public argument is checked here, before any syscall, so that bad
 // input gets a TypeError/RangeError with Node's codes instead of reaching the
 // kernel (or native code) with a meaningless value.
-import { argRangeError, argTypeError, argValueError } from './errors';
+import { argRangeError, argTypeError, argValueError, renamedError } from './errors';
 
 const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 
@@ -49,6 +49,12 @@ export function options<T extends object>(name: string, value: unknown): Partial
   if (value === null || typeof value !== 'object' || Array.isArray(value))
     throw argTypeError(name, 'an object', value);
   return value as Partial<T>;
+}
+
+/** Refuses options under names the API no longer uses, naming the new one. */
+export function renamed(name: string, opts: object, names: Record<string, string>): void {
+  for (const [old, replacement] of Object.entries(names))
+    if (Object.prototype.hasOwnProperty.call(opts, old)) throw renamedError(`${name}.${old}`, `${name}.${replacement}`);
 }
 
 export function oneOf<T extends string>(name: string, value: unknown, allowed: readonly T[], fallback: T): T {

@@ -46,8 +46,8 @@ void Cut(std::vector<Region>* regions, uint64_t start, uint64_t end) {
 
 }  // namespace
 
-Engine::Engine(int uffd, int backing_fd, uint64_t page_size, Fill fill, uint64_t read_ahead)
-    : uffd_(uffd), backing_fd_(backing_fd), page_size_(page_size), fill_(fill), read_ahead_(read_ahead),
+Engine::Engine(int uffd, int backing_fd, uint64_t page_size, Fill fill, uint64_t map_ahead)
+    : uffd_(uffd), backing_fd_(backing_fd), page_size_(page_size), fill_(fill), map_ahead_(map_ahead),
       epoch_ns_(MonotonicNs()) {}
 
 uint64_t Engine::Now() const { return MonotonicNs() - epoch_ns_; }
@@ -213,13 +213,13 @@ int Engine::ServePresent(const Fault& fault) {
   }
   if (fill_ == Fill::kCopy) return Finish(Wake(address, ps), fault, page, ps);
   uint64_t end = address + ps;
-  if (read_ahead_ > 0) {
-    uint64_t limit = std::min(region.address + region.length, address + (read_ahead_ + 1) * ps);
+  if (map_ahead_ > 0) {
+    uint64_t limit = std::min(region.address + region.length, address + (map_ahead_ + 1) * ps);
     while (end < limit && Present(PageOf(region, end))) end += ps;
   }
   uint64_t mapped_end = address;
   int rc = MapRun(address, end, ps, &mapped_end);
-  if (rc == 0 && mapped_end > address + ps) Count(kReadAheadPages, (mapped_end - address) / ps - 1);
+  if (rc == 0 && mapped_end > address + ps) Count(kMapAheadPages, (mapped_end - address) / ps - 1);
   return Finish(rc, fault, page, ps);
 }
 

@@ -58,7 +58,7 @@ enum Stat : int {
   kFaults = 0,          // pagefault messages read
   kResolved,            // faulters woken with their page mapped
   kAlreadyPresent,      // resolved without the policy (page marked present)
-  kReadAheadPages,      // extra pages mapped by read-ahead
+  kMapAheadPages,      // extra pages mapped by map-ahead
   kLoopThreadFaults,    // deadlock-guard faults mapped as-is
   kDeferrals,           // ioctls answered EAGAIN and retried after events
   kUntracked,           // faults outside every view: woken
@@ -100,7 +100,7 @@ class Engine {
  public:
   // `page_size` is the bitmap's granularity: bit N stands for backing bytes
   // [N * page_size, (N + 1) * page_size); a larger page is stood for by its first bit.
-  Engine(int uffd, int backing_fd, uint64_t page_size, Fill fill, uint64_t read_ahead);
+  Engine(int uffd, int backing_fd, uint64_t page_size, Fill fill, uint64_t map_ahead);
 
   int uffd() const { return uffd_; }
   uint64_t page_size() const { return page_size_; }
@@ -177,7 +177,7 @@ class Engine {
   const int backing_fd_;
   const uint64_t page_size_;
   const Fill fill_;
-  const uint64_t read_ahead_;
+  const uint64_t map_ahead_;
   const uint64_t epoch_ns_;
   uint32_t* bitmap_ = nullptr;
   uint64_t bitmap_bits_ = 0;

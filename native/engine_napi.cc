@@ -47,9 +47,9 @@ Napi::Value Deferring(Handle* h, Napi::Env env, int rc) {
 Napi::Value Create(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int uffd = -1, backing_fd = -1;
-  int64_t backing, page_size, fill, read_ahead;
+  int64_t backing, page_size, fill, map_ahead;
   if (!args::Fd(info, 0, &uffd) || !args::Int(info, 1, &backing) || !args::Int(info, 2, &page_size) ||
-      !args::Int(info, 3, &fill) || !args::Int(info, 4, &read_ahead))
+      !args::Int(info, 3, &fill) || !args::Int(info, 4, &map_ahead))
     return env.Undefined();
   if (backing >= 0) backing_fd = static_cast<int>(backing);
   if (page_size <= 0 || (page_size & (page_size - 1)) != 0) return args::Fail(info, "expected a power-of-two page size"), env.Undefined();
@@ -67,7 +67,7 @@ Napi::Value Create(const Napi::CallbackInfo& info) {
   if (!shared) return args::Fail(info, "expected the present bitmap over a SharedArrayBuffer"), env.Undefined();
   auto* h = new Handle();
   h->engine = std::make_shared<engine::Engine>(uffd, backing_fd, static_cast<uint64_t>(page_size),
-                                               static_cast<engine::Fill>(fill), read_ahead > 0 ? static_cast<uint64_t>(read_ahead) : 0);
+                                               static_cast<engine::Fill>(fill), map_ahead > 0 ? static_cast<uint64_t>(map_ahead) : 0);
   h->engine->SetBitmap(words.Data(), static_cast<uint64_t>(words.ElementLength()) * 32);
   h->bitmap = Napi::Persistent(info[5]);
   return handles::Wrap<Handle>(env, h, handles::kEngine, [](Napi::Env, Handle* handle) {
@@ -248,7 +248,7 @@ Napi::Object Layout(Napi::Env env) {
   stats.Set("faults", Napi::Number::New(env, static_cast<double>(engine::kFaults)));
   stats.Set("resolved", Napi::Number::New(env, static_cast<double>(engine::kResolved)));
   stats.Set("alreadyPresent", Napi::Number::New(env, static_cast<double>(engine::kAlreadyPresent)));
-  stats.Set("readAheadPages", Napi::Number::New(env, static_cast<double>(engine::kReadAheadPages)));
+  stats.Set("mapAheadPages", Napi::Number::New(env, static_cast<double>(engine::kMapAheadPages)));
   stats.Set("loopThreadFaults", Napi::Number::New(env, static_cast<double>(engine::kLoopThreadFaults)));
   stats.Set("deferrals", Napi::Number::New(env, static_cast<double>(engine::kDeferrals)));
   stats.Set("untracked", Napi::Number::New(env, static_cast<double>(engine::kUntracked)));

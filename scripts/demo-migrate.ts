@@ -30,7 +30,7 @@ interface Options {
   pushRateMiB: number;
   batchPages: number;
   afterSeconds: number;
-  readahead: number;
+  prefetch: number;
   /** 0: event-loop fault handler, 1: native resolver thread. */
   native: number;
 }
@@ -38,10 +38,10 @@ interface Options {
 const STAMP = 0xfeedf00d;
 
 function parseOptions(argv: string[]): Options {
-  const opts: Options = { sizeMiB: 256, workers: 2, hotFraction: 0.05, hotShare: 0.8, writeShare: 0.05, pushRateMiB: 64, batchPages: 16, afterSeconds: 3, readahead: 0, native: 0 };
+  const opts: Options = { sizeMiB: 256, workers: 2, hotFraction: 0.05, hotShare: 0.8, writeShare: 0.05, pushRateMiB: 64, batchPages: 16, afterSeconds: 3, prefetch: 0, native: 0 };
   const names: Record<string, keyof Options> = {
     '--size': 'sizeMiB', '--workers': 'workers', '--hot-fraction': 'hotFraction', '--hot-share': 'hotShare', '--write-share': 'writeShare',
-    '--push-rate': 'pushRateMiB', '--batch-pages': 'batchPages', '--after-seconds': 'afterSeconds', '--readahead': 'readahead', '--native': 'native',
+    '--push-rate': 'pushRateMiB', '--batch-pages': 'batchPages', '--after-seconds': 'afterSeconds', '--prefetch': 'prefetch', '--native': 'native',
   };
   for (let i = 0; i < argv.length; i++) {
     const key = names[argv[i]];
@@ -99,7 +99,7 @@ async function runDestination(socketPath: string, port: number, opts: Options): 
   const { uffd, memfd, views, peer } = await receiveGuestMemory(sock);
   sock.close();
   server.close();
-  const dest = await MigrationDestination.connect({ uffd, memfd, views, port, readahead: opts.readahead, mode: opts.native ? 'native' : 'event-loop' });
+  const dest = await MigrationDestination.connect({ uffd, memfd, views, port, prefetch: opts.prefetch, mode: opts.native ? 'native' : 'event-loop' });
   process.send!({ type: 'migrating', guestPid: peer.pid });
   try {
     const stats = await dest.done;

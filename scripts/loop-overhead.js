@@ -25,7 +25,7 @@ async function measure(mode, present) {
   const page = Buffer.alloc(PAGE_SIZE, 1);
   const handler = new FaultHandler(uffd, { memfd: mem, mode, fetch: (f) => void mem.write(f.offset, page) });
   handler.attach(guest);
-  if (present) handler.markPresent(0, pages * PAGE_SIZE);
+  if (present) handler.present.mark(0, pages * PAGE_SIZE);
   handler.start();
   const report = await touchPages(guest, Array.from({ length: pages }, (_, i) => i));
   await handler.stop();

@@ -81,7 +81,7 @@ async function soak(mode) {
       // Only reached when a REMOVE event cleared the present bits.
       fetch: (fault) => void mem.write(fault.offset, Buffer.alloc(1, ((fault.offset / PAGE_SIZE) % 251) + 1)),
     });
-    handler.markPresent(0, pages * PAGE_SIZE);
+    handler.present.mark(0, pages * PAGE_SIZE);
     handler.attach(view).start();
   }
 

@@ -77,7 +77,7 @@ async function handler(mode) {
   const mem = filled();
   const stats = await remoteFaulter(mem, async (uffd, view, done) => {
     const h = new FaultHandler(uffd, { memfd: mem, mode, fetch: () => {} });
-    h.markPresent(0, PAGES * PAGE_SIZE);
+    h.present.mark(0, PAGES * PAGE_SIZE);
     h.attach({ ...view, offset: 0 }, { register: false }).start();
     await done;
     await h.stop();

@@ -4,7 +4,7 @@
 // policy, and cancellation: every fetch gets a signal that aborts when the
 // handler gives up on it, and nothing waits on a fetch after that.
 import { trace } from '../debug';
-import { argValueError, fetchError } from '../errors';
+import { argValueError, fetchError, renamedError } from '../errors';
 import type { PresentPages } from '../present-pages';
 import type { PolicyCounts } from './stats';
 import type { ErrorAction, Fault, FetchContext } from './types';
@@ -187,8 +187,9 @@ export class FetchQueue {
     let action: ErrorAction;
     try {
       action = await this.#onError(error, fault);
-      if (action !== 'retry' && action !== 'zero-fill' && action !== 'poison' && action !== 'stop')
-        throw argValueError('onError result', "must be 'retry', 'zero-fill', 'poison' or 'stop'", action);
+      if ((action as string) === 'zero-fill') throw renamedError("onError result 'zero-fill'", "'zero'");
+      if (action !== 'retry' && action !== 'zero' && action !== 'poison' && action !== 'stop')
+        throw argValueError('onError result', "must be 'retry', 'zero', 'poison' or 'stop'", action);
     } catch (policyError) {
       action = 'stop';
       error = policyError;
@@ -201,7 +202,7 @@ export class FetchQueue {
         fault.attempt++;
         this.#start(p);
         return;
-      case 'zero-fill':
+      case 'zero':
         try {
           this.#hooks.zeroFill(p);
         } catch (err) {

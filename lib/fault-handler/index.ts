@@ -6,7 +6,7 @@ import { EVENT } from '../constants';
 import { trace } from '../debug';
 import { FaultEngine } from '../engine';
 import { NEGATIVE_ERRNO } from '../errno';
-import { argValueError, stateError } from '../errors';
+import { argValueError, renamedError, stateError } from '../errors';
 import { Mapping, Memfd } from '../memfd';
 import { native } from '../native';
 import { PresentPages } from '../present-pages';
@@ -62,7 +62,7 @@ export class FaultHandler implements AsyncDisposable {
   readonly #onFork?: FaultHandlerOptions['onFork'];
   readonly #onLoopThreadFaultMapped?: FaultHandlerOptions['onLoopThreadFaultMapped'];
   readonly #loopThreadAction: LoopThreadFaultAction;
-  readonly #readAhead: number;
+  readonly #mapAhead: number;
   readonly #stopGraceMs: number;
   readonly #pageSize: number;
   readonly #fd: number;
@@ -80,6 +80,7 @@ export class FaultHandler implements AsyncDisposable {
     if (!(uffd instanceof Userfaultfd)) throw argValueError('uffd', 'must be a Userfaultfd', uffd);
     if (uffd.closed) throw stateError('ERR_UFFD_CLOSED', 'FaultHandler needs an open Userfaultfd: this one is closed');
     const opts = v.options<FaultHandlerOptions>('options', options);
+    v.renamed('options', opts, { readAhead: 'mapAhead', onLoopThreadFault: 'loopThreadFault' });
     if (!(opts.memfd instanceof Memfd)) throw argValueError('options.memfd', 'must be a Memfd', opts.memfd);
     this.uffd = uffd;
     this.memfd = opts.memfd;
@@ -92,10 +93,13 @@ export class FaultHandler implements AsyncDisposable {
     this.#onLoopThreadFaultMapped = opts.onLoopThreadFaultMapped === undefined ? undefined
       : (v.func('options.onLoopThreadFaultMapped', opts.onLoopThreadFaultMapped) as FaultHandlerOptions['onLoopThreadFaultMapped']);
     const concurrency = v.integer('options.concurrency', opts.concurrency ?? 64, 1, 1 << 20);
-    this.#readAhead = v.integer('options.readAhead', opts.readAhead ?? 0, 0, 1024);
+    this.#mapAhead = v.integer('options.mapAhead', opts.mapAhead ?? 0, 0, 1024);
     this.#stopGraceMs = v.integer('options.stopGraceMs', opts.stopGraceMs ?? 5000, 0, 3_600_000);
     this.mode = v.oneOf('options.mode', opts.mode, ['event-loop', 'native'] as const, 'event-loop');
-    this.#loopThreadAction = v.oneOf('options.onLoopThreadFault', opts.onLoopThreadFault, ['abort', 'map-as-is'] as const, 'abort');
+    if (this.mode !== 'native')
+      for (const name of ['loopThreadFault', 'onLoopThreadFaultMapped'] as const)
+        if (opts[name] !== undefined) throw argValueError(`options.${name}`, "applies to mode 'native' only (in event-loop mode the deadlock watchdog guards the loop thread)", opts[name]);
+    this.#loopThreadAction = v.oneOf('options.loopThreadFault', opts.loopThreadFault, ['abort', 'map-as-is'] as const, 'abort');
     if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw argValueError('options.signal', 'must be an AbortSignal', opts.signal);
     this.#signal = opts.signal;
     if (opts.present !== undefined) {
@@ -108,7 +112,7 @@ export class FaultHandler implements AsyncDisposable {
     if (this.mode === 'native' && !uffd.has('threadId'))
       throw stateError('ERR_UFFD_FEATURE_REQUIRED', "mode 'native' needs a Userfaultfd opened with the 'threadId' feature (the deadlock guard compares faulting thread ids)");
     this.#engine = new FaultEngine(uffd, {
-      backingFd: this.memfd.fd, pageSize: this.#pageSize, fill: 'continue', readAhead: this.#readAhead, present: this.present,
+      backingFd: this.memfd.fd, pageSize: this.#pageSize, fill: 'continue', mapAhead: this.#mapAhead, present: this.present,
     });
     this.#queue = new FetchQueue(fetch, onError, concurrency, this.present, {
       ready: (p) => this.#mapWaiters(p),
@@ -151,12 +155,9 @@ export class FaultHandler implements AsyncDisposable {
     return this;
   }
 
-  /**
-   * Marks pages of the memfd present (content written in the background, a
-   * push): faults on them are resolved without calling fetch.
-   */
-  markPresent(offset: number, length: number): void {
-    this.present.mark(offset, length);
+  /** @deprecated Refused: use `handler.present.mark(offset, length)`. */
+  markPresent(_offset: number, _length: number): never {
+    throw renamedError('FaultHandler#markPresent()', 'handler.present.mark(offset, length)');
   }
 
   /**
@@ -189,7 +190,7 @@ export class FaultHandler implements AsyncDisposable {
       void this.#shutdown(undefined);
     });
     this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
-    trace('handler uffd %d: started (%s, read-ahead %d)', this.#fd, this.mode, this.#readAhead);
+    trace('handler uffd %d: started (%s, map-ahead %d)', this.#fd, this.mode, this.#mapAhead);
     return this;
   }
 

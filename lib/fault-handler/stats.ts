@@ -71,7 +71,7 @@ export function handlerStats(engine: Float64Array, counts: PolicyCounts, nativeM
     fetched: counts.fetched,
     duplicatesMerged: counts.duplicatesMerged,
     alreadyPresent: engine[STAT.alreadyPresent],
-    readAheadPages: engine[STAT.readAheadPages],
+    mapAheadPages: engine[STAT.mapAheadPages],
     errors: counts.errors,
     zeroFilled: counts.zeroFilled,
     poisoned: engine[STAT.poisoned],

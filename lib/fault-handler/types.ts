@@ -2,7 +2,7 @@
 // options, the counters.
 import type { Memfd } from '../memfd';
 import type { PresentPages } from '../present-pages';
-import type { Userfaultfd, UffdEvent } from '../userfaultfd';
+import type { OpenOptions, Userfaultfd, UffdEvent } from '../userfaultfd';
 
 /** One page that needs content, as the fetch policy sees it. */
 export interface Fault {
@@ -33,7 +33,7 @@ export interface FetchContext {
 }
 
 /** What to do with a page whose fetch threw or rejected. */
-export type ErrorAction = 'retry' | 'zero-fill' | 'poison' | 'stop';
+export type ErrorAction = 'retry' | 'zero' | 'poison' | 'stop';
 
 /** What the native resolver does when the JavaScript thread itself faults on an absent page. */
 export type LoopThreadFaultAction = 'abort' | 'map-as-is';
@@ -51,13 +51,13 @@ export interface FaultHandlerOptions {
   fetch: (fault: Fault, context: FetchContext) => void | Promise<void>;
   /** Fetches in flight at once; further pages wait in FIFO order. Default 64. */
   concurrency?: number;
-  /** Also map up to this many following pages that are already present, in the same CONTINUE. Default 0. */
-  readAhead?: number;
+  /** Also map up to this many following pages that are already present, in the same CONTINUE. Default 0. (Was `readAhead`.) */
+  mapAhead?: number;
   /** `'event-loop'` (default) or `'native'` (a native resolver thread; needs the `threadId` feature). */
   mode?: 'event-loop' | 'native';
   /**
    * Decides the fate of a page whose fetch failed (only that page is
-   * affected): `'retry'` calls fetch again, `'zero-fill'` writes zeros then
+   * affected): `'retry'` calls fetch again, `'zero'` writes zeros then
    * CONTINUEs, `'poison'` makes the faulter's access raise SIGBUS (needs
    * UFFDIO_POISON, Linux 6.6+), `'stop'` stops the handler with the error
    * (see {@link FaultHandler.finished}). May be async. A throwing onError
@@ -65,14 +65,16 @@ export interface FaultHandlerOptions {
    */
   onError?: (error: unknown, fault: Fault) => ErrorAction | Promise<ErrorAction>;
   /**
-   * Native mode: the JavaScript thread of this environment touched an absent
-   * page. JavaScript cannot run until the fault is resolved, so fetch can never
-   * be called. `'abort'` (default) prints the address and the rule to stderr and
-   * aborts the process; `'map-as-is'` maps whatever the page cache holds (zeros
-   * for a hole) and reports it afterwards through `loopThreadFaults` in
-   * {@link FaultHandler.stats} and `onLoopThreadFault`'s companion event.
+   * Native mode only (an error in event-loop mode, where the deadlock
+   * watchdog of {@link OpenOptions.deadlockWatchdogMs} does this job): the
+   * JavaScript thread of this environment touched an absent page. JavaScript
+   * cannot run until the fault is resolved, so fetch can never be called.
+   * `'abort'` (default) prints the address and the rule to stderr and aborts
+   * the process; `'map-as-is'` maps whatever the page cache holds (zeros for a
+   * hole), counts it in `loopThreadFaults` of {@link FaultHandler.stats} and
+   * calls `onLoopThreadFaultMapped`. (Was `onLoopThreadFault`.)
    */
-  onLoopThreadFault?: LoopThreadFaultAction;
+  loopThreadFault?: LoopThreadFaultAction;
   /** Called after a non-cooperative event (remove, unmap, remap) has been applied to the handler's state. */
   onEvent?: (event: Exclude<UffdEvent, { type: 'pagefault' | 'fork' }>) => void;
   /**
@@ -82,7 +84,7 @@ export interface FaultHandlerOptions {
    * ordinary pages.
    */
   onFork?: (child: Userfaultfd) => void;
-  /** Native mode: the JavaScript thread faulted and `onLoopThreadFault` was `'map-as-is'`. */
+  /** Native mode only: the JavaScript thread faulted and `loopThreadFault` was `'map-as-is'`. */
   onLoopThreadFaultMapped?: (info: { address: number; offset: number }) => void;
   /** Stops the handler (as {@link FaultHandler.stop}) when aborted. */
   signal?: AbortSignal;
@@ -141,8 +143,8 @@ export interface FaultHandlerStats {
   duplicatesMerged: number;
   /** Messages resolved without fetch because the page was marked present. */
   alreadyPresent: number;
-  /** Extra pages mapped by read-ahead in the same CONTINUE. */
-  readAheadPages: number;
+  /** Extra pages mapped by `mapAhead` in the same CONTINUE. */
+  mapAheadPages: number;
   /** Fetch failures (each retry counts). */
   errors: number;
   /** Pages zero-filled / poisoned by the error policy. */

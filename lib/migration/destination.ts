@@ -77,8 +77,8 @@ export interface DestinationOptions {
   mode?: 'event-loop' | 'native';
   /** Map received pages into every view at once (fewer later faults). Default true. */
   mapReceived?: boolean;
-  /** After a demand fault on page N, also ask (at prefetch priority) for this many pages after it. Default 0. */
-  readahead?: number;
+  /** After a demand fault on page N, also ask (at prefetch priority) for this many pages after it. Default 0. (Was `readahead`.) */
+  prefetch?: number;
   /**
    * Pushed batches allowed in flight (sent but not yet written here). Small
    * keeps demand answers from queueing behind pushed data; large keeps a
@@ -136,7 +136,7 @@ export class MigrationDestination implements Disposable {
   readonly #socket: net.Socket;
   readonly #policy: FailurePolicy;
   readonly #mapReceived: boolean;
-  readonly #readahead: number;
+  readonly #prefetch: number;
   readonly #pushWindow: number;
   #creditOwed = 0;
   readonly #unregisterWhenDone: boolean;
@@ -168,14 +168,14 @@ export class MigrationDestination implements Disposable {
   readonly #signal?: AbortSignal;
   readonly #onAbort = () => this.#fail(stateError('ERR_MIGRATION_ABORTED', 'migration destination aborted'));
 
-  private constructor(opts: Required<Pick<DestinationOptions, 'uffd' | 'memfd'>> & { views: View[]; socket: net.Socket; policy: FailurePolicy; mode: 'event-loop' | 'native'; mapReceived: boolean; readahead: number; pushWindow: number; unregisterWhenDone: boolean; signal?: AbortSignal }) {
+  private constructor(opts: Required<Pick<DestinationOptions, 'uffd' | 'memfd'>> & { views: View[]; socket: net.Socket; policy: FailurePolicy; mode: 'event-loop' | 'native'; mapReceived: boolean; prefetch: number; pushWindow: number; unregisterWhenDone: boolean; signal?: AbortSignal }) {
     this.#uffd = opts.uffd;
     this.#memfd = opts.memfd;
     this.#views = opts.views;
     this.#socket = opts.socket;
     this.#policy = opts.policy;
     this.#mapReceived = opts.mapReceived;
-    this.#readahead = opts.readahead;
+    this.#prefetch = opts.prefetch;
     this.#pushWindow = opts.pushWindow;
     this.#unregisterWhenDone = opts.unregisterWhenDone;
     this.#pageSize = opts.memfd.pageSize;
@@ -195,7 +195,7 @@ export class MigrationDestination implements Disposable {
       mode: opts.mode,
       fetch: (fault, context) => this.#fetch(fault, context),
       // Fetches fail only once the migration has failed: apply the policy to their pages.
-      onError: () => (this.#policy === 'poison' ? 'poison' : 'zero-fill'),
+      onError: () => (this.#policy === 'poison' ? 'poison' : 'zero'),
     });
     for (const view of this.#views)
       this.#handler.attach({ address: view.address, length: view.length, offset: view.firstPage * this.#pageSize }, { register: false });
@@ -209,6 +209,7 @@ export class MigrationDestination implements Disposable {
    */
   static async connect(options: DestinationOptions): Promise<MigrationDestination> {
     const opts = v.options<DestinationOptions>('options', options);
+    v.renamed('options', opts, { readahead: 'prefetch' });
     if (!(opts.uffd instanceof Userfaultfd)) throw argValueError('options.uffd', 'must be a Userfaultfd', opts.uffd);
     if (!(opts.memfd instanceof Memfd)) throw argValueError('options.memfd', 'must be a Memfd', opts.memfd);
     const pageSize = opts.memfd.pageSize;
@@ -239,7 +240,7 @@ export class MigrationDestination implements Disposable {
       policy: v.oneOf('options.onFailure', opts.onFailure, ['poison', 'zero'] as const, 'poison'),
       mode: v.oneOf('options.mode', opts.mode, ['event-loop', 'native'] as const, 'event-loop'),
       mapReceived: v.boolean('options.mapReceived', opts.mapReceived, true),
-      readahead: v.integer('options.readahead', opts.readahead ?? 0, 0, 4096),
+      prefetch: v.integer('options.prefetch', opts.prefetch ?? 0, 0, 4096),
       pushWindow: v.integer('options.pushWindow', opts.pushWindow ?? 4, 1, 1 << 20),
       unregisterWhenDone: v.boolean('options.unregisterWhenDone', opts.unregisterWhenDone, true),
       signal: opts.signal,
@@ -397,7 +398,7 @@ export class MigrationDestination implements Disposable {
     } else if (this.#requested[page] !== 1) {
       this.#requested[page] = 1;
       this.#toDemand.push(page);
-      for (let p = page + 1; p <= page + this.#readahead && p < this.#pageCount; p++) {
+      for (let p = page + 1; p <= page + this.#prefetch && p < this.#pageCount; p++) {
         if (this.#present.has(p) || this.#requested[p]) continue;
         this.#requested[p] = 2;
         this.#toPrefetch.push(p);

@@ -154,8 +154,8 @@ export class FirecrackerSession implements Disposable {
   /** Firecracker's pid (SO_PEERCRED). */
   readonly pid: number;
   readonly regions: readonly FirecrackerRegion[];
-  /** `'uffd'`: one fd, anonymous memory (MISSING). `'guest_memfd'`: three fds, memory fd + userfault bitmap (MINOR). */
-  readonly mode: 'uffd' | 'guest_memfd';
+  /** Firecracker's memory backend: `'uffd'`: one fd, anonymous memory (MISSING). `'guest_memfd'`: three fds, memory fd + userfault bitmap (MINOR). (Was `mode`.) */
+  readonly backend: 'uffd' | 'guest_memfd';
   /** Resolves when Firecracker goes away (socket closed or its process exited); rejects when serving failed. */
   readonly finished: Promise<FirecrackerStats>;
   readonly #counts = { pagesFromSnapshot: 0, zeroPages: 0, removeEvents: 0, faultRequests: 0 };
@@ -188,7 +188,7 @@ export class FirecrackerSession implements Disposable {
     this.#uffd = uffd;
     this.#image = image;
     this.#onFailure = onFailure;
-    this.mode = memory ? 'guest_memfd' : 'uffd';
+    this.backend = memory ? 'guest_memfd' : 'uffd';
     const pageSize = Math.min(...regions.map((r) => r.pageSize));
     this.#pageSize = pageSize;
     const pages = Math.max(...regions.map((r) => (r.offset + r.size) / pageSize));
@@ -196,7 +196,7 @@ export class FirecrackerSession implements Disposable {
     this.#present = new PresentPages(pages * pageSize, pageSize);
     // Anonymous memory (one fd) is filled by COPY of snapshot bytes; guest_memfd
     // memory (three fds) is written, then mapped by CONTINUE.
-    this.#engine = new FaultEngine(uffd, { backingFd: memory ? memory.fd : -1, pageSize, fill: memory ? 'continue' : 'copy', readAhead: 0, present: this.#present });
+    this.#engine = new FaultEngine(uffd, { backingFd: memory ? memory.fd : -1, pageSize, fill: memory ? 'continue' : 'copy', mapAhead: 0, present: this.#present });
     for (const r of regions) this.#engine.addRegion({ address: r.baseHostVirtAddr, length: r.size, offset: r.offset, pageSize: r.pageSize });
     this.#memory = memory;
     this.#bitmapView = bitmapView;
@@ -258,7 +258,7 @@ export class FirecrackerSession implements Disposable {
       }
       session = new FirecrackerSession(socket, pid, regions, uffd, image, onFailure, memory, bitmapView);
       session.#start(rest);
-      trace('firecracker pid %d: %d regions, %s mode', pid, regions.length, session.mode);
+      trace('firecracker pid %d: %d regions, %s backend', pid, regions.length, session.backend);
       return session;
     } catch (err) {
       // Past construction the session owns everything, a started poller and

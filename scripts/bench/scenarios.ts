@@ -158,7 +158,7 @@ async function nativeTouchers(s: Scenario, mem: Memfd, uffd: Userfaultfd, orders
   view.advise('random');
   const handler = new FaultHandler(uffd, { memfd: mem, fetch: failFetch, mode: s.mode === 'native-resolver' ? 'native' : 'event-loop' });
   handler.attach(view);
-  handler.markPresent(0, mem.size);
+  handler.present.mark(0, mem.size);
   let note: string | undefined;
   try {
     if (s.mode === 'native-resolver') {
@@ -202,7 +202,7 @@ async function workerToucher(s: Scenario, mem: Memfd, uffd: Userfaultfd, orders:
   try {
     const view = await nextMessage<{ address: number; length: number }>(worker);
     handler.attach({ address: view.address, length: view.length, offset: 0 });
-    handler.markPresent(0, mem.size);
+    handler.present.mark(0, mem.size);
     bench.pinSelf(cpus.handler);
     handler.start();
     const done = nextMessage<TouchDone>(worker);

@@ -37,7 +37,7 @@ if (data.role === 'handler') {
       mode: 'event-loop',
     });
     handler.attach({ address: data.address, length: data.length, offset: 0 });
-    handler.markPresent(0, mem.size);
+    handler.present.mark(0, mem.size);
     bench.pinSelf(data.cpu);
     handler.start();
     // The main thread sleeps in its faults while this loop serves them; if

@@ -18,7 +18,7 @@ const kinds: Record<keyof EngineLayout['kinds'], true> = {
   loopThreadMapped: true, readerFailed: true, ioctlFailed: true, pagesRemoved: true,
 };
 const stats: Record<keyof EngineLayout['stats'], true> = {
-  faults: true, resolved: true, alreadyPresent: true, readAheadPages: true, loopThreadFaults: true,
+  faults: true, resolved: true, alreadyPresent: true, mapAheadPages: true, loopThreadFaults: true,
   deferrals: true, untracked: true, poisoned: true, copied: true,
 };
 const errnos: Record<keyof EngineLayout['errno'], true> = {

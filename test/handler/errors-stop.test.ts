@@ -51,14 +51,14 @@ for (const mode of ['event-loop', 'native'] as const) {
       expectPages(new Uint8Array(guest.buffer), all(pages));
     });
 
-    itWith(['minorShmem', 'threadId'], "'zero-fill' maps zeros for the failed page only", async () => {
+    itWith(['minorShmem', 'threadId'], "'zero' maps zeros for the failed page only", async () => {
       const pages = 64;
       const { mem, uffd, guest } = setup(pages);
       for (const p of all(pages)) mem.write(p * PAGE_SIZE, Buffer.alloc(PAGE_SIZE, 0xee)); // stale content
       const handler = new FaultHandler(uffd, {
         memfd: mem, mode,
         fetch: (f) => { if (f.page === 5 || f.page === 40) throw new Error('gone'); mem.write(f.offset, pageContent(f.page)); },
-        onError: () => 'zero-fill',
+        onError: () => 'zero',
       });
       handlers.push(handler);
       handler.attach(guest).start();

@@ -64,7 +64,7 @@ for (const mode of ['event-loop', 'native'] as const) {
       const mem = Memfd.create(pages * PAGE_SIZE, { name: 'storm-dontneed', allocate: true });
       const uffd = Userfaultfd.open({ features: [...EVENTS] });
       open.push(mem, uffd);
-      const handler = new FaultHandler(uffd, { memfd: mem, mode, readAhead: 3, fetch: (f) => void mem.write(f.offset, pageContent(f.page)) });
+      const handler = new FaultHandler(uffd, { memfd: mem, mode, mapAhead: 3, fetch: (f) => void mem.write(f.offset, pageContent(f.page)) });
       handlers.push(handler);
       const worker = new Worker(fixture('storm-worker.js'), { workerData: { entry: distEntry, util: pageContentModule, fd: mem.fd } });
       try {

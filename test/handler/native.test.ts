@@ -22,7 +22,7 @@ describe('FaultHandler, native mode', () => {
     let calls = 0;
     const handler = new FaultHandler(uffd, { memfd: mem, mode: 'native', fetch: () => void calls++ });
     handlers.push(handler);
-    handler.attach(guest).markPresent(0, pages * PAGE_SIZE);
+    handler.attach(guest).present.mark(0, pages * PAGE_SIZE);
     handler.start();
     await Promise.all([1, 2].map((s) => touchPages(guest, shuffled(pages, rng(s)))));
     const stats = await settledStats(handler);
@@ -57,7 +57,7 @@ describe('FaultHandler, native mode', () => {
     });
     handlers.push(handler);
     handler.attach(guest);
-    for (let p = 0; p < pages; p += 2) handler.markPresent(p * PAGE_SIZE, PAGE_SIZE);
+    for (let p = 0; p < pages; p += 2) handler.present.mark(p * PAGE_SIZE, PAGE_SIZE);
     handler.start();
     await Promise.all([11, 12, 13].map((s) => touchPages(guest, shuffled(pages, rng(s)))));
     const stats = await settledStats(handler);
@@ -74,9 +74,9 @@ describe('FaultHandler, native mode', () => {
     for (const mode of ['event-loop', 'native'] as const) {
       const { mem, uffd, guest } = setup(pages);
       for (let p = 0; p < pages; p++) mem.write(p * PAGE_SIZE, pageContent(p));
-      const handler = new FaultHandler(uffd, { memfd: mem, mode, readAhead: 7, fetch: () => expect.fail('no fetch expected') });
+      const handler = new FaultHandler(uffd, { memfd: mem, mode, mapAhead: 7, fetch: () => expect.fail('no fetch expected') });
       handlers.push(handler);
-      handler.attach(guest).markPresent(0, pages * PAGE_SIZE);
+      handler.attach(guest).present.mark(0, pages * PAGE_SIZE);
       handler.start();
       await touchPages(guest, Array.from({ length: pages }, (_, i) => i));
       const stats = await settledStats(handler);
@@ -84,7 +84,7 @@ describe('FaultHandler, native mode', () => {
       const why = `${mode}: ${JSON.stringify({ ...stats, latencyUs: undefined })}`;
       expect(stats.faults, why).toBeGreaterThanOrEqual(pages / 8);
       expect(stats.faults - stats.alreadyPresent, why).toBe(0);
-      expect(stats.readAheadPages, why).toBe(pages - pages / 8);
+      expect(stats.mapAheadPages, why).toBe(pages - pages / 8);
       expectPages(new Uint8Array(guest.buffer), Array.from({ length: pages }, (_, i) => i));
     }
   });
@@ -94,15 +94,15 @@ describe('FaultHandler, native mode', () => {
     for (const mode of ['event-loop', 'native'] as const) {
       const { mem, uffd, guest } = setup(pages);
       for (let p = 0; p < pages; p++) mem.write(p * PAGE_SIZE, pageContent(p));
-      const handler = new FaultHandler(uffd, { memfd: mem, mode, readAhead: 15, fetch: () => expect.fail('no fetch expected') });
+      const handler = new FaultHandler(uffd, { memfd: mem, mode, mapAhead: 15, fetch: () => expect.fail('no fetch expected') });
       handlers.push(handler);
-      handler.attach(guest).markPresent(0, pages * PAGE_SIZE);
+      handler.attach(guest).present.mark(0, pages * PAGE_SIZE);
       handler.start();
       await Promise.all([3, 4].map((s) => touchPages(guest, shuffled(pages, rng(s)))));
       const stats = await settledStats(handler);
       expect(stats.resolved, mode).toBe(stats.faults);
       expect(stats.faults, mode).toBeLessThan(pages);
-      expect(stats.readAheadPages, mode).toBeGreaterThan(0);
+      expect(stats.mapAheadPages, mode).toBeGreaterThan(0);
       expect(stats.errors, mode).toBe(0);
       expectPages(new Uint8Array(guest.buffer), Array.from({ length: pages }, (_, i) => i));
     }

@@ -82,7 +82,7 @@ async function restore(mode: 1 | 3, spec: string, legacy = false) {
   const child = runStandin([path, String(mode), snapshotPath, spec, ...(legacy ? ['legacy'] : [])]);
   const session = await server.accept({ signal: AbortSignal.timeout(10_000) });
   expect(session.pid).toBe(child.pid);
-  expect(session.mode).toBe(mode === 1 ? 'uffd' : 'guest_memfd');
+  expect(session.backend).toBe(mode === 1 ? 'uffd' : 'guest_memfd');
   const result = await child.exit;
   expect(result.stderr).toBe('');
   expect(result).toMatchObject({ code: 0, signal: null });
@@ -131,7 +131,7 @@ describe('Firecracker page server', () => {
 
   itWith(['eventRemove', 'minorShmem'], 'three fds: MINOR faults and vCPU fault requests, bitmap bits cleared, balloon zeros', async () => {
     const { session, stats, report } = await restore(3, '4k:16,4k:8,4k:4');
-    expect(session.mode).toBe('guest_memfd');
+    expect(session.backend).toBe('guest_memfd');
     expect(report.vcpuRequests).toBe(4);
     expect(stats.faultRequests).toBe(4);
     expect(stats.removeEvents).toBe(4);

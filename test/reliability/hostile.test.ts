@@ -202,7 +202,7 @@ const CASES: Case[] = [
   { name: 'new FaultHandler', kinds: ['opts'], defaults: (f) => [{ memfd: f.mem, fetch: () => {} }], call: (f, [o]) => new FaultHandler(f.uffd, o as any) },
   { name: 'new FaultHandler(uffd)', kinds: ['uffd'], defaults: (f) => [f.uffd], call: (f, [u]) => new FaultHandler(u as any, { memfd: f.mem, fetch: () => {} }) },
   { name: 'FaultHandler#attach', kinds: ['range', 'opts'], defaults: (f) => [f.view, undefined], call: (f, [r, o]) => new FaultHandler(f.uffd, { memfd: f.mem, fetch: () => {} }).attach(r as any, o as any) },
-  { name: 'FaultHandler#markPresent', kinds: ['byteOff', 'byteOff'], defaults: () => [0, PAGE_SIZE], call: (f, [o, l]) => new FaultHandler(f.uffd, { memfd: f.mem, fetch: () => {} }).markPresent(o as any, l as any) },
+  { name: 'PresentPages#mark', kinds: ['byteOff', 'byteOff'], defaults: () => [0, PAGE_SIZE], call: (f, [o, l]) => new FaultHandler(f.uffd, { memfd: f.mem, fetch: () => {} }).present.mark(o as any, l as any) },
   { name: 'touchPages', kinds: ['pages', 'opts'], defaults: () => [[0], undefined], call: (f, [p, o]) => touchPages(f.spare, p as any, o as any) },
   { name: 'touchPages(mapping)', kinds: ['range'], defaults: (f) => [f.spare], call: (_f, [m]) => touchPages(m as any, [0]) },
   { name: 'FdSocket', kinds: ['fd'], defaults: () => [99_999], call: (_f, [fd]) => new FdSocket(fd as any), unsafe: ([fd]) => fdIsOpen(fd) },

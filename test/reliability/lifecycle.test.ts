@@ -118,7 +118,7 @@ describe('lifecycle', () => {
         expect(msg.fds).toHaveLength(1);
         uffd = Userfaultfd.fromFd(msg.fds[0]);
         handler = new FaultHandler(uffd, { memfd: mem, mode, fetch: () => {} });
-        handler.markPresent(0, pages * PAGE_SIZE);
+        handler.present.mark(0, pages * PAGE_SIZE);
         handler.attach({ address: view.address, length: view.length, offset: 0 }, { register: false }).start();
         await waitFor(() => handler!.stats().resolved > 3 * pages, 15_000, 'faults served');
         child.kill('SIGKILL');

@@ -106,7 +106,7 @@ describe('security', () => {
       const view = mem.map();
       const uffd = Userfaultfd.open({ features: ['minorShmem', 'threadId'], userModeOnly: false });
       const handler = new FaultHandler(uffd, { memfd: mem, mode: 'native', fetch: () => {} }).attach(view).start();
-      handler.markPresent(0, PAGE_SIZE);
+      handler.present.mark(0, PAGE_SIZE);
       const fd = fs.openSync(${JSON.stringify(file)}, 'r');
       const n = fs.readSync(fd, new Uint8Array(view.buffer), 0, 18, 0);
       // The resolver counts a fault after its CONTINUE has already woken this
