@@ -1,6 +1,8 @@
 // Writes dist/lib/index.mjs, the ESM face of the CommonJS build, from the
 // names the CommonJS entry really exports (so the two can never drift).
+// Run by npm run build:ts after tsc: node scripts/write-esm-entry.js
 'use strict';
+require('./usage').answerHelp(__filename);
 const fs = require('node:fs');
 const path = require('node:path');
 

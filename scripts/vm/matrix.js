@@ -20,6 +20,7 @@ const { execFileSync, spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const { usage } = require('../usage');
 
 const repo = path.resolve(__dirname, '..', '..');
 const cacheDir = process.env.UFFD_VM_CACHE || path.join(os.homedir(), '.cache', 'userfaultfd-vm');
@@ -63,20 +64,14 @@ function parseArgs(argv) {
     else if (a === '--no-kvm') out.kvm = false;
     else if (a.startsWith('--timeout=')) out.timeout = Number(a.slice(10));
     else if (a === '--help' || a === '-h') {
-      console.log(usage());
+      console.log(usage(__filename));
       process.exit(0);
     } else {
-      console.error(`unknown argument ${a}\n\n${usage()}`);
+      console.error(`unknown argument ${a}\n\n${usage(__filename)}`);
       process.exit(2);
     }
   }
   return out;
-}
-
-/** The comment at the top of this file, which is the usage. */
-function usage() {
-  const lines = fs.readFileSync(__filename, 'utf8').split('\n').slice(1);
-  return lines.slice(0, lines.findIndex((l) => !l.startsWith('//'))).map((l) => l.replace(/^\/\/ ?/, '')).join('\n');
 }
 
 // The VMs die with this process, whatever ends it.
