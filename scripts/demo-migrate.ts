@@ -280,7 +280,10 @@ function next<T>(proc: ChildProcess, ...types: string[]): Promise<T> {
       }
     };
     proc.on('message', onMessage);
-    proc.once('exit', (code, signal) => reject(new Error(`${proc.spawnargs[2]} exited (${code ?? signal}) while waiting for ${types.join('/')}`)));
+    // 'close', not 'exit': a child's exit can be seen before the messages it
+    // sent just before exiting are read; 'close' comes after its IPC channel
+    // has been read to the end.
+    proc.once('close', (code, signal) => reject(new Error(`${proc.spawnargs[2]} exited (${code ?? signal}) while waiting for ${types.join('/')}`)));
   });
 }
 
@@ -331,7 +334,7 @@ async function orchestrate(argv: string[]): Promise<void> {
     const slowdown = g.ratesPerSecond.after / g.ratesPerSecond.during;
     console.log(`guest throughput          ${(g.ratesPerSecond.during / 1e6).toFixed(2)} M accesses/s during migration, ${(g.ratesPerSecond.after / 1e6).toFixed(2)} M/s after: ${slowdown.toFixed(2)}x slowdown during migration`);
     if (g.badPages) throw new Error(`${g.badPages} pages do not match the image`);
-    await Promise.all(procs.map((p) => (p.exitCode === null ? once(p, 'exit') : undefined)));
+    await Promise.all(procs.map((p) => (p.exitCode === null && p.signalCode === null ? once(p, 'exit') : undefined)));
   } finally {
     clearTimeout(watchdog);
     for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
