@@ -1,8 +1,10 @@
 // npm's prepare step: compiles the TypeScript into dist/ when the package is
 // installed from a checkout (npm install in it, a git URL, a path) or packed.
 // A checkout installed by path into another project has no devDependencies
-// (npm installs only a linked folder's own dependencies): the build tools are
-// then installed into the checkout first, without running any script.
+// (npm installs only a linked folder's own dependencies) and may not have run
+// its install script yet: the build tools are then installed into the
+// checkout first, without running any script, and the addon is built (the
+// ESM entry is written from what the compiled entry exports, which loads it).
 //   npm run prepare   (npm runs it by itself on install and pack)
 'use strict';
 require('./usage').answerHelp(__filename);
@@ -27,5 +29,6 @@ if (!existsSync(tsc)) {
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^npm_/i.test(k)));
   run('npm', ['install', '--no-save', '--ignore-scripts', '--include=dev', '--no-audit', '--no-fund', '--prefer-offline'], env);
 }
+if (!existsSync(join(root, 'build', 'Release', 'userfaultfd.node'))) run(process.execPath, [require.resolve('node-gyp/bin/node-gyp.js', { paths: [root] }), 'rebuild']);
 run(process.execPath, [tsc, '-p', join(root, 'tsconfig.json')]);
 run(process.execPath, [join(__dirname, 'write-esm-entry.js')]);
