@@ -1,5 +1,8 @@
-// npm's prepare step: compiles the TypeScript into dist/ when the package is
-// installed from a checkout (npm install in it, a git URL, a path) or packed.
+// npm's prepare step, and npm run build:ts: compiles the TypeScript into a
+// fresh dist/ when the package is installed from a checkout (npm install in
+// it, a git URL, a path) or packed. Fresh, because tsc never deletes outputs
+// whose source is gone: an old dist/lib/fault-handler.js would shadow the
+// new dist/lib/fault-handler/ directory.
 // A checkout installed by path into another project has no devDependencies
 // (npm installs only a linked folder's own dependencies) and may not have run
 // its install script yet: the build tools are then installed into the
@@ -9,7 +12,7 @@
 'use strict';
 require('./usage').answerHelp(__filename);
 const { spawnSync } = require('node:child_process');
-const { existsSync } = require('node:fs');
+const { existsSync, rmSync } = require('node:fs');
 const { join } = require('node:path');
 
 const root = join(__dirname, '..');
@@ -30,5 +33,6 @@ if (!existsSync(tsc)) {
   run('npm', ['install', '--no-save', '--ignore-scripts', '--include=dev', '--no-audit', '--no-fund', '--prefer-offline'], env);
 }
 if (!existsSync(join(root, 'build', 'Release', 'userfaultfd.node'))) run(process.execPath, [require.resolve('node-gyp/bin/node-gyp.js', { paths: [root] }), 'rebuild']);
+rmSync(join(root, 'dist'), { recursive: true, force: true });
 run(process.execPath, [tsc, '-p', join(root, 'tsconfig.json')]);
 run(process.execPath, [join(__dirname, 'write-esm-entry.js')]);
