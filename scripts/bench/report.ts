@@ -162,7 +162,7 @@ export function ratioSummary(report: BenchReport): string {
   const header = ['handler (4 KiB pages, 1 toucher)', ...placements.map((p) => `p50 / p99 ×C, ${p === 'same' ? 'same CPU' : 'other CPU'}`)];
   const table: Table = { header, rows: modes.map((m) => [MODE_LABEL[m as keyof typeof MODE_LABEL], ...placements.map((p) => cell(m, p))]), align: ['l', ...placements.map(() => 'r' as const)] };
   return [
-    `${report.options.quick ? '`--quick`' : 'Default'} run of ${report.machine.date.slice(0, 10)}, ${report.machine.cpus} CPUs, Linux ${report.machine.kernel}; ×C = the library's latency over a C handler's measured in the same run and placement (1.00x = as fast as C).`,
+    `${report.options.quick ? '`--quick`' : 'Default'} run of ${report.machine.date.slice(0, 10)}: ${report.machine.cpus} CPUs (${report.machine.cpuModel}), Linux ${report.machine.kernel}, load ${report.machine.loadAverage.map((l) => l.toFixed(1)).join(' ')} during the run. ×C = the library's latency over a C handler's measured in the same run and placement (1.00x = as fast as C); a loaded machine moves the ratios, most of all across CPUs.`,
     '',
     renderMarkdown(table),
     '',
