@@ -1,6 +1,7 @@
 {
   "variables": {
-    "uffd_sanitize%": "<!(node -p \"process.env.UFFD_SANITIZE || ''\")"
+    "uffd_sanitize%": "<!(node -p \"process.env.UFFD_SANITIZE || ''\")",
+    "uffd_bench%": "<!(node -p \"require('fs').existsSync('native/bench') ? 1 : 0\")"
   },
   "targets": [
     {
@@ -42,7 +43,8 @@
       "defines": ["NAPI_VERSION=8"],
       "cflags_cc": ["-std=c++17", "-fvisibility=hidden", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
       "conditions": [
-        ["OS!='linux'", {"type": "none"}]
+        ["OS!='linux'", {"type": "none"}],
+        ["uffd_bench==0", {"type": "none", "sources": []}]
       ]
     }
   ]

@@ -6,6 +6,7 @@
 # Exit status: the suite's, or 3 when a sanitizer reported anything although
 # the tests passed.
 #   npm run test:asan [-- test/some/file.test.ts]
+case "${1:-}" in -h | --help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 set -uo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
 work="${ASAN_DIR:-$(mktemp -d /tmp/uffd-asan.XXXXXX)}"

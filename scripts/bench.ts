@@ -1,48 +1,68 @@
 // `npm run bench`: minor-fault latency of every handler mode of the library,
 // side by side with the kernel floor and a C reference handler measured in
-// the same run. See docs-bench.md for what each row means.
+// the same run. See docs/benchmark.md for what each row means.
 //
-//   npm run bench -- [--quick | --smoke] [--json FILE] [--report DIR] [--markdown] [--no-huge] [--seed N]
-import { readFileSync, writeFileSync } from 'node:fs';
+//   npm run bench -- [--quick | --smoke] [--json FILE] [--report DIR] [--markdown [FILE]] [--docs] [--no-huge] [--seed N]
+import { readFileSync } from 'node:fs';
 import { cpus, loadavg, release } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { SingleBar } from 'cli-progress';
 
 import { PAGE_SIZE, probe } from '../lib/index';
 import { reserveHugePages } from './bench/hugepages';
-import { BenchReport, Ratios, markdownReport, textReport, writeHtmlReport } from './bench/report';
+import { writeFileAtomic, writeMarkdown, replaceBetweenMarkers } from './bench/output';
+import { BenchReport, QUICK_NOTE, Ratios, markdownReport, ratioSummary, textReport, writeHtmlReport } from './bench/report';
 import { BulkRow, Mode, Order, PageKind, Placement, Scenario, ScenarioResult, runBulk, runScenario } from './bench/scenarios';
 import { pageOrders, summarize } from './bench/stats';
 
-const { values: args } = parseArgs({
-  options: {
+const USAGE = [
+  'usage: npm run bench -- [--quick | --smoke] [--json FILE] [--report DIR] [--markdown [FILE]] [--docs] [--no-huge] [--seed N] [--only REGEX]',
+  '  --quick          1000 faults per scenario (under a minute on 2 CPUs): a smoke test, not a measurement; default 10000',
+  '  --smoke          64 faults per scenario: checks that every mode resolves its faults',
+  '  --json FILE      every figure, machine facts and ratios (rewritten after each scenario)',
+  '  --report DIR     index.html with the table and a latency CDF chart, and latency-cdf.svg',
+  '  --markdown       print the tables as markdown instead of text',
+  '  --markdown FILE  write them to FILE (only between its bench markers when it has them)',
+  '  --docs           a default run only: write the tables into docs/benchmark.md and the ratios into README.md',
+  '  --no-huge        skip the 2 MiB hugetlb rows (no vm.nr_hugepages change)',
+  '  --seed N         seed of the random page orders (default 1)',
+  '  --only REGEX     run only the scenarios whose id matches, e.g. "4k/(c-reference|native-resolver)/same"',
+  '  --from FILE      measure nothing: print (and --report, --markdown, --docs) the results of an earlier --json FILE',
+  '',
+].join('\n');
+
+// `--markdown` alone prints to stdout; `--markdown FILE` writes FILE.
+const argv = process.argv.slice(2).flatMap((a, i, all) =>
+  a === '--markdown' && (all[i + 1] === undefined || all[i + 1].startsWith('-')) ? ['--markdown=-'] : [a]);
+
+let parsed;
+try {
+  parsed = parseArgs({
+    args: argv,
+    options: {
     quick: { type: 'boolean', default: false },
     smoke: { type: 'boolean', default: false },
     json: { type: 'string' },
     report: { type: 'string' },
-    markdown: { type: 'boolean', default: false },
+    markdown: { type: 'string' },
+    docs: { type: 'boolean', default: false },
     'no-huge': { type: 'boolean', default: false },
     seed: { type: 'string', default: '1' },
     only: { type: 'string' },
     from: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
-  },
-});
+    },
+  });
+} catch (err) {
+  process.stderr.write(`bench: ${(err as Error).message}\n\n${USAGE}`);
+  process.exit(2);
+}
+const args = parsed.values;
 
 if (args.help) {
-  process.stdout.write([
-    'usage: npm run bench -- [--quick | --smoke] [--json FILE] [--report DIR] [--markdown] [--no-huge] [--seed N] [--only REGEX]',
-    '  --quick      1000 faults per scenario (under a minute on 2 CPUs); default 10000',
-    '  --smoke      64 faults per scenario: checks that every mode resolves its faults',
-    '  --json FILE  every figure, machine facts and ratios',
-    '  --report DIR index.html with the table and a latency CDF chart, and latency-cdf.svg',
-    '  --markdown   print the tables as markdown (for the README)',
-    '  --no-huge    skip the 2 MiB hugetlb rows (no vm.nr_hugepages change)',
-    '  --only REGEX run only the scenarios whose id matches, e.g. "4k/(c-reference|native-resolver)/same"',
-    '  --from FILE  measure nothing: print (and --report) the results of an earlier --json FILE',
-    '',
-  ].join('\n'));
+  process.stdout.write(USAGE);
   process.exit(0);
 }
 
@@ -93,10 +113,35 @@ function emptyResult(s: Scenario): ScenarioResult {
   };
 }
 
-async function rerender(file: string): Promise<void> {
-  const report = JSON.parse(readFileSync(file, 'utf8')) as BenchReport;
+const repo = join(__dirname, '..', '..');
+
+/** Everything a finished (or failed) run writes besides the JSON. */
+async function publish(report: BenchReport): Promise<void> {
   if (args.report) process.stderr.write(`report: ${(await writeHtmlReport(report, args.report)).join(', ')}\n`);
-  process.stdout.write(`${args.markdown ? markdownReport(report) : textReport(report)}\n`);
+  if (args.markdown && args.markdown !== '-') {
+    writeMarkdown(args.markdown, markdownReport(report));
+    process.stderr.write(`markdown: ${args.markdown}\n`);
+  }
+  if (args.docs) writeDocs(report);
+  process.stdout.write(`${args.markdown === '-' ? markdownReport(report) : textReport(report)}\n`);
+}
+
+/** The documented figures: only a complete default run on every scenario may stand for them. */
+function writeDocs(report: BenchReport): void {
+  const o = report.options;
+  if (o.quick || o.smoke || o.only !== null || report.incomplete) {
+    process.stderr.write('--docs: docs left as they are: only a complete default run (no --quick, --smoke, --only) is written into them\n');
+    process.exitCode = 1;
+    return;
+  }
+  for (const [file, name, text] of [['docs/benchmark.md', 'bench', markdownReport(report)], ['README.md', 'bench-ratios', ratioSummary(report)]]) {
+    if (!replaceBetweenMarkers(join(repo, file), name, text)) throw new Error(`${file} lacks the ${name} markers`);
+    process.stderr.write(`docs: ${file}\n`);
+  }
+}
+
+async function rerender(file: string): Promise<void> {
+  await publish(JSON.parse(readFileSync(file, 'utf8')) as BenchReport);
 }
 
 async function main(): Promise<void> {
@@ -107,6 +152,7 @@ async function main(): Promise<void> {
     process.stderr.write(`userfaultfd MINOR mode is not usable here: ${caps.reasons.join('; ') || 'kernel lacks minorShmem'}\n`);
     process.exit(2);
   }
+  if (args.quick || args.smoke) process.stderr.write(`${QUICK_NOTE}\n`);
   const cpuCount = cpus().length;
   const hugeWanted = !args['no-huge'] && caps.features.minorHugetlbfs;
   // One memfd at a time: the largest of a scenario's and the bulk range, plus slack.
@@ -125,31 +171,40 @@ async function main(): Promise<void> {
   });
   bar.start(scenarios.length + bulkPlan.length, 0, { scenario: '' });
   const results: (ScenarioResult & { error?: string })[] = [];
+  const bulk: BulkRow[] = [];
+  // Rewritten after every step, so a run that dies later keeps what it measured.
+  const save = (incomplete?: string): BenchReport => {
+    const report = assemble(results, bulk, cpuCount, huge, started, incomplete);
+    if (args.json) writeFileAtomic(args.json, `${JSON.stringify(report, null, 2)}\n`);
+    return report;
+  };
   try {
-    for (const [i, s] of scenarios.entries()) {
-      bar.update(i, { scenario: s.id });
-      const orders = pageOrders(s.pages, s.threads, s.order, seed + i);
-      try {
-        results.push(await runScenario(s, orders, cpuCount));
-      } catch (err) {
-        results.push({ ...emptyResult(s), error: (err as Error).message });
+    let failure: Error | undefined;
+    try {
+      for (const [i, s] of scenarios.entries()) {
+        bar.update(i, { scenario: s.id });
+        const orders = pageOrders(s.pages, s.threads, s.order, seed + i);
+        try {
+          results.push(await runScenario(s, orders, cpuCount));
+        } catch (err) {
+          results.push({ ...emptyResult(s), error: (err as Error).message });
+        }
+        save(`stopped after ${results.length} of ${scenarios.length} scenarios`);
       }
+      for (const [j, [page, pages]] of bulkPlan.entries()) {
+        bar.update(scenarios.length + j, { scenario: `${page}/bulk` });
+        bulk.push(...runBulk(page, pages, size.reps));
+        save(`stopped after ${j + 1} of ${bulkPlan.length} bulk ranges`);
+      }
+      bar.update(scenarios.length + bulkPlan.length, { scenario: 'done' });
+    } catch (err) {
+      failure = err as Error;
     }
-    const bulk: BulkRow[] = [];
-    for (const [j, [page, pages]] of bulkPlan.entries()) {
-      bar.update(scenarios.length + j, { scenario: `${page}/bulk` });
-      bulk.push(...runBulk(page, pages, size.reps));
-    }
-    bar.update(scenarios.length + bulkPlan.length, { scenario: 'done' });
     bar.stop();
 
-    const report = assemble(results, bulk, cpuCount, huge, started);
-    if (args.json) writeFileSync(args.json, `${JSON.stringify(report, null, 2)}\n`);
-    if (args.report) {
-      const files = await writeHtmlReport(report, args.report);
-      process.stderr.write(`report: ${files.join(', ')}\n`);
-    }
-    process.stdout.write(`${args.markdown ? markdownReport(report) : textReport(report)}\n`);
+    const report = save(failure && `failed after ${results.length} of ${scenarios.length} scenarios and ${bulk.length} bulk rows: ${failure.message}`);
+    await publish(report);
+    if (failure) throw failure;
     const unresolved = report.scenarios.filter((s) => !s.allResolved);
     if (unresolved.length) {
       for (const s of unresolved)
@@ -162,7 +217,7 @@ async function main(): Promise<void> {
   }
 }
 
-function assemble(results: (ScenarioResult & { error?: string })[], bulk: BulkRow[], cpuCount: number, huge: { available: number; reason?: string }, started: number): BenchReport {
+function assemble(results: (ScenarioResult & { error?: string })[], bulk: BulkRow[], cpuCount: number, huge: { available: number; reason?: string }, started: number, incomplete?: string): BenchReport {
   const scenarios = results.map((s) => ({ ...s, ratios: ratiosFor(s, results) }));
   const bulkRows = bulk.map((b) => {
     const pop = bulk.find((p) => p.page === b.page && p.by === b.by && p.method === 'populate-read');
@@ -195,6 +250,7 @@ function assemble(results: (ScenarioResult & { error?: string })[], bulk: BulkRo
       target('bulk CONTINUE vs MADV_POPULATE_READ throughput (library, 4k, fastest of the repetitions)', libBulk ? libBulk.vsPopulateRead : null, 0.8, true),
     ],
     durationMs: Date.now() - started,
+    ...(incomplete ? { incomplete } : {}),
   };
 }
 

@@ -1,5 +1,4 @@
-// npm run demo:migrate -- [--size MiB] [--workers N] [--hot-fraction F] [--hot-share F]
-//                        [--write-share F] [--push-rate MiB/s] [--batch-pages N] [--after-seconds S]
+// npm run demo:migrate -- [--size MiB] [--workers N] ... (--help lists every option)
 //
 // Post-copy migration of a running guest, three processes on loopback:
 //   source       serves the memory image over TCP (MigrationSource)
@@ -37,20 +36,53 @@ interface Options {
 
 const STAMP = 0xfeedf00d;
 
-function parseOptions(argv: string[]): Options {
+const USAGE = `Usage: npm run demo:migrate -- [options]
+
+Post-copy migration of a running guest: three processes on loopback (source,
+destination, guest); every page is checked against the image at the end.
+
+  --size MiB            guest memory (default 256)
+  --workers N           guest worker threads touching memory (default 2)
+  --hot-fraction F      share of pages in the hot set (default 0.05)
+  --hot-share F         share of accesses that go to the hot set (default 0.8)
+  --write-share F       share of accesses that write (default 0.05)
+  --push-rate MiB/s     cap on the background push, 0 for none (default 64)
+  --batch-pages N       pages per pushed batch (default 16)
+  --after-seconds S     how long the guest runs after the migration (default 3)
+  --prefetch N          pages requested after each demand fault (default 0)
+  --native 0|1          1: native resolver thread instead of the event loop (default 0)
+  --help                this text
+`;
+
+/** A mistake on the command line: reported as usage, without a stack trace. */
+class UsageError extends Error {}
+
+function parseOptions(argv: string[]): Options | 'help' {
   const opts: Options = { sizeMiB: 256, workers: 2, hotFraction: 0.05, hotShare: 0.8, writeShare: 0.05, pushRateMiB: 64, batchPages: 16, afterSeconds: 3, prefetch: 0, native: 0 };
   const names: Record<string, keyof Options> = {
     '--size': 'sizeMiB', '--workers': 'workers', '--hot-fraction': 'hotFraction', '--hot-share': 'hotShare', '--write-share': 'writeShare',
     '--push-rate': 'pushRateMiB', '--batch-pages': 'batchPages', '--after-seconds': 'afterSeconds', '--prefetch': 'prefetch', '--native': 'native',
   };
   for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--help' || argv[i] === '-h') return 'help';
     const key = names[argv[i]];
     const value = Number(argv[i + 1]);
-    if (!key || !Number.isFinite(value)) throw new Error(`unknown option or bad value: ${argv[i]} ${argv[i + 1] ?? ''}\noptions: ${Object.keys(names).join(' ')}`);
+    if (!key || argv[i + 1] === undefined || !Number.isFinite(value)) throw new UsageError(`unknown option or bad value: ${argv[i]} ${argv[i + 1] ?? ''}`);
     opts[key] = value;
     i++;
   }
+  if (!((opts.sizeMiB * 1024 * 1024) % PAGE_SIZE === 0 && opts.sizeMiB > 0)) throw new UsageError(`--size ${opts.sizeMiB}: must be a positive number of MiB that is a whole number of pages`);
+  if (!(Number.isInteger(opts.workers) && opts.workers >= 1)) throw new UsageError(`--workers ${opts.workers}: must be a whole number >= 1`);
   return opts;
+}
+
+/**
+ * process.send that settles once the message has left this process: a role
+ * that exits right after sending would otherwise lose a message still queued
+ * on the IPC channel.
+ */
+function send(message: object): Promise<void> {
+  return new Promise((resolve, reject) => process.send!(message, undefined, undefined, (err) => (err ? reject(err) : resolve())));
 }
 
 /** Word `i` of page `p` of the image: cheap to compute anywhere, different on every page. */
@@ -103,9 +135,9 @@ async function runDestination(socketPath: string, port: number, opts: Options): 
   process.send!({ type: 'migrating', guestPid: peer.pid });
   try {
     const stats = await dest.done;
-    process.send!({ type: 'dest-done', stats });
+    await send({ type: 'dest-done', stats });
   } catch (err) {
-    process.send!({ type: 'dest-failed', message: (err as Error).message });
+    await send({ type: 'dest-failed', message: (err as Error).message });
   } finally {
     uffd.close();
     memfd.close();
@@ -180,7 +212,7 @@ async function runGuest(socketPath: string, opts: Options): Promise<void> {
     after += shared[2 + 2 * id];
   }
   const stalls = reports.flatMap((r) => r.stallsUs).sort((a, b) => a - b);
-  process.send!({
+  await send({
     type: 'guest-done', pages, badPages: bad, pagesWritten: written.size,
     ratesPerSecond: { during: during / ((migratedAt - started) / 1000), after: after / ((stopped - migratedAt) / 1000) },
     stalls: { count: stalls.length, p50: percentile(stalls, 0.5), p90: percentile(stalls, 0.9), p99: percentile(stalls, 0.99), max: stalls[stalls.length - 1] ?? NaN },
@@ -248,12 +280,19 @@ function next<T>(proc: ChildProcess, ...types: string[]): Promise<T> {
       }
     };
     proc.on('message', onMessage);
-    proc.once('exit', (code, signal) => reject(new Error(`${proc.spawnargs[2]} exited (${code ?? signal}) while waiting for ${types.join('/')}`)));
+    // 'close', not 'exit': a child's exit can be seen before the messages it
+    // sent just before exiting are read; 'close' comes after its IPC channel
+    // has been read to the end.
+    proc.once('close', (code, signal) => reject(new Error(`${proc.spawnargs[2]} exited (${code ?? signal}) while waiting for ${types.join('/')}`)));
   });
 }
 
 async function orchestrate(argv: string[]): Promise<void> {
   const opts = parseOptions(argv);
+  if (opts === 'help') {
+    process.stdout.write(USAGE);
+    return;
+  }
   const dir = mkdtempSync(join(tmpdir(), 'demo-migrate-'));
   const socketPath = join(dir, 'handoff.sock');
   const optArgs = ['--opts', JSON.stringify(opts)];
@@ -295,7 +334,7 @@ async function orchestrate(argv: string[]): Promise<void> {
     const slowdown = g.ratesPerSecond.after / g.ratesPerSecond.during;
     console.log(`guest throughput          ${(g.ratesPerSecond.during / 1e6).toFixed(2)} M accesses/s during migration, ${(g.ratesPerSecond.after / 1e6).toFixed(2)} M/s after: ${slowdown.toFixed(2)}x slowdown during migration`);
     if (g.badPages) throw new Error(`${g.badPages} pages do not match the image`);
-    await Promise.all(procs.map((p) => (p.exitCode === null ? once(p, 'exit') : undefined)));
+    await Promise.all(procs.map((p) => (p.exitCode === null && p.signalCode === null ? once(p, 'exit') : undefined)));
   } finally {
     clearTimeout(watchdog);
     for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
@@ -314,6 +353,10 @@ if (!isMainThread) {
 } else {
   const [role, ...rest] = process.argv.slice(2);
   const fail = (err: Error) => {
+    if (err instanceof UsageError) {
+      console.error(`demo: ${err.message}\n\n${USAGE}`);
+      process.exit(2);
+    }
     console.error(`demo ${role ?? ''}: ${err.stack ?? err.message}`);
     process.exit(1);
   };

@@ -5,6 +5,7 @@
 // The seed is printed at the start; a failure prints fast-check's
 // counterexample and replay path. Exit code is vitest's.
 'use strict';
+require('./usage').answerHelp(__filename);
 const { spawnSync } = require('node:child_process');
 const { join } = require('node:path');
 
@@ -17,7 +18,7 @@ const runs = Number(opt('runs', '1000'));
 const seed = Number(opt('seed', String(Date.now() % 2 ** 31)));
 const only = opt('only', 'both');
 if (!Number.isSafeInteger(runs) || runs < 1 || !Number.isSafeInteger(seed)) {
-  console.error('usage: node scripts/fuzz.js [--runs N] [--seed S] [--only hostile|model]');
+  console.error(require('./usage').usage(__filename));
   process.exit(2);
 }
 const root = join(__dirname, '..');

@@ -3,6 +3,7 @@
 // the faulting thread sees (native toucher thread, timed around each touch).
 // Usage: node scripts/loop-overhead.js [pages] [runs]
 'use strict';
+require('./usage').answerHelp(__filename);
 const { execFileSync } = require('node:child_process');
 const { join } = require('node:path');
 const { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd, touchPages } = require('../dist/lib/index.js');

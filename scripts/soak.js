@@ -23,6 +23,7 @@
 // after teardown); RSS may grow by at
 // most --rss-bound-mib (default 32 MiB) per mode. Exit status 1 if any is broken.
 'use strict';
+require('./usage').answerHelp(__filename);
 const { readdirSync, readFileSync } = require('node:fs');
 const { join } = require('node:path');
 

@@ -6,7 +6,10 @@
 // continue, then with a FaultHandler in each mode. Locally: handshake, memfd
 // I/O, map, register, CONTINUE results (mapped, EEXIST, EFAULT, EINVAL), the
 // native toucher on an unregistered view, fd passing, unmap and close.
+//   npm run test:valgrind       (runs this file under valgrind)
+//   node scripts/valgrind-scenarios.js   (the same scenarios without valgrind)
 'use strict';
+require('./usage').answerHelp(__filename);
 const { spawn } = require('node:child_process');
 const { join } = require('node:path');
 const entry = join(__dirname, '..', 'dist', 'lib', 'index.js');

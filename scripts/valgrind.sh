@@ -3,6 +3,8 @@
 # memcheck and reports the errors whose stack passes through the addon
 # (userfaultfd.node); errors inside Node/V8 alone are counted but not ours.
 # Exit 1 if the scenarios fail or the addon has any memcheck error.
+#   npm run test:valgrind
+case "${1:-}" in -h | --help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 set -uo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind: not installed"; exit 2; }

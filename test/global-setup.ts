@@ -8,6 +8,6 @@ export default function setup(): void {
   // each guest; recompiling under software emulation would cost minutes.
   if (process.env.UFFD_TEST_DIST_PREBUILT === '1') return;
   const root = join(__dirname, '..');
-  execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.json')], { stdio: 'inherit' });
-  execFileSync(process.execPath, [join(root, 'scripts/write-esm-entry.js')], { stdio: 'inherit' });
+  // The same build as npm install's (a fresh dist/, so no output of a deleted source lingers).
+  execFileSync(process.execPath, [join(root, 'scripts/prepare.js')], { stdio: 'inherit' });
 }

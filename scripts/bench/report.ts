@@ -1,4 +1,4 @@
-// Output of a run: the terminal table, the markdown table for the README, and
+// Output of a run: the terminal table, the markdown tables for the docs, and
 // the HTML report with its CDF chart rendered to SVG in Node by vega-lite.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -34,7 +34,21 @@ export interface BenchReport {
   bulk: (BulkRow & { vsPopulateRead: number | null; vsPopulateReadMedian: number | null })[];
   targets: { name: string; value: number | null; target: string; met: boolean | null }[];
   durationMs: number;
+  /** Set while the run is under way and when it failed: how far it got. */
+  incomplete?: string;
 }
+
+/**
+ * Said before and after every --quick or --smoke run: users read a quick
+ * run's "MISSED" as the library missing its goals.
+ */
+export const QUICK_NOTE = [
+  'QUICK RUN = SMOKE TEST, NOT A MEASUREMENT: 1,000 faults per row (64 with --smoke), each scenario run once,',
+  'no repetitions, on a machine that may be busy. Ratios move by tens of percent from one quick run to the next,',
+  'so a target marked MISSED here says nothing about the library. Judge the targets on a default run: npm run bench.',
+].join('\n');
+
+const isQuick = (report: BenchReport): boolean => Boolean(report.options.quick || report.options.smoke);
 
 export const groupKey = (s: { page: string; placement: string; order: string; threads: number }): string =>
   `${s.page} ${s.placement} ${s.order} ${s.threads}t`;
@@ -89,11 +103,22 @@ function machineLine(m: Machine): string {
 }
 
 function targetLines(report: BenchReport): string[] {
-  return report.targets.map((t) => `${t.name}: ${t.value === null ? 'n/a' : `${t.value.toFixed(2)}x`} (target ${t.target})${t.met === null ? '' : t.met ? ' met' : ' MISSED'}`);
+  const verdict = (met: boolean | null) => (met === null ? '' : met ? ' met' : ' MISSED');
+  const quick = isQuick(report) ? ' (quick run: not judged, see the note above)' : '';
+  return report.targets.map((t) => `${t.name}: ${t.value === null ? 'n/a' : `${t.value.toFixed(2)}x`} (target ${t.target})${verdict(t.met)}${quick}`);
+}
+
+/** What comes before the tables when the run was quick or did not finish. */
+function caveats(report: BenchReport): string[] {
+  const lines: string[] = [];
+  if (report.incomplete) lines.push(`INCOMPLETE RUN (${report.incomplete}): the rows below are what was measured before that.`);
+  if (isQuick(report)) lines.push(QUICK_NOTE);
+  return lines.length ? [...lines, ''] : [];
 }
 
 export function textReport(report: BenchReport): string {
   return [
+    ...caveats(report),
     machineLine(report.machine),
     `placement: same = ${PLACEMENT_TEXT.same}; diff = ${PLACEMENT_TEXT.diff}; unpinned = ${PLACEMENT_TEXT.unpinned}`,
     '',
@@ -106,13 +131,40 @@ export function textReport(report: BenchReport): string {
 }
 
 export function markdownReport(report: BenchReport): string {
+  const kind = report.options.smoke ? '`--smoke`' : report.options.quick ? '`--quick`' : 'default';
   return [
-    `Measured on ${machineLine(report.machine)}; ${report.options.quick ? '`--quick`' : 'default'} run, ${(report.durationMs / 1000).toFixed(0)} s.`,
+    ...caveats(report).map((l) => (l ? `> ${l.replace(/\n/g, '\n> ')}` : l)),
+    `Measured on ${machineLine(report.machine)}; ${kind} run, ${(report.durationMs / 1000).toFixed(0)} s, ${report.machine.date.slice(0, 10)}.`,
     `Placement: **same** = ${PLACEMENT_TEXT.same}; **diff** = ${PLACEMENT_TEXT.diff}; **unpinned** = ${PLACEMENT_TEXT.unpinned}.`,
     '',
     renderMarkdown(latencyTable(report)),
     '',
     renderMarkdown(bulkTable(report)),
+    '',
+    ...targetLines(report).map((l) => `- ${l}`),
+  ].join('\n');
+}
+
+/**
+ * The ratios alone, for the README: one row per handler, one column per
+ * pinned placement (4 KiB pages, one toucher, sequential), p50 and p99 ×C,
+ * and the targets. Microseconds stay in docs/benchmark.md: they do not carry
+ * from machine to machine, the ratios do.
+ */
+export function ratioSummary(report: BenchReport): string {
+  const placements = ['same', 'diff'].filter((p) => report.scenarios.some((s) => s.placement === p));
+  const base = report.scenarios.filter((s) => s.page === '4k' && s.order === 'seq' && s.threads === 1 && s.mode !== 'c-reference' && s.mode !== 'floor');
+  const modes = [...new Set(base.map((s) => s.mode))];
+  const cell = (mode: string, placement: string) => {
+    const s = base.find((r) => r.mode === mode && r.placement === placement);
+    return s && s.ratios.p50 !== null ? `${ratio(s.ratios.p50)} / ${ratio(s.ratios.p99)}` : 'n/a';
+  };
+  const header = ['handler (4 KiB pages, 1 toucher)', ...placements.map((p) => `p50 / p99 ×C, ${p === 'same' ? 'same CPU' : 'other CPU'}`)];
+  const table: Table = { header, rows: modes.map((m) => [MODE_LABEL[m as keyof typeof MODE_LABEL], ...placements.map((p) => cell(m, p))]), align: ['l', ...placements.map(() => 'r' as const)] };
+  return [
+    `${report.options.quick ? '`--quick`' : 'Default'} run of ${report.machine.date.slice(0, 10)}: ${report.machine.cpus} CPUs (${report.machine.cpuModel}), Linux ${report.machine.kernel}, load ${report.machine.loadAverage.map((l) => l.toFixed(1)).join(' ')} during the run. ×C = the library's latency over a C handler's measured in the same run and placement (1.00x = as fast as C); a loaded machine moves the ratios, most of all across CPUs.`,
+    '',
+    renderMarkdown(table),
     '',
     ...targetLines(report).map((l) => `- ${l}`),
   ].join('\n');
@@ -178,7 +230,7 @@ td.r { text-align: right; font-variant-numeric: tabular-nums; }
 .note { color: #555; font-size: 13px; }
 </style></head><body>
 <h1>userfaultfd minor-fault benchmark</h1>
-<p class="note">${escapeHtml(machineLine(report.machine))}<br>
+${report.incomplete || isQuick(report) ? `<p class="note"><strong>${escapeHtml(caveats(report).join(" "))}</strong></p>\n` : ""}<p class="note">${escapeHtml(machineLine(report.machine))}<br>
 Placement: same = ${PLACEMENT_TEXT.same}; diff = ${PLACEMENT_TEXT.diff}; unpinned = ${PLACEMENT_TEXT.unpinned}.
 Latency is measured by each faulting thread around its first touch of a page (native monotonic clock).
 Ratios (×C) compare with the C reference handler measured in the same run with the same placement.</p>

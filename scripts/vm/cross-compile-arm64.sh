@@ -3,6 +3,7 @@
 # and checks that the result is an arm64 shared object. Small enough for CI.
 # Usage: scripts/vm/cross-compile-arm64.sh [output.node]
 # The x64 build in ./build is left alone: the build happens in a scratch copy.
+case "${1:-}" in -h | --help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${1:-$root/build-arm64/userfaultfd.node}"

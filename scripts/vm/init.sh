@@ -4,6 +4,8 @@
 # shares read-only under a tmpfs overlay so the guest can write anywhere
 # without touching the host, mounts the writable results share, then runs
 # the job the host left there, chrooted into the merged tree.
+# Not run by hand: scripts/vm/matrix.js packs it into each guest's initramfs.
+case "${1:-}" in -h | --help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 /bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev
 /bin/busybox --install -s
 mount -t proc proc /proc

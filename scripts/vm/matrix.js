@@ -8,7 +8,10 @@
 //   npm run test:vm -- --only=5.10,arm64   rows whose id contains any of these
 //   npm run test:vm -- --tests=test/core   vitest filters passed to the guests
 //   npm run test:vm -- --no-kvm            skip the KVM attempt, TCG only
+//   npm run test:vm -- --timeout=SECONDS   a guest's time limit (default 1800)
 //
+// A run of every row with each row's own tests writes its table into
+// docs/vm-matrix.md (between the vm-matrix markers).
 // Needs root (apt-get, QEMU's 9p export of /). Downloads are cached under
 // $UFFD_VM_CACHE (default ~/.cache/userfaultfd-vm), never in the repository.
 'use strict';
@@ -17,6 +20,7 @@ const { execFileSync, spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const { usage } = require('../usage');
 
 const repo = path.resolve(__dirname, '..', '..');
 const cacheDir = process.env.UFFD_VM_CACHE || path.join(os.homedir(), '.cache', 'userfaultfd-vm');
@@ -60,9 +64,12 @@ function parseArgs(argv) {
     else if (a === '--no-kvm') out.kvm = false;
     else if (a.startsWith('--timeout=')) out.timeout = Number(a.slice(10));
     else if (a === '--help' || a === '-h') {
-      console.log(fs.readFileSync(__filename, 'utf8').split('\n').slice(1, 13).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
+      console.log(usage(__filename));
       process.exit(0);
-    } else throw new Error(`unknown argument ${a}`);
+    } else {
+      console.error(`unknown argument ${a}\n\n${usage(__filename)}`);
+      process.exit(2);
+    }
   }
   return out;
 }
@@ -372,6 +379,8 @@ function arm64NativePackages() {
     if (fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === version) continue;
     log(`fetching ${armName}@${version} from npm for the arm64 guests`);
     const tgzDir = path.join(cacheDir, 'npm-arm64');
+    // npm pack writes into its cwd, which on a machine that never ran the matrix does not exist yet.
+    fs.mkdirSync(tgzDir, { recursive: true });
     const tgz = run('npm', ['pack', '--silent', `${armName}@${version}`], { cwd: tgzDir }).trim().split('\n').pop();
     fs.rmSync(dest, { recursive: true, force: true });
     fs.mkdirSync(dest, { recursive: true });
@@ -676,7 +685,7 @@ function printTable(rows) {
   return failed;
 }
 
-/** The "Tested kernels and architectures" table for the README, from one run. */
+/** The table of docs/vm-matrix.md, from one run. */
 function markdown(report) {
   const all = report.rows.find((r) => r.allFeatures)?.allFeatures || [];
   const lines = [
@@ -693,6 +702,19 @@ function markdown(report) {
     lines.push(`| ${r.id} | ${r.kernel} | ${r.arch} | ${r.pageSize ? `${r.pageSize / 1024} KiB` : '?'} | ${r.node.split(' ')[0]} | ${feats} | ${ran} | ${r.passed} | ${r.failed + r.suiteErrors.length} | ${r.skipped}${skipped ? ` (${skipped})` : ''} | ${r.seconds.toFixed(0)} s |`);
   }
   return lines.join('\n') + '\n';
+}
+
+const DOCS_TABLE = path.join(repo, 'docs', 'vm-matrix.md');
+const BEGIN = '<!-- vm-matrix:begin (written by npm run test:vm) -->';
+const END = '<!-- vm-matrix:end -->';
+
+/** Replaces what stands between the markers of docs/vm-matrix.md. */
+function writeDocsTable(table) {
+  const doc = fs.readFileSync(DOCS_TABLE, 'utf8');
+  const from = doc.indexOf(BEGIN);
+  const to = doc.indexOf(END);
+  if (from < 0 || to < from) throw new Error(`${DOCS_TABLE} lacks the markers ${BEGIN} ... ${END}`);
+  fs.writeFileSync(DOCS_TABLE, `${doc.slice(0, from + BEGIN.length)}\n${table}${doc.slice(to)}`);
 }
 
 async function main() {
@@ -723,11 +745,21 @@ async function main() {
   fs.writeFileSync(out.replace(/\.json$/, '') + '.md', markdown(report));
   const failed = printTable(rows);
   console.log(`results: ${out}`);
+  // Only a run of the whole matrix as documented may stand for it.
+  if (!args.only.length && !args.tests) {
+    writeDocsTable(markdown(report));
+    console.log(`table written into ${path.relative(repo, DOCS_TABLE)}`);
+  } else console.log(`${path.relative(repo, DOCS_TABLE)} left as it is: --only or --tests ran part of the matrix`);
   process.exitCode = failed ? 1 : 0;
 }
 
-main().catch((err) => {
-  killAll();
-  console.error(err.stderr ? `${err.message}\n${err.stderr}` : err.message || err);
-  process.exit(1);
-});
+if (require.main === module) {
+  main().catch((err) => {
+    killAll();
+    console.error(err.stderr ? `${err.message}\n${err.stderr}` : err.message || err);
+    process.exit(1);
+  });
+}
+
+// For checking one step alone, e.g. the arm64 fetch into an empty cache.
+module.exports = { arm64NativePackages, markdown, writeDocsTable };

@@ -6,7 +6,9 @@
 // Real faults from native threads, every byte checked, page size taken from
 // the kernel (the 16 KiB arm64 guest is the proof nothing assumes 4096).
 // Prints a JSON report on stdout; exits non-zero when a test failed.
+//   node scripts/vm/smoke.js
 'use strict';
+require('../usage').answerHelp(__filename);
 
 const fs = require('node:fs');
 const path = require('node:path');

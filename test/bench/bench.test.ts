@@ -2,14 +2,14 @@
 // there cannot hang the suite) and checks what it reports: the JSON's shape,
 // that every scenario resolved every one of its faults with the right bytes,
 // and that the report and markdown outputs exist. Never its timings.
-import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect } from 'vitest';
 
 import { PAGE_SIZE } from '../../lib/index';
-import { itWith, root } from '../helpers';
+import { itWith, root, waitFor } from '../helpers';
 
 const dir = mkdtempSync(join(tmpdir(), 'uffd-bench-test-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -29,7 +29,8 @@ const MODES = ['floor', 'c-reference', 'native-resolver', 'event-loop+native-tou
 describe('npm run bench -- --smoke', () => {
   itWith(['minorShmem', 'minorHugetlbfs', 'threadId'], 'reports every scenario with all faults resolved, and restores vm.nr_hugepages', async () => {
     const hugeBefore = readHugePages();
-    const jsonPath = join(dir, 'out.json');
+    // Directories that do not exist yet: the run creates them.
+    const jsonPath = join(dir, 'not', 'yet', 'out.json');
     const reportDir = join(dir, 'report');
     const run = await runBench(['--smoke', '--json', jsonPath, '--report', reportDir, '--markdown']);
     expect(run.stderr).not.toMatch(/bench failed|did not resolve/);
@@ -78,6 +79,11 @@ describe('npm run bench -- --smoke', () => {
     expect(report.targets).toHaveLength(3);
 
     expect(run.stdout).toMatch(/^\| scenario \| page \| placement \|/m);
+    // A small run must say it is no measurement, before and after the tables.
+    expect(run.stderr).toContain('SMOKE TEST, NOT A MEASUREMENT');
+    expect(run.stdout).toContain('SMOKE TEST, NOT A MEASUREMENT');
+    expect(run.stdout).toMatch(/\(quick run: not judged/);
+    expect(report.incomplete).toBeUndefined();
     const svg = readFileSync(join(reportDir, 'latency-cdf.svg'), 'utf8');
     expect(svg).toMatch(/^<svg[^>]*>/);
     expect(svg).toContain('C reference');
@@ -85,4 +91,43 @@ describe('npm run bench -- --smoke', () => {
     expect(html).toContain('<svg');
     expect(html).toContain('<table>');
   }, 180_000);
+});
+
+describe('bench output files', () => {
+  itWith(['minorShmem', 'threadId'], 'a run that dies after some scenarios leaves their results in --json, marked incomplete', async () => {
+    const jsonPath = join(dir, 'killed', 'deep', 'out.json');
+    const child = spawn(process.execPath, [join(root, 'dist/scripts/bench.js'), '--smoke', '--no-huge', '--json', jsonPath], { stdio: 'ignore' });
+    const exited = new Promise((r) => child.once('exit', r));
+    try {
+      await waitFor(() => existsSync(jsonPath), 60_000, 'the first scenario in the JSON');
+    } finally {
+      // SIGKILL: nothing of the process runs after it, as when a machine dies mid-run.
+      child.kill('SIGKILL');
+      await exited;
+    }
+    const partial = JSON.parse(readFileSync(jsonPath, 'utf8'));
+    expect(partial.incomplete).toMatch(/^stopped after \d+ of \d+ scenarios$/);
+    expect(partial.scenarios.length).toBeGreaterThanOrEqual(1);
+    for (const s of partial.scenarios) expect([s.id, s.allResolved]).toEqual([s.id, true]);
+  }, 90_000);
+
+  itWith(['minorShmem', 'threadId'], '--markdown FILE replaces only what stands between the bench markers of a file that has them', async () => {
+    const jsonPath = join(dir, 'few.json');
+    const measured = await runBench(['--smoke', '--no-huge', '--only', '4k/(c-reference|native-resolver)/same', '--json', jsonPath]);
+    expect(measured.code).toBe(0);
+    const doc = join(dir, 'doc.md');
+    const before = '# Benchmark\n\nintro\n\n<!-- bench:begin (written by npm run bench; do not edit by hand) -->\nold table\n<!-- bench:end -->\n\noutro\n';
+    writeFileSync(doc, before);
+    const rendered = await runBench(['--from', jsonPath, '--markdown', doc]);
+    expect(rendered.code).toBe(0);
+    const after = readFileSync(doc, 'utf8');
+    expect(after.startsWith('# Benchmark\n\nintro\n\n<!-- bench:begin')).toBe(true);
+    expect(after.endsWith('<!-- bench:end -->\n\noutro\n')).toBe(true);
+    expect(after).not.toContain('old table');
+    expect(after).toMatch(/^\| C reference \| 4k \| same \|/m);
+    // A file without markers is written whole, in a directory created for it.
+    const fresh = join(dir, 'new', 'dir', 'bench.md');
+    expect((await runBench(['--from', jsonPath, '--markdown', fresh])).code).toBe(0);
+    expect(readFileSync(fresh, 'utf8')).toMatch(/^> QUICK RUN = SMOKE TEST/);
+  }, 90_000);
 });

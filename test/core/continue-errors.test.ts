@@ -1,4 +1,4 @@
-// UFFDIO_CONTINUE results (kernel-semantics.md, "UFFDIO_CONTINUE results")
+// UFFDIO_CONTINUE results (docs/kernel-behaviour.md, "UFFDIO_CONTINUE results")
 // and the typed errors and argument checks around them.
 import { afterEach, describe, expect, it } from 'vitest';
 

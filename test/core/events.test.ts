@@ -1,4 +1,4 @@
-// Non-cooperative events (kernel-semantics.md, "Waking, closing, events"):
+// Non-cooperative events (docs/kernel-behaviour.md, "Waking, closing, events"):
 // REMOVE, UNMAP, REMAP, FORK, and EAGAIN while one is unread. The thread that
 // changes the mm waits until its event is read, so every change is made by a
 // worker thread with its own view while this thread reads the uffd; a fork is

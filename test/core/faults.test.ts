@@ -1,4 +1,4 @@
-// Faults (kernel-semantics.md, "Faults"): MINOR faults from a worker thread
+// Faults (docs/kernel-behaviour.md, "Faults"): MINOR faults from a worker thread
 // and from a child process, flags, thread ids, EEXIST, the hole trap and
 // MISSING|MINOR registration.
 import { spawn } from 'node:child_process';

@@ -1,4 +1,4 @@
-// Opening and the handshake (kernel-semantics.md, "Opening and the handshake"
+// Opening and the handshake (docs/kernel-behaviour.md, "Opening and the handshake"
 // and "Feature bits"): both ways in, the flags every uffd gets, the features
 // this kernel offers, and what happens when one is missing.
 import { execFileSync } from 'node:child_process';

@@ -1,4 +1,4 @@
-// Memfd views (kernel-semantics.md, "MAP_PRIVATE" and "Huge pages"): private
+// Memfd views (docs/kernel-behaviour.md, "MAP_PRIVATE and huge pages"): private
 // mappings, detaching on unmap and close, finalizers that must not unmap
 // twice, and hugetlb memfds of the default huge page size (2 MiB on x86-64
 // and 4 KiB-page arm64, 32 MiB with 16 KiB pages).

@@ -7,13 +7,15 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 import * as api from '../../lib/index';
 import { caps, fixture, itUnless, itWith, root } from '../helpers';
+import { Stage, stageForOtherUsers } from '../stage';
 
 const cli = join(root, 'dist', 'lib', 'cli.js');
 const run = (args: string[], options: { asNobody?: boolean } = {}) => {
   const [cmd, argv] = options.asNobody
     ? ['setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, ...args]]
     : [process.execPath, args];
-  return spawnSync(cmd, argv, { encoding: 'utf8', timeout: 15_000, cwd: root });
+  // uid 65534 starts in the staged copy: the checkout may be a directory it cannot enter.
+  return spawnSync(cmd, argv, { encoding: 'utf8', timeout: 15_000, cwd: options.asNobody && typeof stage === 'object' ? stage.dir : root });
 };
 const haveSetpriv = existsSync('/usr/bin/setpriv') || existsSync('/bin/setpriv');
 
@@ -32,8 +34,13 @@ if (caps.unprivilegedUserfaultfd !== undefined && caps.unprivilegedUserfaultfd !
 }
 
 // Both runs check what the device node (Linux 6.1+) refuses to an unprivileged user.
-const unprivilegedSkip = !haveSetpriv ? 'setpriv is not installed'
+const kernelSkip = !haveSetpriv ? 'setpriv is not installed'
   : sysctlProblem ?? (!caps.open.device.present ? '/dev/userfaultfd is not present (Linux 6.1+)' : undefined);
+// What uid 65534 runs is a copy it can read, wherever the checkout is.
+const stage = kernelSkip ? undefined : stageForOtherUsers();
+if (typeof stage === 'object') afterAll(() => stage.remove());
+const unprivilegedSkip = kernelSkip ?? (typeof stage === 'string' ? stage : undefined);
+const staged = (): Stage => stage as Stage;
 
 describe('entry points', () => {
   it('ESM and CommonJS load the same module and export the same names', () => {
@@ -87,7 +94,7 @@ describe('userfaultfd doctor', () => {
   });
 
   itUnless(unprivilegedSkip, 'as an unprivileged user it says what does not work and why', () => {
-    const r = run([cli, 'doctor'], { asNobody: true });
+    const r = run([staged().cli, 'doctor'], { asNobody: true });
     expect([r.status, r.stderr]).toEqual([0, '']);
     expect(r.stdout).toContain('process      uid 65534, CAP_SYS_PTRACE no');
     expect(r.stdout).toContain(`${caps.open.syscall.ok ? 'ok' : 'NO'}  userfaultfd(2), user-mode only`);
@@ -102,7 +109,7 @@ describe('userfaultfd doctor', () => {
 describe('privilege model', () => {
   itUnless(unprivilegedSkip, 'unprivileged (vm.unprivileged_userfaultfd=0): user-mode-only opens, kernel-mode is refused naming both paths', () => {
     const script = `
-      const { Userfaultfd } = require(${JSON.stringify(join(root, 'dist/lib/index.js'))});
+      const { Userfaultfd } = require(${JSON.stringify(staged().entry)});
       const out = {};
       for (const via of ['syscall', 'device', 'auto']) {
         for (const userModeOnly of [true, false]) {
@@ -112,7 +119,7 @@ describe('privilege model', () => {
       }
       process.stdout.write(JSON.stringify(out));`;
     const r = run(['-e', script], { asNobody: true });
-    expect(r.status).toBe(0);
+    expect([r.status, r.stderr]).toEqual([0, '']);
     const out = JSON.parse(r.stdout);
     expect(readFileSync(SYSCTL, 'utf8').trim()).toBe('0');
     expect(out['syscall:true']).toBe('ok');

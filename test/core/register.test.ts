@@ -1,4 +1,4 @@
-// Registering (kernel-semantics.md, "Registering"): which memory takes which
+// Registering (docs/kernel-behaviour.md, "Registering"): which memory takes which
 // mode, one uffd per range, re-registration replacing the mode.
 import { afterEach, describe, expect } from 'vitest';
 

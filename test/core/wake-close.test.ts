@@ -1,4 +1,4 @@
-// Waking (kernel-semantics.md, "Waking, closing, events"): DONTWAKE then
+// Waking (docs/kernel-behaviour.md, "Waking, closing, events"): DONTWAKE then
 // WAKE, UNREGISTER (which the kernel does not make wake MINOR faulters) and
 // close(). A faulter still asleep at the end of a failed test is woken by the
 // afterEach close of its uffd.

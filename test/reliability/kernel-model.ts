@@ -1,7 +1,7 @@
 // A small model of what the kernel (and the library's own checks) do with a
 // memfd, its shared views, two userfaultfds registered MINOR, CONTINUE,
 // punch-hole, truncate, MADV_DONTNEED, touches from another thread, unregister
-// and close. Written from the errno table of shared/docs/kernel-semantics.md:
+// and close. The errno table it encodes (docs/kernel-behaviour.md, "UFFDIO_CONTINUE results"):
 //   CONTINUE: beyond i_size -> EINVAL, hole -> EFAULT, PTE present -> EEXIST,
 //   not inside a registered VMA -> ENOENT (any uffd of the process will do), some pages done then
 //   a failure -> EAGAIN with the bytes done; a second uffd on a range: EBUSY;
