@@ -18,12 +18,12 @@ function fixture() {
 describe('renamed options are refused, naming the replacement', () => {
   it('FaultHandler readAhead → mapAhead, onLoopThreadFault → loopThreadFault, markPresent() → present.mark()', () => {
     const { mem, uffd } = fixture();
-    expect(() => new FaultHandler(uffd, { memfd: mem, fetch: () => {}, mapAhead: 2 } as never))
+    expect(() => new FaultHandler(uffd, { memfd: mem, fetch: () => {}, readAhead: 2 } as never))
       .toThrow(expect.objectContaining({ code: 'ERR_UFFD_RENAMED', message: 'options.readAhead was renamed: use options.mapAhead' }));
-    expect(() => new FaultHandler(uffd, { memfd: mem, mode: 'native', fetch: () => {}, loopThreadFault: 'abort' } as never))
+    expect(() => new FaultHandler(uffd, { memfd: mem, mode: 'native', fetch: () => {}, onLoopThreadFault: 'abort' } as never))
       .toThrow(expect.objectContaining({ code: 'ERR_UFFD_RENAMED', message: 'options.onLoopThreadFault was renamed: use options.loopThreadFault' }));
     const handler = new FaultHandler(uffd, { memfd: mem, fetch: () => {}, mapAhead: 2 });
-    expect(() => handler.present.mark(0, PAGE_SIZE)).toThrow(expect.objectContaining({ code: 'ERR_UFFD_RENAMED', message: expect.stringContaining('handler.present.mark(offset, length)') }));
+    expect(() => handler.markPresent(0, PAGE_SIZE)).toThrow(expect.objectContaining({ code: 'ERR_UFFD_RENAMED', message: expect.stringContaining('handler.present.mark(offset, length)') }));
     // The replacement does what markPresent did.
     handler.present.mark(PAGE_SIZE, PAGE_SIZE);
     expect([handler.present.has(0), handler.present.has(1)]).toEqual([false, true]);
@@ -34,7 +34,7 @@ describe('renamed options are refused, naming the replacement', () => {
     mem.write(0, Buffer.alloc(PAGE_SIZE, 1));
     const view = mem.map();
     open.push({ close: () => view.unmap() });
-    const handler = new FaultHandler(uffd, { memfd: mem, fetch: () => { throw new Error('no'); }, onError: () => 'zero' as never }).attach(view).start();
+    const handler = new FaultHandler(uffd, { memfd: mem, fetch: () => { throw new Error('no'); }, onError: () => 'zero-fill' as never }).attach(view).start();
     const { touchPages } = await import('../../lib/index');
     const touched = touchPages(view, [0]);
     const error = await handler.finished;
