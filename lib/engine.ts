@@ -55,6 +55,13 @@ export interface EngineOptions {
 
 export type EngineDriver = 'event-loop' | 'native';
 
+/** How the native driver waits (see native/resolver.h). */
+export interface NativeTuning {
+  loopThreadAction: 'abort' | 'map-as-is';
+  threads: number;
+  spinUs: number;
+}
+
 export class FaultEngine {
   readonly uffd: Userfaultfd;
   readonly pageSize: number;
@@ -99,12 +106,12 @@ export class FaultEngine {
    * or on a native thread (`loopThreadAction`: what to do when this
    * environment's JavaScript thread faults on an absent page).
    */
-  start(driver: EngineDriver, sink: EngineSink, who: string, loopThreadAction: 'abort' | 'map-as-is' = 'abort'): void {
+  start(driver: EngineDriver, sink: EngineSink, who: string, tuning: NativeTuning = { loopThreadAction: 'abort', threads: 1, spinUs: 0 }): void {
     this.#releaseReader = this.uffd.claimReader(who);
     this.#sink = sink;
     try {
       if (driver === 'native') {
-        const rc = native.engineStartThread(this.#handle, loopThreadAction === 'abort' ? 0 : 1, (records, count) => this.#dispatch(records, 0, count));
+        const rc = native.engineStartThread(this.#handle, tuning.loopThreadAction === 'abort' ? 0 : 1, (records, count) => this.#dispatch(records, 0, count), tuning.threads, tuning.spinUs);
         if (rc < 0) throw new UffdError(rc, 'pthread_create', { operation: 'resolver', fd: this.#fd });
         // The native thread reads REMOVE/UNMAP events, so munmap and madvise
         // of registered views from this thread no longer wait forever.

@@ -82,8 +82,8 @@ export interface NativeBinding {
   engineReleaseViews(handle: EngineHandle): void;
   /** [...counters (engineLayout.stats), ...latency buckets]. */
   engineStats(handle: EngineHandle): Float64Array;
-  /** Starts the native resolver thread; `loopThreadAction` 0 = abort, 1 = map as-is. */
-  engineStartThread(handle: EngineHandle, loopThreadAction: number, onRecords: (records: Float64Array, count: number) => void): SysResult;
+  /** Starts the native resolver threads; `loopThreadAction` 0 = abort, 1 = map as-is; `spinUs`: bounded spin after each batch. */
+  engineStartThread(handle: EngineHandle, loopThreadAction: number, onRecords: (records: Float64Array, count: number) => void, threads?: number, spinUs?: number): SysResult;
   /** Stops and joins the resolver thread. Idempotent. */
   engineStopThread(handle: EngineHandle): void;
 
@@ -122,7 +122,7 @@ export interface EngineLayout {
   };
   stats: {
     faults: number; resolved: number; alreadyPresent: number; mapAheadPages: number; loopThreadFaults: number;
-    deferrals: number; untracked: number; poisoned: number; copied: number;
+    deferrals: number; untracked: number; poisoned: number; copied: number; resolverCpuNs: number;
   };
   statCount: number;
   buckets: { linear: number; log: number };

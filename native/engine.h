@@ -64,6 +64,7 @@ enum Stat : int {
   kUntracked,           // faults outside every view: woken
   kPoisoned,            // pages poisoned
   kCopied,              // pages filled by COPY or ZEROPAGE
+  kResolverCpuNs,       // CPU time the native resolver threads used (spinning included)
   kStatCount,
 };
 
@@ -155,6 +156,7 @@ class Engine {
   void WakeDeferred();
 
   uint64_t Stat(int index) const { return stats_[index].load(std::memory_order_relaxed); }
+  void AddResolverCpu(uint64_t ns) { Count(kResolverCpuNs, ns); }
   uint64_t Bucket(size_t b) const { return buckets_[b].load(std::memory_order_relaxed); }
 
  private:

@@ -207,19 +207,24 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// engineStartThread(h, loopThreadAction, onRecords) -> 0 | -errno.
+// engineStartThread(h, loopThreadAction, onRecords[, threads, spinUs]) -> 0 | -errno.
 // loopThreadAction: 0 abort, 1 map as-is (the deadlock guard for this env's JS thread).
 Napi::Value StartThread(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Handle* h = Of(info);
-  int64_t action = 0;
+  int64_t action = 0, threads = 1, spin_us = 0;
   if (!h || !args::Int(info, 1, &action)) return env.Undefined();
   if (!info[2].IsFunction()) return args::Fail(info, "expected a callback"), env.Undefined();
+  if (info.Length() > 3 && !info[3].IsUndefined() && !args::Int(info, 3, &threads)) return env.Undefined();
+  if (info.Length() > 4 && !info[4].IsUndefined() && !args::Int(info, 4, &spin_us)) return env.Undefined();
+  if (threads < 1 || threads > 64) return args::Fail(info, "expected 1 to 64 threads"), env.Undefined();
+  if (spin_us < 0 || spin_us > 1000000) return args::Fail(info, "expected a spin of 0 to 1000000 us"), env.Undefined();
   if (h->thread) return args::Result(env, -EBUSY);
   AddonState* state = AddonState::Of(env);
   engine::Guard guard{state->js_thread_tid, action == 1};
   int err = 0;
-  h->thread = resolver::Start(env, state, h->engine, guard, info[2].As<Napi::Function>(), h->bitmap.Value(), &err);
+  resolver::Tuning tuning{static_cast<int>(threads), static_cast<uint64_t>(spin_us)};
+  h->thread = resolver::Start(env, state, h->engine, guard, tuning, info[2].As<Napi::Function>(), h->bitmap.Value(), &err);
   return args::Result(env, h->thread ? 0 : -err);
 }
 
@@ -254,6 +259,7 @@ Napi::Object Layout(Napi::Env env) {
   stats.Set("untracked", Napi::Number::New(env, static_cast<double>(engine::kUntracked)));
   stats.Set("poisoned", Napi::Number::New(env, static_cast<double>(engine::kPoisoned)));
   stats.Set("copied", Napi::Number::New(env, static_cast<double>(engine::kCopied)));
+  stats.Set("resolverCpuNs", Napi::Number::New(env, static_cast<double>(engine::kResolverCpuNs)));
   layout.Set("stats", stats);
   layout.Set("statCount", Napi::Number::New(env, engine::kStatCount));
   Napi::Object buckets = Napi::Object::New(env);

@@ -6,8 +6,10 @@
 #include <errno.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <thread>
 #include <vector>
 
@@ -19,10 +21,12 @@ namespace resolver {
 struct Thread {
   std::shared_ptr<engine::Engine> engine;
   engine::Guard guard;
+  Tuning tuning;
   int stop_fd = -1;
   int kick_fd = -1;
-  std::thread thread;
+  std::vector<std::thread> threads;
   Napi::ThreadSafeFunction tsfn;
+  std::atomic<bool> stopping{false};  // read by spinning threads, which do not poll the stop fd
   bool stopped = false;
   AddonState* state = nullptr;
 };
@@ -60,12 +64,57 @@ void Drain(int fd) {
   (void)ignored;
 }
 
+uint64_t Clock(clockid_t id) {
+  struct timespec ts;
+  clock_gettime(id, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// Reads without sleeping for up to `spin_ns` after the last message. Returns
+// the bytes read (> 0), 0 when the window passed with nothing, or -errno.
+ssize_t Spin(Thread* t, struct uffd_msg* msgs, size_t bytes, uint64_t spin_ns) {
+  const uint64_t until = Clock(CLOCK_MONOTONIC) + spin_ns;
+  do {
+    ssize_t n = read(t->engine->uffd(), msgs, bytes);
+    if (n > 0) return n;
+    if (errno != EAGAIN && errno != EINTR) return -errno;
+    if (t->stopping.load(std::memory_order_relaxed) || t->engine->HasDeferred()) return 0;
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+  } while (Clock(CLOCK_MONOTONIC) < until);
+  return 0;
+}
+
 void Run(std::shared_ptr<Thread> t) {
   engine::Engine& e = *t->engine;
   std::vector<struct uffd_msg> msgs(engine::kMessages);
+  const size_t bytes = msgs.size() * sizeof(struct uffd_msg);
+  const uint64_t spin_ns = t->tuning.spin_us * 1000;
   struct pollfd fds[3] = {{e.uffd(), POLLIN, 0}, {t->stop_fd, POLLIN, 0}, {t->kick_fd, POLLIN, 0}};
   int failure = 0;  // errno that ended the loop, reported to JavaScript
+  uint64_t cpu_mark = Clock(CLOCK_THREAD_CPUTIME_ID);
+  bool served = false;  // the last wake-up served something: worth spinning for the next
   for (;;) {
+    if (served && spin_ns > 0) {
+      ssize_t n = Spin(t.get(), msgs.data(), bytes, spin_ns);
+      if (n < 0) {
+        failure = static_cast<int>(-n);
+        break;
+      }
+      if (n > 0) {
+        auto* records = new Records();
+        e.Process(msgs.data(), static_cast<size_t>(n) / sizeof(struct uffd_msg), t->guard, records);
+        Deliver(t.get(), records);
+        continue;
+      }
+    }
+    // About to sleep: account the CPU used since the last time.
+    const uint64_t cpu_now = Clock(CLOCK_THREAD_CPUTIME_ID);
+    e.AddResolverCpu(cpu_now - cpu_mark);
+    cpu_mark = cpu_now;
     // Deferred faults wait for their event's mm change to finish: retry soon.
     int rc = poll(fds, 3, e.HasDeferred() ? 1 : -1);
     if (rc < 0 && errno != EINTR) {
@@ -80,17 +129,20 @@ void Run(std::shared_ptr<Thread> t) {
     }
     ssize_t n = 0;
     if (fds[0].revents & POLLIN) {
-      n = read(e.uffd(), msgs.data(), msgs.size() * sizeof(struct uffd_msg));
+      // Several threads may wake for one message: the losers read nothing (EAGAIN).
+      n = read(e.uffd(), msgs.data(), bytes);
       if (n < 0 && errno != EAGAIN && errno != EINTR) {
         failure = errno;
         break;
       }
     }
     size_t count = n > 0 ? static_cast<size_t>(n) / sizeof(struct uffd_msg) : 0;
+    served = count > 0;
     auto* records = new Records();
     e.Process(msgs.data(), count, t->guard, records);
     Deliver(t.get(), records);
   }
+  e.AddResolverCpu(Clock(CLOCK_THREAD_CPUTIME_ID) - cpu_mark);
   // JavaScript unregisters and wakes the views when it stops; until then a
   // deferred faulter is woken so that it is not left behind.
   e.WakeDeferred();
@@ -107,10 +159,12 @@ void Run(std::shared_ptr<Thread> t) {
 }  // namespace
 
 std::shared_ptr<Thread> Start(Napi::Env env, AddonState* state, std::shared_ptr<engine::Engine> engine,
-                              const engine::Guard& guard, Napi::Function on_records, Napi::Value keep_alive, int* err) {
+                              const engine::Guard& guard, const Tuning& tuning, Napi::Function on_records,
+                              Napi::Value keep_alive, int* err) {
   auto t = std::make_shared<Thread>();
   t->engine = std::move(engine);
   t->guard = guard;
+  t->tuning = tuning;
   t->state = state;
   t->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   t->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -124,9 +178,9 @@ std::shared_ptr<Thread> Start(Napi::Env env, AddonState* state, std::shared_ptr<
   napi_create_reference(env, keep_alive, 1, &keep);
   // The finalizer runs on the JavaScript thread once the thread released the
   // function: only then may the memory the thread reads be let go.
-  t->tsfn = Napi::ThreadSafeFunction::New(env, on_records, "userfaultfd:resolver", 0, 1,
+  t->tsfn = Napi::ThreadSafeFunction::New(env, on_records, "userfaultfd:resolver", 0, static_cast<size_t>(tuning.threads),
                                           [keep](Napi::Env e) { napi_delete_reference(e, keep); });
-  t->thread = std::thread(Run, t);
+  for (int i = 0; i < tuning.threads; i++) t->threads.emplace_back(Run, t);
   std::weak_ptr<Thread> weak = t;
   state->AddStopper(t.get(), [weak] {
     if (auto s = weak.lock()) {
@@ -147,10 +201,12 @@ void Kick(const std::shared_ptr<Thread>& t) {
 void Stop(const std::shared_ptr<Thread>& t) {
   if (!t || t->stopped) return;
   t->stopped = true;
+  t->stopping = true;
   uint64_t one = 1;
   ssize_t ignored = write(t->stop_fd, &one, sizeof(one));
   (void)ignored;
-  if (t->thread.joinable()) t->thread.join();
+  for (std::thread& thread : t->threads)
+    if (thread.joinable()) thread.join();
   close(t->stop_fd);
   close(t->kick_fd);
   t->stop_fd = t->kick_fd = -1;

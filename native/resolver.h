@@ -15,14 +15,26 @@ namespace resolver {
 
 struct Thread;
 
-// Starts the thread. `keep_alive` (the bitmap's typed array) stays referenced
-// until the thread has released the function, so the memory it reads lives
-// as long as the thread. Returns null with *err set when it cannot start.
+// How the resolver waits: `threads` readers of the one uffd (when one
+// thread cannot keep up with many faulting threads), and a bounded spin: after
+// serving a batch, keep reading without sleeping for up to `spin_us`
+// microseconds, so that a fault arriving meanwhile does not pay the wake-up
+// of a sleeping thread on another CPU. The window restarts with every
+// message, so the spin lasts only while faults keep arriving.
+struct Tuning {
+  int threads = 1;
+  uint64_t spin_us = 0;
+};
+
+// Starts the threads. `keep_alive` (the bitmap's typed array) stays referenced
+// until every thread has released the function, so the memory they read
+// lives as long as they do. Returns null with *err set when it cannot start.
 std::shared_ptr<Thread> Start(Napi::Env env, AddonState* state, std::shared_ptr<engine::Engine> engine,
-                              const engine::Guard& guard, Napi::Function on_records, Napi::Value keep_alive, int* err);
-// Wakes the thread to retry deferred faults now.
+                              const engine::Guard& guard, const Tuning& tuning, Napi::Function on_records,
+                              Napi::Value keep_alive, int* err);
+// Wakes the threads to retry deferred faults now.
 void Kick(const std::shared_ptr<Thread>& thread);
-// Stops and joins the thread. Idempotent.
+// Stops and joins the threads. Idempotent.
 void Stop(const std::shared_ptr<Thread>& thread);
 
 }  // namespace resolver

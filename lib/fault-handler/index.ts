@@ -63,6 +63,8 @@ export class FaultHandler implements AsyncDisposable {
   readonly #onLoopThreadFaultMapped?: FaultHandlerOptions['onLoopThreadFaultMapped'];
   readonly #loopThreadAction: LoopThreadFaultAction;
   readonly #mapAhead: number;
+  readonly #threads: number;
+  readonly #spinUs: number;
   readonly #stopGraceMs: number;
   readonly #pageSize: number;
   readonly #fd: number;
@@ -97,9 +99,11 @@ export class FaultHandler implements AsyncDisposable {
     this.#stopGraceMs = v.integer('options.stopGraceMs', opts.stopGraceMs ?? 5000, 0, 3_600_000);
     this.mode = v.oneOf('options.mode', opts.mode, ['event-loop', 'native'] as const, 'event-loop');
     if (this.mode !== 'native')
-      for (const name of ['loopThreadFault', 'onLoopThreadFaultMapped'] as const)
-        if (opts[name] !== undefined) throw argValueError(`options.${name}`, "applies to mode 'native' only (in event-loop mode the deadlock watchdog guards the loop thread)", opts[name]);
+      for (const name of ['loopThreadFault', 'onLoopThreadFaultMapped', 'spinUs', 'threads'] as const)
+        if (opts[name] !== undefined) throw argValueError(`options.${name}`, "applies to mode 'native' only (in event-loop mode the event loop reads the uffd; the deadlock watchdog guards its thread)", opts[name]);
     this.#loopThreadAction = v.oneOf('options.loopThreadFault', opts.loopThreadFault, ['abort', 'map-as-is'] as const, 'abort');
+    this.#threads = v.integer('options.threads', opts.threads ?? 1, 1, 64);
+    this.#spinUs = v.integer('options.spinUs', opts.spinUs ?? 0, 0, 1_000_000);
     if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw argValueError('options.signal', 'must be an AbortSignal', opts.signal);
     this.#signal = opts.signal;
     if (opts.present !== undefined) {
@@ -182,7 +186,7 @@ export class FaultHandler implements AsyncDisposable {
       fault: (address, flags, tid, time, page) => this.#onFault(address, flags, tid, time, page),
       event: (kind, a, b, c) => this.#onEngineEvent(kind, a, b, c),
       failed: (error) => void this.#shutdown(error),
-    }, `FaultHandler (${this.mode})`, this.#loopThreadAction);
+    }, `FaultHandler (${this.mode})`, { loopThreadAction: this.#loopThreadAction, threads: this.#threads, spinUs: this.#spinUs });
     this.#state = 'running';
     // The kernel wakes every faulter when the fd closes; stop before it is closed.
     this.#forgetClose = this.uffd.onClose(() => {

@@ -77,6 +77,7 @@ export function handlerStats(engine: Float64Array, counts: PolicyCounts, nativeM
     poisoned: engine[STAT.poisoned],
     nativeResolved: nativeMode ? engine[STAT.alreadyPresent] : 0,
     loopThreadFaults: engine[STAT.loopThreadFaults],
+    resolverCpuUs: engine[STAT.resolverCpuNs] / 1000,
     events: { remove: counts.remove, unmap: counts.unmap, remap: counts.remap, fork: counts.fork },
     untracked: engine[STAT.untracked],
     retriedAfterEvents: engine[STAT.deferrals],

@@ -56,6 +56,17 @@ export interface FaultHandlerOptions {
   /** `'event-loop'` (default) or `'native'` (a native resolver thread; needs the `threadId` feature). */
   mode?: 'event-loop' | 'native';
   /**
+   * Native mode only: after serving a batch, the resolver keeps reading the
+   * uffd without sleeping for up to this many microseconds, and the window
+   * restarts with every message: while faults keep arriving, none pays the
+   * wake-up of a sleeping thread on another CPU (the largest part of a
+   * cross-CPU fault's latency on a VM), at the price of that CPU time.
+   * Default 0 (never spin).
+   */
+  spinUs?: number;
+  /** Native mode only: resolver threads reading the one uffd, for many faulting threads. Default 1. */
+  threads?: number;
+  /**
    * Decides the fate of a page whose fetch failed (only that page is
    * affected): `'retry'` calls fetch again, `'zero'` writes zeros then
    * CONTINUEs, `'poison'` makes the faulter's access raise SIGBUS (needs
@@ -154,6 +165,8 @@ export interface FaultHandlerStats {
   nativeResolved: number;
   /** Native mode: JavaScript-thread faults mapped as-is. */
   loopThreadFaults: number;
+  /** Native mode: CPU time the resolver threads used, spinning included (µs). */
+  resolverCpuUs: number;
   /** Non-cooperative events seen. */
   events: { remove: number; unmap: number; remap: number; fork: number };
   /** Faults on ranges the handler no longer tracks (woken, left to fault again). */

@@ -1,7 +1,9 @@
+import { readdirSync } from 'node:fs';
+
 import { describe, expect } from 'vitest';
 
 import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
-import { itWith } from '../helpers';
+import { TIME_SCALE, itWith, waitFor } from '../helpers';
 import { cleanupAfterEach, delay, expectPages, pageContent, rng, settledStats, shuffled } from './util';
 
 const { open, handlers } = cleanupAfterEach();
@@ -106,5 +108,38 @@ describe('FaultHandler, native mode', () => {
       expect(stats.errors, mode).toBe(0);
       expectPages(new Uint8Array(guest.buffer), Array.from({ length: pages }, (_, i) => i));
     }
+  });
+
+  const threadCount = (): number => readdirSync('/proc/self/task').length;
+
+  itWith(['minorShmem', 'threadId'], 'several resolver threads, spinning: 4 touchers, half the pages fetched, every byte right; stop joins every thread', async () => {
+    const pages = 2048;
+    const { mem, uffd, guest } = setup(pages);
+    for (let p = 0; p < pages; p += 2) mem.write(p * PAGE_SIZE, pageContent(p));
+    const before = threadCount();
+    const fetched = new Set<number>();
+    const handler = new FaultHandler(uffd, {
+      memfd: mem, mode: 'native', threads: 3, spinUs: 200,
+      fetch(fault) {
+        expect(fetched.has(fault.page)).toBe(false);
+        fetched.add(fault.page);
+        mem.write(fault.offset, pageContent(fault.page));
+      },
+    });
+    handlers.push(handler);
+    handler.attach(guest);
+    for (let p = 0; p < pages; p += 2) handler.present.mark(p * PAGE_SIZE, PAGE_SIZE);
+    handler.start();
+    expect(threadCount()).toBe(before + 3);
+    await Promise.all([1, 2, 3, 4].map((s) => touchPages(guest, shuffled(pages, rng(s)))));
+    const stats = await settledStats(handler);
+    expect(fetched.size).toBe(pages / 2);
+    expect(stats.resolved).toBe(stats.faults);
+    expect(stats.nativeResolved).toBeGreaterThanOrEqual(pages / 2);
+    // Spinning burns CPU on the resolver threads, and the engine says how much.
+    expect(stats.resolverCpuUs).toBeGreaterThan(0);
+    expectPages(new Uint8Array(guest.buffer), shuffled(pages, rng(9)));
+    await handler.stop();
+    await waitFor(() => threadCount() === before, 5000 * TIME_SCALE, 'the resolver threads to be reaped');
   });
 });

@@ -51,10 +51,11 @@ describe('renamed options are refused, naming the replacement', () => {
 });
 
 describe('options that do not apply to the mode are errors', () => {
-  for (const name of ['loopThreadFault', 'onLoopThreadFaultMapped'] as const)
+  const values = { loopThreadFault: 'map-as-is', onLoopThreadFaultMapped: () => {}, spinUs: 50, threads: 2 } as const;
+  for (const name of ['loopThreadFault', 'onLoopThreadFaultMapped', 'spinUs', 'threads'] as const)
     it(`${name} in event-loop mode`, () => {
       const { mem, uffd } = fixture();
-      const value = name === 'loopThreadFault' ? 'map-as-is' : () => {};
+      const value = values[name];
       expect(() => new FaultHandler(uffd, { memfd: mem, fetch: () => {}, [name]: value }))
         .toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE', message: expect.stringContaining("applies to mode 'native' only") }));
       expect(() => new FaultHandler(uffd, { memfd: mem, fetch: () => {}, mode: 'native', [name]: value })).not.toThrow();
