@@ -26,6 +26,7 @@ export type { ImageSource } from './migration/image';
 export { MigrationDestination } from './migration/destination';
 export type { DestinationOptions, DestinationStats, GuestView, FailurePolicy } from './migration/destination';
 export { PROTOCOL_VERSION, crc32 } from './migration/protocol';
+export type { MigrationAuth, MigrationTls } from './migration/auth';
 export { sendGuestMemory, receiveGuestMemory } from './migration/handoff';
 export type { GuestMemoryInfo, ReceivedGuestMemory } from './migration/handoff';
 export { FirecrackerPageServer, FirecrackerSession, parseFirecrackerRegions } from './migration/firecracker';

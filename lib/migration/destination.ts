@@ -22,7 +22,6 @@
 // all of this runs on one thread, so "absent" cannot change between the
 // check and the write.
 import * as net from 'node:net';
-import { once } from 'node:events';
 import { performance } from 'node:perf_hooks';
 
 import { trace } from '../debug';
@@ -33,7 +32,8 @@ import { Mapping, Memfd } from '../memfd';
 import { PresentPages } from '../present-pages';
 import { Userfaultfd } from '../userfaultfd';
 import * as v from '../validate';
-import { Frame, FrameDecoder, PRIORITY, PROTOCOL_VERSION, encodeCredit, encodeError, encodeRequest, protocolError } from './protocol';
+import { CheckedAuth, MigrationAuth, authError, checkAuth, connect, nonce, proof, proofHolds } from './auth';
+import { Frame, FrameDecoder, PRIORITY, PROTOCOL_VERSION, encodeAuth, encodeCredit, encodeError, encodeRequest, protocolError } from './protocol';
 
 /** A guest view of the memfd: where it is mapped in the guest process, and which part of the memfd it shows. */
 export interface GuestView {
@@ -55,8 +55,12 @@ export interface GuestView {
  */
 export type FailurePolicy = 'poison' | 'zero';
 
-/** Options of {@link MigrationDestination.connect}. */
-export interface DestinationOptions {
+/**
+ * Options of {@link MigrationDestination.connect}. `token` and `tls` must
+ * match the source's: a source that cannot prove it holds the token, or
+ * whose certificate does not chain to `tls.ca`, is refused.
+ */
+export interface DestinationOptions extends MigrationAuth {
   /** The userfaultfd on which the guest views are registered MISSING|MINOR (possibly received from the guest). */
   uffd: Userfaultfd;
   /** The memfd that backs guest memory (pages land here). */
@@ -134,6 +138,9 @@ export class MigrationDestination implements Disposable {
   readonly #memfd: Memfd;
   readonly #views: View[];
   readonly #socket: net.Socket;
+  readonly #auth: CheckedAuth;
+  /** With a token: the nonce this side sent, until the source proved itself. */
+  #challenge: Buffer | undefined;
   readonly #policy: FailurePolicy;
   readonly #mapReceived: boolean;
   readonly #prefetch: number;
@@ -152,6 +159,7 @@ export class MigrationDestination implements Disposable {
   #receivedCount = 0;
   /** The source said done while refetched pages were still on their way. */
   #doneSeen = false;
+  #authenticated = false;
   readonly #toDemand: number[] = [];
   readonly #toRefetch: number[] = [];
   readonly #toPrefetch: number[] = [];
@@ -168,11 +176,12 @@ export class MigrationDestination implements Disposable {
   readonly #signal?: AbortSignal;
   readonly #onAbort = () => this.#fail(stateError('ERR_MIGRATION_ABORTED', 'migration destination aborted'));
 
-  private constructor(opts: Required<Pick<DestinationOptions, 'uffd' | 'memfd'>> & { views: View[]; socket: net.Socket; policy: FailurePolicy; mode: 'event-loop' | 'native'; mapReceived: boolean; prefetch: number; pushWindow: number; unregisterWhenDone: boolean; signal?: AbortSignal }) {
+  private constructor(opts: Required<Pick<DestinationOptions, 'uffd' | 'memfd'>> & { views: View[]; socket: net.Socket; auth: CheckedAuth; policy: FailurePolicy; mode: 'event-loop' | 'native'; mapReceived: boolean; prefetch: number; pushWindow: number; unregisterWhenDone: boolean; signal?: AbortSignal }) {
     this.#uffd = opts.uffd;
     this.#memfd = opts.memfd;
     this.#views = opts.views;
     this.#socket = opts.socket;
+    this.#auth = opts.auth;
     this.#policy = opts.policy;
     this.#mapReceived = opts.mapReceived;
     this.#prefetch = opts.prefetch;
@@ -222,21 +231,17 @@ export class MigrationDestination implements Disposable {
     });
     if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw argValueError('options.signal', 'must be an AbortSignal', opts.signal);
     opts.signal?.throwIfAborted();
+    const auth = checkAuth(opts);
     let socket = opts.socket;
     if (socket === undefined) {
       const port = v.integer('options.port', opts.port, 1, 65535);
-      socket = net.connect({ host: opts.host ?? '127.0.0.1', port });
-      try {
-        await once(socket, 'connect', { signal: opts.signal });
-      } catch (err) {
-        socket.destroy();
-        throw stateError('ERR_MIGRATION_CONNECTION_LOST', `migration destination: cannot connect to ${opts.host ?? '127.0.0.1'}:${port}: ${(err as Error).message}`);
-      }
+      socket = await connect(opts.host ?? '127.0.0.1', port, auth, opts.signal);
     } else if (!(socket instanceof net.Socket)) throw argValueError('options.socket', 'must be a net.Socket', socket);
+    else if (auth.tls) throw argValueError('options.tls', 'applies when the destination connects (host/port); wrap a socket of your own in TLS yourself', 'with options.socket');
     let dest: MigrationDestination;
     try {
       dest = new MigrationDestination({
-      uffd: opts.uffd, memfd: opts.memfd, views, socket,
+      uffd: opts.uffd, memfd: opts.memfd, views, socket, auth,
       policy: v.oneOf('options.onFailure', opts.onFailure, ['poison', 'zero'] as const, 'poison'),
       mode: v.oneOf('options.mode', opts.mode, ['event-loop', 'native'] as const, 'event-loop'),
       mapReceived: v.boolean('options.mapReceived', opts.mapReceived, true),
@@ -295,10 +300,9 @@ export class MigrationDestination implements Disposable {
         try {
           for (const frame of decoder.push(chunk)) {
             if (!helloSeen) {
-              if (frame.type !== 'hello') {
-                if (frame.type === 'error') throw stateError(frame.code, `migration destination: the source reported: ${frame.message}`);
-                throw protocolError('ERR_MIGRATION_BAD_FRAME', `expected a hello frame first, got ${frame.type}`);
-              }
+              if (frame.type === 'error') throw stateError(frame.code, `migration destination: the source reported: ${frame.message}`);
+              if (this.#authenticate(frame)) continue;
+              if (frame.type !== 'hello') throw protocolError('ERR_MIGRATION_BAD_FRAME', `expected a hello frame first, got ${frame.type}`);
               helloSeen = true;
               this.#onHello(frame);
               resolve();
@@ -311,12 +315,43 @@ export class MigrationDestination implements Disposable {
         }
       };
       socket.on('data', onData);
-      socket.on('error', (err) => this.#fail(stateError('ERR_MIGRATION_CONNECTION_LOST', `migration destination: connection to the source failed: ${err.message}`)));
-      socket.on('close', () => this.#fail(stateError('ERR_MIGRATION_CONNECTION_LOST',
+      socket.on('error', (err: NodeJS.ErrnoException) => this.#fail(this.#auth.tls && err.code?.startsWith('ERR_SSL')
+        // TLS 1.3 tells a client its certificate was refused only after the handshake.
+        ? authError(`the source refused this destination's TLS certificate: ${err.message} (${err.code})`)
+        : stateError('ERR_MIGRATION_CONNECTION_LOST', `migration destination: connection to the source failed: ${err.message}`)));
+      socket.on('close', () => this.#fail(this.#auth.tls && this.#stats.bytesReceived === 0
+        // A TLS source that refuses the client's certificate just closes (TLS 1.3 checks it after the handshake).
+        ? authError("the source closed the TLS connection before its first frame: it refused this destination's certificate")
+        : stateError('ERR_MIGRATION_CONNECTION_LOST',
         `migration destination: the source closed the connection with ${this.#pageCount - this.#present.count()} of ${this.#pageCount} pages missing`)));
     });
     this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
     return started;
+  }
+
+  /**
+   * The token handshake, before the hello. Returns true for a frame it
+   * consumed; throws when either side fails to prove it holds the token.
+   */
+  #authenticate(frame: Frame): boolean {
+    const token = this.#auth.token;
+    if (frame.type === 'challenge') {
+      if (!token) throw authError('the source requires a token (options.token)');
+      if (this.#challenge) throw authError('the source sent a second challenge');
+      this.#challenge = nonce();
+      this.#socket.write(encodeAuth(proof(token, 'destination', frame.nonce), this.#challenge));
+      return true;
+    }
+    if (frame.type === 'proof') {
+      if (!token || !this.#challenge) throw authError('the source sent a proof nobody asked for');
+      if (!proofHolds(token, 'source', this.#challenge, frame.mac)) throw authError('the source failed authentication (wrong token)');
+      this.#challenge = undefined;
+      this.#authenticated = true;
+      return true;
+    }
+    if (frame.type === 'hello' && token && !this.#authenticated)
+      throw authError('the source did not authenticate (it asked for no token, this destination has one)');
+    return false;
   }
 
   #onHello(hello: Extract<Frame, { type: 'hello' }>): void {

@@ -7,7 +7,8 @@ import { stateError } from '../errors';
 
 /**
  * Protocol version carried in the hello frame. A destination refuses any
- * other. Version 2 added `refetch` requests (a page the destination lost).
+ * other. Version 2 added `refetch` requests (a page the destination lost)
+ * and the token handshake (challenge, auth, proof) before the hello.
  */
 export const PROTOCOL_VERSION = 2;
 
@@ -18,7 +19,7 @@ export const FRAME_HEADER = 8;
 export const MAX_PAYLOAD = 64 * 1024 * 1024 + 64;
 
 /** Frame types. */
-export const FRAME = { hello: 1, request: 2, batch: 3, done: 4, error: 5, credit: 6 } as const;
+export const FRAME = { hello: 1, request: 2, batch: 3, done: 4, error: 5, credit: 6, challenge: 7, auth: 8, proof: 9 } as const;
 
 /**
  * Request priorities: a faulting thread waits on `demand`; `prefetch` is a
@@ -37,7 +38,13 @@ export interface BatchFrame { type: 'batch'; demand: boolean; firstPage: number;
 export interface DoneFrame { type: 'done'; pagesSent: number }
 export interface ErrorFrame { type: 'error'; code: string; message: string }
 export interface CreditFrame { type: 'credit'; batches: number }
-export type Frame = HelloFrame | RequestFrame | BatchFrame | DoneFrame | ErrorFrame | CreditFrame;
+/** Source to destination, first when a token is required: the source's nonce. */
+export interface ChallengeFrame { type: 'challenge'; nonce: Buffer }
+/** Destination to source: its proof for the source's nonce, and its own nonce. */
+export interface AuthFrame { type: 'auth'; mac: Buffer; nonce: Buffer }
+/** Source to destination: its proof for the destination's nonce; the hello follows. */
+export interface ProofFrame { type: 'proof'; mac: Buffer }
+export type Frame = HelloFrame | RequestFrame | BatchFrame | DoneFrame | ErrorFrame | CreditFrame | ChallengeFrame | AuthFrame | ProofFrame;
 
 const crcTable = (() => {
   const table = new Int32Array(256);
@@ -124,6 +131,25 @@ export function encodeDone(pagesSent: number): Buffer {
   return b;
 }
 
+export function encodeChallenge(nonce: Uint8Array): Buffer {
+  const b = header(FRAME.challenge, nonce.length);
+  b.set(nonce, FRAME_HEADER);
+  return b;
+}
+
+export function encodeAuth(mac: Uint8Array, nonce: Uint8Array): Buffer {
+  const b = header(FRAME.auth, mac.length + nonce.length);
+  b.set(mac, FRAME_HEADER);
+  b.set(nonce, FRAME_HEADER + mac.length);
+  return b;
+}
+
+export function encodeProof(mac: Uint8Array): Buffer {
+  const b = header(FRAME.proof, mac.length);
+  b.set(mac, FRAME_HEADER);
+  return b;
+}
+
 export function encodeError(code: string, message: string): Buffer {
   const text = Buffer.from(JSON.stringify({ code, message }));
   const b = header(FRAME.error, text.length);
@@ -202,6 +228,15 @@ export class FrameDecoder {
       case FRAME.done:
         need(8, 'done');
         return { type: 'done', pagesSent: Number(payload.readBigUInt64LE(0)) };
+      case FRAME.challenge:
+        need(32, 'challenge');
+        return { type: 'challenge', nonce: Buffer.from(payload) };
+      case FRAME.auth:
+        need(64, 'auth');
+        return { type: 'auth', mac: Buffer.from(payload.subarray(0, 32)), nonce: Buffer.from(payload.subarray(32)) };
+      case FRAME.proof:
+        need(32, 'proof');
+        return { type: 'proof', mac: Buffer.from(payload) };
       case FRAME.error: {
         let parsed: { code?: unknown; message?: unknown } = {};
         try {

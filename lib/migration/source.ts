@@ -11,10 +11,16 @@ import { trace } from '../debug';
 import { argValueError, stateError } from '../errors';
 import * as v from '../validate';
 import { DEFAULT_PAGE_SIZE, ImageSource, PageImage, openImage } from './image';
-import { Frame, FrameDecoder, PRIORITY, encodeBatch, encodeDone, encodeError, encodeHello, protocolError } from './protocol';
+import { CheckedAuth, MigrationAuth, authError, checkAuth, createServer, nonce, proof, proofHolds } from './auth';
+import { Frame, FrameDecoder, PRIORITY, encodeBatch, encodeChallenge, encodeDone, encodeError, encodeHello, encodeProof, protocolError } from './protocol';
 
 /** Options of {@link servePages} and {@link MigrationSource.listen}. */
-export interface SourceOptions {
+export interface SourceOptions extends MigrationAuth {
+  /**
+   * With a `token`: how long a destination has to authenticate before it is
+   * dropped, in milliseconds. Default 10000.
+   */
+  authTimeoutMs?: number;
   /** Page size of the image, as the destination maps it. Default: the system page size. */
   pageSize?: number;
   /** Pages per background batch (each batch is one frame with one CRC). Default 64 (256 KiB of 4 KiB pages). */
@@ -41,6 +47,8 @@ export interface SourceStats {
 }
 
 interface Options {
+  auth: CheckedAuth;
+  authTimeoutMs: number;
   pageSize: number;
   batchPages: number;
   push: boolean;
@@ -55,7 +63,9 @@ function readOptions(options: SourceOptions | undefined): Options {
   const batchPages = v.integer('options.batchPages', opts.batchPages ?? 64, 1, 1024);
   if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw argValueError('options.signal', 'must be an AbortSignal', opts.signal);
   const pushBytesPerSecond = opts.pushBytesPerSecond === undefined ? Infinity : v.integer('options.pushBytesPerSecond', opts.pushBytesPerSecond, 1);
-  return { pageSize, batchPages, push: v.boolean('options.push', opts.push, true), pushBytesPerSecond, signal: opts.signal };
+  const auth = checkAuth(opts);
+  const authTimeoutMs = v.integer('options.authTimeoutMs', opts.authTimeoutMs ?? 10_000, 1, 3_600_000);
+  return { auth, authTimeoutMs, pageSize, batchPages, push: v.boolean('options.push', opts.push, true), pushBytesPerSecond, signal: opts.signal };
 }
 
 /**
@@ -88,6 +98,8 @@ class SourceConnection {
   #waitingDrain = false;
   #doneSent = false;
   #timer: NodeJS.Timeout | undefined;
+  /** With a token: the nonce sent in the challenge, until the destination proved itself. */
+  #challenge: Buffer | undefined;
   /** Push batches the destination still accepts (demand answers need no credit). */
   #credit = 0;
   readonly #stats: SourceStats;
@@ -112,6 +124,7 @@ class SourceConnection {
         if (settled) return;
         settled = true;
         clearTimeout(this.#timer);
+        clearTimeout(authTimer);
         this.#opts.signal?.removeEventListener('abort', onAbort);
         this.#stats.durationMs = Date.now() - this.#started;
         if (err) {
@@ -121,6 +134,7 @@ class SourceConnection {
         } else resolve(this.#stats);
       };
       const onAbort = () => finish(stateError('ERR_MIGRATION_ABORTED', 'migration source aborted'));
+      let authTimer: NodeJS.Timeout | undefined;
       if (this.#opts.signal?.aborted) return onAbort();
       this.#opts.signal?.addEventListener('abort', onAbort, { once: true });
       socket.on('data', (chunk: Buffer) => {
@@ -147,13 +161,34 @@ class SourceConnection {
         else finish(stateError('ERR_MIGRATION_CONNECTION_LOST', `migration source: destination closed the connection after ${this.#sentCount} of ${this.#pageCount} pages`));
       });
       socket.on('end', () => socket.end());
-      this.#write(encodeHello(this.#opts.pageSize, this.#image.size));
-      trace('migration source: serving %d pages of %d bytes', this.#pageCount, this.#opts.pageSize);
-      this.#pump();
+      if (this.#opts.auth.token) {
+        // Nothing of the guest leaves before the destination proved it holds the token.
+        this.#challenge = nonce();
+        this.#write(encodeChallenge(this.#challenge));
+        authTimer = setTimeout(() => finish(authError(`the destination did not authenticate within ${this.#opts.authTimeoutMs} ms`)), this.#opts.authTimeoutMs);
+        return;
+      }
+      this.#hello();
     });
   }
 
+  #hello(): void {
+    this.#write(encodeHello(this.#opts.pageSize, this.#image.size));
+    trace('migration source: serving %d pages of %d bytes', this.#pageCount, this.#opts.pageSize);
+  }
+
   #onFrame(frame: Frame): void {
+    if (this.#challenge) {
+      if (frame.type === 'error') throw stateError(frame.code, `migration source: the destination reported: ${frame.message}`);
+      if (frame.type !== 'auth') throw authError(`the destination sent a ${frame.type} frame instead of authenticating`);
+      if (!proofHolds(this.#opts.auth.token!, 'destination', this.#challenge, frame.mac))
+        throw authError('the destination failed authentication (wrong token)');
+      this.#challenge = undefined;
+      this.#write(encodeProof(proof(this.#opts.auth.token!, 'source', frame.nonce)));
+      trace('migration source: destination authenticated');
+      this.#hello();
+      return;
+    }
     switch (frame.type) {
       case 'request': {
         const { firstPage, pageCount } = frame;
@@ -176,6 +211,7 @@ class SourceConnection {
 
   /** Writes as long as the socket takes data: requests first, then the background push. */
   #pump(): void {
+    if (this.#challenge) return;
     while (!this.#waitingDrain && !this.#socket.destroyed) {
       if (this.#serveRefetch() || this.#serveQueue(this.#demand, true) || this.#serveQueue(this.#prefetch, true)) continue;
       if (this.#sentCount === this.#pageCount) {
@@ -284,24 +320,26 @@ export class MigrationSource implements Disposable {
   }
 
   /**
-   * Listens on `port` (0 picks a free one) and `host` (default all
-   * interfaces: the destination may be on another machine; it is plain TCP).
-   * `onConnection` sees each connection's outcome.
+   * Listens on `port` (0 picks a free one) and `host`: loopback unless a
+   * `host` is given, since whoever completes the protocol gets the guest's
+   * memory. Across machines, give a `token`, `tls` (mutual authentication)
+   * or both. `onConnection` sees each connection's outcome.
    */
   static async listen(image: ImageSource, options?: SourceOptions & { port?: number; host?: string; onConnection?: (result: Promise<SourceStats>) => void }): Promise<MigrationSource> {
     const opts = v.options<SourceOptions & { port?: number; host?: string; onConnection?: (r: Promise<SourceStats>) => void }>('options', options);
-    readOptions(opts);
+    const checked = readOptions(opts);
     openImage(image).close();
     const port = v.integer('options.port', opts.port ?? 0, 0, 65535);
-    const server = net.createServer();
-    const source = new MigrationSource(server);
-    server.on('connection', (socket) => {
+    const host = opts.host === undefined ? '127.0.0.1' : v.nonEmptyString('options.host', opts.host);
+    let source: MigrationSource | undefined;
+    const server = createServer(checked.auth, (socket) => {
       const result = servePages(socket, image, opts);
       result.catch(() => {});
-      source.#served.push(result);
+      source!.#served.push(result);
       opts.onConnection?.(result);
     });
-    server.listen(port, opts.host);
+    source = new MigrationSource(server);
+    server.listen(port, host);
     await once(server, 'listening');
     return source;
   }
