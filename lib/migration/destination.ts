@@ -315,7 +315,8 @@ export class MigrationDestination implements Disposable {
         }
       };
       socket.on('data', onData);
-      socket.on('error', (err: NodeJS.ErrnoException) => this.#fail(this.#auth.tls && err.code?.startsWith('ERR_SSL')
+      // OpenSSL's own errors carry the library they came from.
+      socket.on('error', (err: NodeJS.ErrnoException & { library?: string }) => this.#fail(this.#auth.tls && err.library === 'SSL routines'
         // TLS 1.3 tells a client its certificate was refused only after the handshake.
         ? authError(`the source refused this destination's TLS certificate: ${err.message} (${err.code})`)
         : stateError('ERR_MIGRATION_CONNECTION_LOST', `migration destination: connection to the source failed: ${err.message}`)));
