@@ -17,7 +17,10 @@ inline bool Fail(const Napi::CallbackInfo& info, const char* what) {
 }
 
 // An unsigned 64-bit value given as a safe-integer number or a bigint.
+// Every reader writes *out, failure included, so that no caller can read an
+// uninitialized value after a failed read (and the compiler can see it).
 inline bool U64(const Napi::CallbackInfo& info, size_t i, uint64_t* out) {
+  *out = 0;
   Napi::Value v = info[i];
   if (v.IsNumber()) {
     double d = v.As<Napi::Number>().DoubleValue();
@@ -36,6 +39,7 @@ inline bool U64(const Napi::CallbackInfo& info, size_t i, uint64_t* out) {
 }
 
 inline bool Int(const Napi::CallbackInfo& info, size_t i, int64_t* out) {
+  *out = 0;
   Napi::Value v = info[i];
   if (!v.IsNumber()) return Fail(info, "expected a number");
   double d = v.As<Napi::Number>().DoubleValue();
@@ -46,6 +50,7 @@ inline bool Int(const Napi::CallbackInfo& info, size_t i, int64_t* out) {
 }
 
 inline bool Fd(const Napi::CallbackInfo& info, size_t i, int* out) {
+  *out = -1;
   int64_t v;
   if (!Int(info, i, &v)) return false;
   if (v < 0 || v > INT32_MAX) return Fail(info, "expected a file descriptor");
