@@ -12,7 +12,7 @@
 'use strict';
 require('./usage').answerHelp(__filename);
 const { spawnSync } = require('node:child_process');
-const { existsSync, rmSync } = require('node:fs');
+const { chmodSync, existsSync, mkdirSync, readlinkSync, rmSync, symlinkSync } = require('node:fs');
 const { join } = require('node:path');
 
 const root = join(__dirname, '..');
@@ -36,3 +36,20 @@ if (!existsSync(join(root, 'build', 'Release', 'userfaultfd.node'))) run(process
 rmSync(join(root, 'dist'), { recursive: true, force: true });
 run(process.execPath, [tsc, '-p', join(root, 'tsconfig.json')]);
 run(process.execPath, [join(__dirname, 'write-esm-entry.js')]);
+
+// npm links the bins of dependencies, never the project's own: without this,
+// `npx userfaultfd doctor` in a checkout would have npm install the checkout
+// into its cache (rebuilding the addon) on every call.
+const cli = join(root, 'dist', 'lib', 'cli.js');
+chmodSync(cli, 0o755);
+const bin = join(root, 'node_modules', '.bin', 'userfaultfd');
+const target = join('..', '..', 'dist', 'lib', 'cli.js');
+let current;
+try {
+  current = readlinkSync(bin);
+} catch {}
+if (current !== target) {
+  mkdirSync(join(root, 'node_modules', '.bin'), { recursive: true });
+  rmSync(bin, { force: true });
+  symlinkSync(target, bin);
+}

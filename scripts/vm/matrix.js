@@ -729,8 +729,7 @@ async function main() {
   }
   // The guests run the compiled build from this checkout (the x86 ones recompile it too, in their overlay).
   log('compiling the TypeScript build (dist/)');
-  run(process.execPath, [path.join(repo, 'node_modules/typescript/bin/tsc'), '-p', path.join(repo, 'tsconfig.json')]);
-  run(process.execPath, [path.join(repo, 'scripts/write-esm-entry.js')]);
+  run(process.execPath, [path.join(repo, 'scripts/prepare.js')]);
 
   const rows = [];
   for (const target of targets) {
