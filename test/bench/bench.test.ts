@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect } from 'vitest';
 
 import { PAGE_SIZE } from '../../lib/index';
-import { itWith, root } from '../helpers';
+import { itWith, root, scaled } from '../helpers';
 
 const dir = mkdtempSync(join(tmpdir(), 'uffd-bench-test-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -18,7 +18,7 @@ const readHugePages = (): string => readFileSync('/proc/sys/vm/nr_hugepages', 'u
 
 function runBench(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [join(root, 'dist/scripts/bench.js'), ...args], { timeout: 150_000, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [join(root, 'dist/scripts/bench.js'), ...args], { timeout: scaled(150_000), maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
       resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
     });
   });

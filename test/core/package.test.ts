@@ -6,14 +6,14 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import * as api from '../../lib/index';
-import { caps, fixture, itUnless, itWith, root } from '../helpers';
+import { caps, fixture, itUnless, itWith, root, scaled } from '../helpers';
 
 const cli = join(root, 'dist', 'lib', 'cli.js');
 const run = (args: string[], options: { asNobody?: boolean } = {}) => {
   const [cmd, argv] = options.asNobody
     ? ['setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, ...args]]
     : [process.execPath, args];
-  return spawnSync(cmd, argv, { encoding: 'utf8', timeout: 15_000, cwd: root });
+  return spawnSync(cmd, argv, { encoding: 'utf8', timeout: scaled(15_000), cwd: root });
 };
 const haveSetpriv = existsSync('/usr/bin/setpriv') || existsSync('/bin/setpriv');
 
@@ -37,7 +37,7 @@ const unprivilegedSkip = !haveSetpriv ? 'setpriv is not installed'
 
 describe('entry points', () => {
   it('ESM and CommonJS load the same module and export the same names', () => {
-    const out = JSON.parse(execFileSync(process.execPath, [fixture('entry-names.mjs')], { encoding: 'utf8', timeout: 15_000 }));
+    const out = JSON.parse(execFileSync(process.execPath, [fixture('entry-names.mjs')], { encoding: 'utf8', timeout: scaled(15_000) }));
     expect(out.esm).toEqual(out.cjs);
     expect(out.same).toEqual(out.cjs);
     expect(out.defaultIsCjs).toBe(true);
@@ -126,7 +126,7 @@ describe('privilege model', () => {
 
 describe("README's example", () => {
   itWith(['minorShmem', 'threadId'], 'runs as written and prints the faults it resolved and the bytes read', () => {
-    const r = spawnSync(process.execPath, [fixture('readme-example.js')], { encoding: 'utf8', timeout: 15_000 });
+    const r = spawnSync(process.execPath, [fixture('readme-example.js')], { encoding: 'utf8', timeout: scaled(15_000) });
     expect([r.status, r.signal, r.stderr]).toEqual([0, null, '']);
     const lines = r.stdout.trimEnd().split('\n');
     const tid = /^toucher thread (\d+) read: /.exec(lines[2])?.[1];

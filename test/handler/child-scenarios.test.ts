@@ -4,10 +4,10 @@ import { spawnSync } from 'node:child_process';
 import { describe, expect } from 'vitest';
 
 import { PAGE_SIZE } from '../../lib/index';
-import { distEntry, fixture, itWith } from '../helpers';
+import { distEntry, fixture, itWith, scaled } from '../helpers';
 
 function runScenario(name: string) {
-  const child = spawnSync(process.execPath, [fixture('handler-scenario.js'), distEntry, name], { encoding: 'utf8', timeout: 20_000 });
+  const child = spawnSync(process.execPath, [fixture('handler-scenario.js'), distEntry, name], { encoding: 'utf8', timeout: scaled(20_000) });
   const lines = child.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
   return { ...child, lines };
 }

@@ -35,7 +35,7 @@ for (const mode of ['event-loop', 'native'] as const) {
         onError: async (err, f) => {
           decisions.push([f.page, f.attempt]);
           expect(String(err)).toContain(String(f.page));
-          return 'retry';
+          return 'retry' as const;
         },
       });
       handlers.push(handler);

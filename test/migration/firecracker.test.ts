@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { FeatureName, FirecrackerPageServer, parseFirecrackerRegions } from '../../lib/index';
-import { distEntry, fixture, itUnless, itWith, missingReason } from '../helpers';
+import { distEntry, fixture, itUnless, itWith, missingReason, scaled } from '../helpers';
 
 const HUGE = 2 * 1024 * 1024;
 const dir = mkdtempSync(join(tmpdir(), 'uffd-fc-'));
@@ -63,7 +63,7 @@ function snapshotFor(spec: string): Buffer {
 }
 
 function runStandin(args: string[]): { exit: Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }>; pid: number } {
-  const child = spawn(standin, args, { stdio: ['ignore', 'pipe', 'pipe'], timeout: 20_000, killSignal: 'SIGKILL' });
+  const child = spawn(standin, args, { stdio: ['ignore', 'pipe', 'pipe'], timeout: scaled(20_000), killSignal: 'SIGKILL' });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d) => (stdout += d));
@@ -80,7 +80,7 @@ async function restore(mode: 1 | 3, spec: string, legacy = false) {
   const path = join(dir, `fc-${socketCount++}.sock`);
   using server = FirecrackerPageServer.listen(path, { snapshot: snapshotPath });
   const child = runStandin([path, String(mode), snapshotPath, spec, ...(legacy ? ['legacy'] : [])]);
-  const session = await server.accept({ signal: AbortSignal.timeout(10_000) });
+  const session = await server.accept({ signal: AbortSignal.timeout(scaled(10_000)) });
   expect(session.pid).toBe(child.pid);
   expect(session.mode).toBe(mode === 1 ? 'uffd' : 'guest_memfd');
   const result = await child.exit;
@@ -154,9 +154,9 @@ describe('Firecracker page server', () => {
       const s = FdSocket.connect(${JSON.stringify(path)});
       s.send(JSON.stringify([{ base_host_virt_addr: 4096, size: 4096, offset: 0, page_size: 4096 }]));
       setInterval(() => {}, 1000);
-    `], { stdio: 'inherit', timeout: 20_000 });
+    `], { stdio: 'inherit', timeout: scaled(20_000) });
     const exit = new Promise<string | null>((resolve) => child.once('exit', (_code, signal) => resolve(signal)));
-    await expect(server.accept({ signal: AbortSignal.timeout(10_000) })).rejects.toMatchObject({
+    await expect(server.accept({ signal: AbortSignal.timeout(scaled(10_000)) })).rejects.toMatchObject({
       code: 'ERR_FIRECRACKER_HANDSHAKE', message: expect.stringMatching(/expected 1 fd \(uffd\) or 3 fds .* got 0/),
     });
     expect(await exit).toBe('SIGKILL');

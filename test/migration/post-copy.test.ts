@@ -11,7 +11,7 @@ import {
   FdServer, FdSocket, MigrationDestination, MigrationSource, Memfd, PAGE_SIZE, ReceivedGuestMemory, Userfaultfd, crc32, receiveGuestMemory,
 } from '../../lib/index';
 import { Frame, PRIORITY, PROTOCOL_VERSION, encodeBatch, encodeCredit, encodeDone, encodeHello, encodeRequest, FrameDecoder, FRAME_HEADER } from '../../lib/migration/protocol';
-import { distEntry, fixture, itWith } from '../helpers';
+import { distEntry, fixture, itWith, scaled } from '../helpers';
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {
@@ -41,8 +41,8 @@ async function startGuest(pages: number): Promise<Guest> {
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   cleanups.push(() => server.close());
   cleanups.push(() => child.kill('SIGKILL'));
-  const sock = await server.accept({ signal: AbortSignal.timeout(10_000) });
-  const memory = await receiveGuestMemory(sock, { signal: AbortSignal.timeout(10_000) });
+  const sock = await server.accept({ signal: AbortSignal.timeout(scaled(10_000)) });
+  const memory = await receiveGuestMemory(sock, { signal: AbortSignal.timeout(scaled(10_000)) });
   sock.close();
   cleanups.push(() => memory.uffd.close());
   cleanups.push(() => memory.memfd.close());
@@ -344,7 +344,7 @@ describe('post-copy migration over TCP', () => {
     mem.write(3 * PAGE_SIZE, Buffer.from('handoff'));
     const { sendGuestMemory } = await import('../../lib/index');
     sendGuestMemory(a, uffd, mem, { views: [{ address: view.address, length: view.length, offset: 0 }], meta: { vm: 'x' } });
-    const got = await receiveGuestMemory(b, { signal: AbortSignal.timeout(5000) });
+    const got = await receiveGuestMemory(b, { signal: AbortSignal.timeout(scaled(5000)) });
     cleanups.push(() => got.uffd.close(), () => got.memfd.close());
     expect(got).toMatchObject({ views: [{ address: view.address, length: view.length, offset: 0 }], meta: { vm: 'x' }, peer: { pid: process.pid } });
     // fdinfo shows what was negotiated (UFFDIO_API itself answers with everything the kernel offers).
@@ -359,7 +359,7 @@ describe('post-copy migration over TCP', () => {
     junk.writeUInt32LE(2, 0);
     junk.write('{}', 4);
     a.send(junk);
-    await expect(receiveGuestMemory(b, { signal: AbortSignal.timeout(5000) })).rejects.toMatchObject({ code: 'ERR_UFFD_HANDOFF' });
+    await expect(receiveGuestMemory(b, { signal: AbortSignal.timeout(scaled(5000)) })).rejects.toMatchObject({ code: 'ERR_UFFD_HANDOFF' });
   });
 
   itWith(['minorShmem', 'missingShmem'], 'serves an image from a file and from a Memfd, not only a Buffer', async () => {

@@ -7,7 +7,7 @@ import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 
 import { FaultHandler, FdSocket, Memfd, PAGE_SIZE, Userfaultfd } from '../../lib/index';
-import { distEntry, fixture, itWith, waitFor } from '../helpers';
+import { distEntry, fixture, itWith, waitFor, scaled } from '../helpers';
 import { leakWatch, threadCount } from './support';
 
 const ROUNDS = 100;
@@ -78,7 +78,7 @@ describe('lifecycle', () => {
       });
       child.stderr.on('data', (d) => (err += d));
       // A hard bound: a child still alive after it is killed outright, and the test fails.
-      const killer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      const killer = setTimeout(() => child.kill('SIGKILL'), scaled(10_000));
       const [code, signal] = await new Promise<[number | null, string | null]>((resolve) => child.once('exit', (c, s) => resolve([c, s])));
       clearTimeout(killer);
       expect(out, err).toContain('blocked');

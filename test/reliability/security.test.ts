@@ -11,7 +11,7 @@ import { describe, expect, it } from 'vitest';
 
 import { FaultHandler, FdServer, FdSocket, Memfd, PAGE_SIZE, Userfaultfd } from '../../lib/index';
 import { native } from '../../lib/native';
-import { distEntry, itWith } from '../helpers';
+import { distEntry, itWith, scaled } from '../helpers';
 import { openFds } from './support';
 
 const FD_CLOEXEC = 1;
@@ -23,7 +23,7 @@ function childFds(): string[] {
     const out = [];
     for (const n of fs.readdirSync('/proc/self/fd')) { try { out.push(fs.readlinkSync('/proc/self/fd/' + n)); } catch {} }
     process.stdout.write(JSON.stringify(out));
-  `], { encoding: 'utf8', timeout: 10_000 });
+  `], { encoding: 'utf8', timeout: scaled(10_000) });
   expect(child.status, child.stderr).toBe(0);
   return JSON.parse(child.stdout);
 }
@@ -88,7 +88,7 @@ describe('security', () => {
       process.stdout.write(JSON.stringify(result));
     `;
     try {
-      const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 10_000, killSignal: 'SIGKILL' });
+      const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: scaled(10_000), killSignal: 'SIGKILL' });
       expect(child.signal, child.stderr).toBeNull();
       expect(JSON.parse(child.stdout)).toEqual({ code: 'EFAULT', events: 0 });
     } finally {
@@ -119,7 +119,7 @@ describe('security', () => {
       });
     `;
     try {
-      const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 10_000, killSignal: 'SIGKILL' });
+      const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: scaled(10_000), killSignal: 'SIGKILL' });
       expect(child.signal, child.stderr).toBeNull();
       const out = JSON.parse(child.stdout);
       expect(out, child.stderr).toEqual({ n: 18, text: 'kernel-mode access', faults: 1 });

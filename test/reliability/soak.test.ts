@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, expect } from 'vitest';
 
-import { itWith, root } from '../helpers';
+import { itWith, root, scaled } from '../helpers';
 
 const FAULTS = Number(process.env.SOAK_FAULTS ?? 20_000);
 // Under ASan every free() of the process goes through its quarantine: scripts/asan.sh widens the RSS bound.
@@ -15,7 +15,7 @@ describe('soak (short)', () => {
   itWith(['minorShmem', 'threadId'], `${FAULTS} faults through raw readEvents/continue, the event-loop handler and the native handler: no fd, thread or RSS growth`, () => {
     const child = spawnSync(process.execPath, ['--expose-gc', join(root, 'scripts', 'soak.js'), '--faults', String(FAULTS), '--pages', '256', '--rss-bound-mib', RSS_BOUND_MIB, '--json'], {
       encoding: 'utf8',
-      timeout: 110_000,
+      timeout: scaled(110_000),
       killSignal: 'SIGKILL',
     });
     expect(child.signal, child.stderr).toBeNull();
