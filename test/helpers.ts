@@ -1,5 +1,6 @@
 // Shared test plumbing: capability-based skips that print their reason, and
 // paths to the compiled build for worker threads and child processes.
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { it } from 'vitest';
 import type { TestContext } from 'vitest';
@@ -89,4 +90,13 @@ export function testSeed(name: string, fixed: number): number {
   const seed = process.env.FUZZ_SEED === undefined ? fixed : Number(process.env.FUZZ_SEED);
   console.log(`${name}: seed ${seed}${process.env.FUZZ_SEED === undefined ? ' (fixed default)' : ' (FUZZ_SEED)'}`);
   return seed;
+}
+
+/** Where the kernel has thread `tid` of process `pid` sleeping (wchan), or '(gone)'. */
+export function sleepingIn(pid: number, tid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/task/${tid}/wchan`, 'utf8');
+  } catch {
+    return '(gone)';
+  }
 }
