@@ -37,10 +37,12 @@ describe('FaultHandler in child processes', () => {
     expect(out.reported).toMatchObject({ offset: 3 * PAGE_SIZE });
   }, 25_000);
 
-  itWith(['minorShmem', 'missingShmem', 'threadId', 'poison'], "error policy 'poison': the faulter gets SIGBUS, other pages are served", () => {
-    const r = runScenario('poison');
-    expect(r.error).toBeUndefined();
-    expect(r.lines).toEqual([{ before: 0x33 }]);
-    expect(r.signal).toBe('SIGBUS');
-  }, 25_000);
+  for (const [scenario, mode] of [['poison', 'event-loop'], ['poison-native', 'native']] as const) {
+    itWith(['minorShmem', 'missingShmem', 'threadId', 'poison'], `error policy 'poison': the faulter gets SIGBUS, other pages are served (${mode})`, () => {
+      const r = runScenario(scenario);
+      expect(r.error).toBeUndefined();
+      expect(r.lines).toEqual([{ before: 0x33 }, { poisonedBefore: 0 }]);
+      expect(r.signal).toBe('SIGBUS');
+    }, 25_000);
+  }
 });
