@@ -25,6 +25,7 @@ export default defineConfig({
       reporter: ['text', 'text-summary', 'json-summary'],
       // Kept under node_modules/ so that it is never committed.
       reportsDirectory: 'node_modules/.coverage',
+      reportOnFailure: true,
     },
   },
 });

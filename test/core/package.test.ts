@@ -3,9 +3,10 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 
 import * as api from '../../lib/index';
+import { formatReport, main as cliMain } from '../../lib/cli';
 import { caps, fixture, itUnless, itWith, root, scaled } from '../helpers';
 
 const cli = join(root, 'dist', 'lib', 'cli.js');
@@ -84,6 +85,47 @@ describe('userfaultfd doctor', () => {
       const r = run([cli, ...args]);
       expect([r.status, r.stdout, r.stderr.startsWith('Usage: userfaultfd doctor')]).toEqual([2, '', true]);
     }
+  });
+
+  // The same entry points in this process (the runs above load dist/ in a child).
+  it('main() and formatReport() in-process: exit codes, usage, JSON, and a host where nothing works', () => {
+    const out: string[] = [];
+    const err: string[] = [];
+    const so = vi.spyOn(process.stdout, 'write').mockImplementation((c: string | Uint8Array) => (out.push(String(c)), true));
+    const se = vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => (err.push(String(c)), true));
+    try {
+      expect(cliMain(['--help'])).toBe(0);
+      expect(out.join('')).toMatch(/^Usage: userfaultfd doctor/);
+      expect(cliMain(['doctor', 'extra'])).toBe(2);
+      expect(err.join('')).toMatch(/^Usage: userfaultfd doctor/);
+      out.length = 0;
+      expect(cliMain(['doctor', '--json'])).toBe(caps.available ? 0 : 1);
+      expect(JSON.parse(out.join('')).kernel).toBe(caps.kernel);
+      out.length = 0;
+      expect(cliMain(['doctor'])).toBe(caps.available ? 0 : 1);
+      expect(out.join('')).toContain(`kernel       ${caps.kernel} (${caps.arch})`);
+    } finally {
+      so.mockRestore();
+      se.mockRestore();
+    }
+    const broken = {
+      ...caps,
+      available: false,
+      unprivilegedUserfaultfd: 0,
+      open: { syscall: { ok: false, error: 'EPERM' }, device: { present: false, ok: false }, allModes: { ok: false, error: 'EPERM' } },
+      features: Object.fromEntries(Object.keys(caps.features).map((f) => [f, false])),
+      minorShmemIoctls: undefined,
+      missingShmemIoctls: undefined,
+      reasons: ['userfaultfd(2) failed with EPERM'],
+    } as unknown as api.Capabilities;
+    const text = formatReport(broken);
+    expect(text).toContain('available    NO');
+    expect(text).toContain('vm.unprivileged_userfaultfd = 0 (unprivileged callers must use user-mode-only, the default here)');
+    expect(text).toContain('NO  userfaultfd(2), user-mode only: EPERM');
+    expect(text).toContain('NO  /dev/userfaultfd is not present (Linux 6.1+)');
+    expect(text).toContain(`features     0 of ${Object.keys(caps.features).length} offered`);
+    expect(text).toContain('MINOR on shmem/memfd    unavailable');
+    expect(text).toMatch(/What does not work, and why:\n {2}- userfaultfd\(2\) failed with EPERM\n$/);
   });
 
   itUnless(unprivilegedSkip, 'as an unprivileged user it says what does not work and why', () => {
