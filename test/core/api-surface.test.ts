@@ -13,7 +13,7 @@ import * as net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import * as api from '../../lib/index';
-import { FaultHandler, FdServer, FdSocket, IOCTLS, Memfd, MigrationDestination, PAGE_SIZE, PROTOCOL_VERSION, PresentPages, Userfaultfd, servePages, touchPages } from '../../lib/index';
+import { FaultHandler, FdServer, FdSocket, IOCTLS, Memfd, MigrationDestination, MigrationSource, PAGE_SIZE, PROTOCOL_VERSION, PresentPages, Userfaultfd, servePages, touchPages } from '../../lib/index';
 import type { FdMessage } from '../../lib/index';
 import { distEntry, itWith, scaled } from '../helpers';
 import { Closer, MmWorker, Pagefault, filledMemfd, pageByte, serve } from './support';
@@ -347,3 +347,38 @@ describe('features beyond negotiation', () => {
   });
 });
 
+describe('explicit resource management', () => {
+  itWith(['minorShmem', 'threadId'], 'using and await using close sockets, servers and sources, and stop handlers, at the end of the block', async () => {
+    const mem = filledMemfd(closer, 2);
+    const uffd = closer.add(Userfaultfd.open({ features: ['minorShmem', 'threadId'] }));
+    const dir = mkdtempSync(join(tmpdir(), 'uffd-dispose-'));
+    closer.add({ close: () => rmSync(dir, { recursive: true, force: true }) });
+    const path = join(dir, 'dispose.sock');
+    let sockets: FdSocket[] = [];
+    let server: FdServer | undefined;
+    let source: MigrationSource | undefined;
+    let handler: FaultHandler | undefined;
+    let port = 0;
+    {
+      const [first, second] = FdSocket.pair();
+      using a = first;
+      using b2 = second;
+      using srv = FdServer.listen(path);
+      using src = await MigrationSource.listen(Buffer.alloc(PAGE_SIZE), { host: '127.0.0.1' });
+      const view = mem.map(); // unmapped by mem's close
+      await using h = new FaultHandler(uffd, { memfd: mem, fetch: () => {} }).attach(view).start();
+      h.markPresent(0, 2 * PAGE_SIZE);
+      expect((await touchPages(view, [1])).checksum).toBe(pageByte(1));
+      expect(h.state).toBe('running');
+      [sockets, server, source, handler, port] = [[a, b2], srv, src, h, src.address.port];
+    }
+    expect(sockets.map((s) => s.closed)).toEqual([true, true]);
+    await expect(server!.accept()).rejects.toMatchObject({ code: 'ERR_UFFD_CLOSED' });
+    expect(handler!.state).toBe('stopped');
+    // The source no longer listens: a connection is refused.
+    const refused = net.connect(port, '127.0.0.1');
+    const [err] = (await once(refused, 'error')) as [NodeJS.ErrnoException];
+    expect(err.code).toBe('ECONNREFUSED');
+    expect(source).toBeDefined();
+  });
+});
