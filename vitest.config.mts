@@ -17,5 +17,15 @@ export default defineConfig({
     pool: 'forks',
     reporters: ['default', 'json'],
     outputFile: { json: '.vitest-results.json' },
+    // `npm run coverage`: lines and branches of lib/ as the tests run it in
+    // this process (workers and children load dist/, which is not counted).
+    coverage: {
+      provider: 'v8',
+      include: ['lib/**/*.ts'],
+      reporter: ['text', 'text-summary', 'json-summary'],
+      // Kept under node_modules/ so that it is never committed.
+      reportsDirectory: 'node_modules/.coverage',
+      reportOnFailure: true,
+    },
   },
 });

@@ -72,7 +72,7 @@ export class FaultEngine {
   #driver: EngineDriver | undefined;
   #poller: Poller | undefined;
   #out: Float64Array | undefined;
-  #retry: NodeJS.Immediate | undefined;
+  #retry: NodeJS.Timeout | undefined;
   #releaseReader: (() => void) | undefined;
   #stopped = false;
 
@@ -179,7 +179,7 @@ export class FaultEngine {
     this.#stopped = true;
     this.#poller?.stop();
     this.#poller = undefined;
-    if (this.#retry) clearImmediate(this.#retry);
+    if (this.#retry) clearTimeout(this.#retry);
     this.#retry = undefined;
     if (this.#driver === 'native') {
       native.engineStopThread(this.#handle);
@@ -202,10 +202,13 @@ export class FaultEngine {
 
   #scheduleRetry(): void {
     if (this.#retry || this.#stopped) return;
-    this.#retry = setImmediate(() => {
+    // A deferred fault waits for the thread that changed the mm to finish its
+    // change: retrying at once would spin the loop (the native thread, too,
+    // waits a millisecond). New messages still wake the poller at once.
+    this.#retry = setTimeout(() => {
       this.#retry = undefined;
       this.#pump();
-    });
+    }, 1);
   }
 
   #pump(): void {

@@ -22,6 +22,29 @@ export { offeredFeatures, userModeOnlyUnsupported } from './handshake';
 const { EEXIST, EAGAIN } = NEGATIVE_ERRNO;
 const DEFAULT_WATCHDOG_MS = 2000;
 
+/**
+ * The uffds open in this environment. At process exit Node joins the worker
+ * threads before any native cleanup runs, and a worker blocked in a fault on
+ * one of these can only leave the kernel once its uffd wakes it: closing them
+ * all from the 'exit' event does (the kernel wakes every faulter on close).
+ */
+const open = new Set<Userfaultfd>();
+let closeAtExit = false;
+function track(uffd: Userfaultfd): void {
+  open.add(uffd);
+  if (closeAtExit) return;
+  closeAtExit = true;
+  process.once('exit', () => {
+    for (const u of [...open]) {
+      try {
+        u.close();
+      } catch {
+        // Exiting: a descriptor that cannot be closed now is closed by the kernel.
+      }
+    }
+  });
+}
+
 /** Options of {@link Userfaultfd.open}. */
 export interface OpenOptions {
   /** Features to negotiate in the handshake. Unsupported ones throw `ERR_UFFD_FEATURE_UNSUPPORTED` naming them. */
@@ -123,6 +146,7 @@ export class Userfaultfd implements Disposable {
     this.featureMask = features;
     this.#watchdogMs = watchdogMs;
     this.#guard = guard.track(fd, features);
+    track(this);
   }
 
   /** The descriptor (close-on-exec, non-blocking); -1 once closed, as Node's FileHandle does. */
@@ -404,6 +428,7 @@ export class Userfaultfd implements Disposable {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    open.delete(this);
     if (this.#watchers > 0) native.watchdogUnwatch(this.#fd);
     this.#watchers = 0;
     for (const hook of [...this.#closeHooks]) hook();

@@ -190,7 +190,9 @@ int Engine::Finish(int rc, const Fault& fault, uint64_t page, uint64_t ps) {
     // Marked present, but the page cache no longer holds it (punched,
     // truncated): absent again, so the retry asks the policy for it.
     ClearPresent(page);
-    Defer(fault);
+    Fault again = fault;
+    again.fetched = false;
+    Defer(again);
     return -EAGAIN;
   }
   Wake(address, ps);
@@ -378,8 +380,10 @@ void Engine::Serve(const Fault& fault, const Guard& guard, std::vector<double>* 
   const uint64_t address = fault.address & ~(ps - 1);
   const uint64_t page = PageOf(region, address);
   if (Present(page)) {
-    Count(kAlreadyPresent);
     int rc = ServePresent(fault);
+    // Counted once per fault that needed no policy, when it is answered (a
+    // deferred one is retried, and counted when the retry answers it).
+    if (rc == 0 && !fault.fetched) Count(kAlreadyPresent);
     if (rc == 0 || rc == -EAGAIN || rc == -ENOENT) return;
     Push(out, kIoctlFailed, -rc, static_cast<double>(address), fill_ == Fill::kContinue ? 7 : 2);
     return;

@@ -88,6 +88,9 @@ struct Fault {
   uint32_t flags;
   uint32_t tid;
   uint64_t time_ns;  // read time on the engine's clock
+  // The policy made this fault's page present (it was fetched): when a
+  // deferral brings it back, it is not a fault answered without the policy.
+  bool fetched = false;
 };
 
 // The deadlock guard: a fault of thread `tid` on an absent page can only be

@@ -33,7 +33,7 @@ bool FaultArgs(const Napi::CallbackInfo& info, engine::Fault* f) {
   if (!args::U64(info, 1, &address) || !args::U64(info, 2, &flags) || !args::U64(info, 3, &tid) ||
       !args::U64(info, 4, &time))
     return false;
-  *f = {address, static_cast<uint32_t>(flags), static_cast<uint32_t>(tid), time};
+  *f = {address, static_cast<uint32_t>(flags), static_cast<uint32_t>(tid), time, true};
   return true;
 }
 

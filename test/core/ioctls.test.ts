@@ -6,7 +6,7 @@ import { afterEach, describe, expect } from 'vitest';
 
 import { Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
 import { native } from '../../lib/native';
-import { caps, itWith, root } from '../helpers';
+import { caps, itWith, root, scaled } from '../helpers';
 import { Closer, Pagefault, filledMemfd, pageByte, serve } from './support';
 
 const closer = new Closer();
@@ -99,7 +99,7 @@ describe('POISON', () => {
       uffd.continue(guest.address, page);
       process.stdout.write('page0 ' + new Uint8Array(guest.buffer)[0] + ';');
       process.stdout.write('page1 ' + new Uint8Array(guest.buffer)[page] + ';');`;
-    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 10_000 });
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: scaled(10_000) });
     expect(r.stdout).toBe(`poisoned ${PAGE_SIZE};EEXIST;page0 9;`);
     expect(r.signal).toBe('SIGBUS');
   });

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { describe, expect } from 'vitest';
 
-import { distEntry, fixture, itWith, root } from '../helpers';
+import { distEntry, fixture, itWith, root, scaled } from '../helpers';
 import { openFdCount } from './support';
 
 function runWorker(): Promise<{ fds: number[] }> {
@@ -57,7 +57,7 @@ describe('lifecycle', () => {
         process.exit(0);
       });
       touchPages(guest, [3]);`;
-    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 15_000 });
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: scaled(15_000) });
     expect(r.error).toBeUndefined();
     expect(r.stdout).toBe('faulted;');
     expect(r.stderr).toBe('');
@@ -72,7 +72,7 @@ describe('lifecycle', () => {
       const guest = mem.map();
       Userfaultfd.open({ features: ['minorShmem'] }).register(guest, { minor: true });
       process.stdout.write('done');`;
-    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 15_000 });
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: scaled(15_000) });
     expect([r.stdout, r.stderr, r.status, r.signal]).toEqual(['done', '', 0, null]);
   });
 });

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
-import { caps, itWith, root } from '../helpers';
+import { caps, itWith, root, scaled } from '../helpers';
 import { Closer, Pagefault, filledMemfd, pageByte, serve } from './support';
 
 const closer = new Closer();
@@ -106,7 +106,7 @@ describe('detaching', () => {
         for (let i = 0; i < 5; i++) { globalThis.gc(); await tick(); }
         process.stdout.write('left ' + count());
       })();`;
-    const r = spawnSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+    const r = spawnSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8', timeout: scaled(20_000) });
     expect(r.signal).toBeNull();
     expect(r.stdout).toBe('left 0');
     expect(r.status).toBe(0);
@@ -129,7 +129,7 @@ describe('detaching', () => {
         for (let i = 0; i < 5; i++) { globalThis.gc(); await tick(); }
         process.stdout.write(whileRegistered + ' ' + mapped());
       })();`;
-    const r = spawnSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+    const r = spawnSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8', timeout: scaled(20_000) });
     expect(r.stderr).toBe('');
     // Mapped while registered; after unregister nothing holds it and its finalizer unmaps it.
     expect(r.stdout).toBe('1 0');

@@ -3,10 +3,11 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 
 import * as api from '../../lib/index';
-import { caps, fixture, itUnless, itWith, root } from '../helpers';
+import { formatReport, main as cliMain } from '../../lib/cli';
+import { caps, fixture, itUnless, itWith, root, scaled } from '../helpers';
 import { Stage, stageForOtherUsers } from '../stage';
 
 const cli = join(root, 'dist', 'lib', 'cli.js');
@@ -15,7 +16,7 @@ const run = (args: string[], options: { asNobody?: boolean } = {}) => {
     ? ['setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, ...args]]
     : [process.execPath, args];
   // uid 65534 starts in the staged copy: the checkout may be a directory it cannot enter.
-  return spawnSync(cmd, argv, { encoding: 'utf8', timeout: 15_000, cwd: options.asNobody && typeof stage === 'object' ? stage.dir : root });
+  return spawnSync(cmd, argv, { encoding: 'utf8', timeout: scaled(15_000), cwd: options.asNobody && typeof stage === 'object' ? stage.dir : root });
 };
 const haveSetpriv = existsSync('/usr/bin/setpriv') || existsSync('/bin/setpriv');
 
@@ -44,7 +45,7 @@ const staged = (): Stage => stage as Stage;
 
 describe('entry points', () => {
   it('ESM and CommonJS load the same module and export the same names', () => {
-    const out = JSON.parse(execFileSync(process.execPath, [fixture('entry-names.mjs')], { encoding: 'utf8', timeout: 15_000 }));
+    const out = JSON.parse(execFileSync(process.execPath, [fixture('entry-names.mjs')], { encoding: 'utf8', timeout: scaled(15_000) }));
     expect(out.esm).toEqual(out.cjs);
     expect(out.same).toEqual(out.cjs);
     expect(out.defaultIsCjs).toBe(true);
@@ -93,6 +94,47 @@ describe('userfaultfd doctor', () => {
     }
   });
 
+  // The same entry points in this process (the runs above load dist/ in a child).
+  it('main() and formatReport() in-process: exit codes, usage, JSON, and a host where nothing works', () => {
+    const out: string[] = [];
+    const err: string[] = [];
+    const so = vi.spyOn(process.stdout, 'write').mockImplementation((c: string | Uint8Array) => (out.push(String(c)), true));
+    const se = vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => (err.push(String(c)), true));
+    try {
+      expect(cliMain(['--help'])).toBe(0);
+      expect(out.join('')).toMatch(/^Usage: userfaultfd doctor/);
+      expect(cliMain(['doctor', 'extra'])).toBe(2);
+      expect(err.join('')).toMatch(/^Usage: userfaultfd doctor/);
+      out.length = 0;
+      expect(cliMain(['doctor', '--json'])).toBe(caps.available ? 0 : 1);
+      expect(JSON.parse(out.join('')).kernel).toBe(caps.kernel);
+      out.length = 0;
+      expect(cliMain(['doctor'])).toBe(caps.available ? 0 : 1);
+      expect(out.join('')).toContain(`kernel       ${caps.kernel} (${caps.arch})`);
+    } finally {
+      so.mockRestore();
+      se.mockRestore();
+    }
+    const broken = {
+      ...caps,
+      available: false,
+      unprivilegedUserfaultfd: 0,
+      open: { syscall: { ok: false, error: 'EPERM' }, device: { present: false, ok: false }, allModes: { ok: false, error: 'EPERM' } },
+      features: Object.fromEntries(Object.keys(caps.features).map((f) => [f, false])),
+      minorShmemIoctls: undefined,
+      missingShmemIoctls: undefined,
+      reasons: ['userfaultfd(2) failed with EPERM'],
+    } as unknown as api.Capabilities;
+    const text = formatReport(broken);
+    expect(text).toContain('available    NO');
+    expect(text).toContain('vm.unprivileged_userfaultfd = 0 (unprivileged callers must use user-mode-only, the default here)');
+    expect(text).toContain('NO  userfaultfd(2), user-mode only: EPERM');
+    expect(text).toContain('NO  /dev/userfaultfd is not present (Linux 6.1+)');
+    expect(text).toContain(`features     0 of ${Object.keys(caps.features).length} offered`);
+    expect(text).toContain('MINOR on shmem/memfd    unavailable');
+    expect(text).toMatch(/What does not work, and why:\n {2}- userfaultfd\(2\) failed with EPERM\n$/);
+  });
+
   itUnless(unprivilegedSkip, 'as an unprivileged user it says what does not work and why', () => {
     const r = run([staged().cli, 'doctor'], { asNobody: true });
     expect([r.status, r.stderr]).toEqual([0, '']);
@@ -133,7 +175,7 @@ describe('privilege model', () => {
 
 describe("README's example", () => {
   itWith(['minorShmem', 'threadId'], 'runs as written and prints the faults it resolved and the bytes read', () => {
-    const r = spawnSync(process.execPath, [fixture('readme-example.js')], { encoding: 'utf8', timeout: 15_000 });
+    const r = spawnSync(process.execPath, [fixture('readme-example.js')], { encoding: 'utf8', timeout: scaled(15_000) });
     expect([r.status, r.signal, r.stderr]).toEqual([0, null, '']);
     const lines = r.stdout.trimEnd().split('\n');
     const tid = /^toucher thread (\d+) read: /.exec(lines[2])?.[1];

@@ -6,7 +6,7 @@ import { afterEach, describe, expect } from 'vitest';
 
 import { PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
 import { native } from '../../lib/native';
-import { itWith, sleep, waitFor } from '../helpers';
+import { holdsFor, itWith, waitFor } from '../helpers';
 import { Closer, Pagefault, collect, filledMemfd, pageByte, sleepingIn } from './support';
 
 const closer = new Closer();
@@ -35,9 +35,8 @@ describe('waking', () => {
     expect(uffd.continue(ev.address, PAGE_SIZE, { dontWake: true })).toBe(PAGE_SIZE);
     // Mapped: this thread can read it without faulting.
     expect(new Uint8Array(guest.buffer)[PAGE_SIZE]).toBe(pageByte(1));
-    await sleep(100);
-    expect(finished).toBe(false);
-    expect(sleepingIn(ev.threadId)).toBe('handle_userfault');
+    // Nothing may wake it: it stays asleep in the fault for a while.
+    await holdsFor(() => !finished && sleepingIn(ev.threadId) === 'handle_userfault', 100, 'the faulter asleep in handle_userfault');
     uffd.wake(ev.address, PAGE_SIZE);
     expect((await touched).checksum).toBe(pageByte(1));
   });
@@ -49,9 +48,8 @@ describe('waking', () => {
     const [ev] = (await collect(uffd, 1)) as Pagefault[];
     await blockedInFault(ev);
     expect(native.uffdUnregister(uffd.fd, guest.address, guest.length)).toBe(0);
-    await sleep(100);
-    expect(finished).toBe(false);
-    expect(sleepingIn(ev.threadId)).toBe('handle_userfault');
+    // Nothing may wake it: it stays asleep in the fault for a while.
+    await holdsFor(() => !finished && sleepingIn(ev.threadId) === 'handle_userfault', 100, 'the faulter asleep in handle_userfault');
     // Re-register and let the library's unregister (UNREGISTER + WAKE) do it.
     uffd.register(guest, { minor: true });
     uffd.unregister(guest);
@@ -81,9 +79,8 @@ describe('waking', () => {
     // Someone else mapped the page without waking (another handler, say).
     expect(uffd.continue(ev.address, PAGE_SIZE, { dontWake: true })).toBe(PAGE_SIZE);
     expect(native.uffdContinue(uffd.fd, ev.address, PAGE_SIZE, 0)).toBe(-17);
-    await sleep(100);
-    expect(finished).toBe(false);
-    expect(sleepingIn(ev.threadId)).toBe('handle_userfault');
+    // Nothing may wake it: it stays asleep in the fault for a while.
+    await holdsFor(() => !finished && sleepingIn(ev.threadId) === 'handle_userfault', 100, 'the faulter asleep in handle_userfault');
     // The library treats EEXIST as "resolved, now wake".
     expect(uffd.continue(ev.address, PAGE_SIZE)).toBe(0);
     expect((await touched).checksum).toBe(pageByte(1));

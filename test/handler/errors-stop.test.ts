@@ -2,7 +2,7 @@ import { describe, expect } from 'vitest';
 
 import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
 import type { ErrorAction, Fault } from '../../lib/index';
-import { itWith } from '../helpers';
+import { holdsFor, itWith, waitFor } from '../helpers';
 import { cleanupAfterEach, delay, expectPages, pageContent, rng, settledStats, shuffled } from './util';
 
 const { open, handlers } = cleanupAfterEach();
@@ -35,7 +35,7 @@ for (const mode of ['event-loop', 'native'] as const) {
         onError: async (err, f) => {
           decisions.push([f.page, f.attempt]);
           expect(String(err)).toContain(String(f.page));
-          return 'retry';
+          return 'retry' as const;
         },
       });
       handlers.push(handler);
@@ -127,11 +127,10 @@ for (const mode of ['event-loop', 'native'] as const) {
       handlers.push(handler);
       handler.attach(guest).start();
       const touchers = [1, 2, 3, 4].map((s) => touchPages(guest, shuffled(pages, rng(s))));
-      while (started.length < 4) await delay(1);
+      await waitFor(() => started.length >= 4, 5000, 'four fetches started');
       let stopped = false;
       const stopping = handler.stop().then(() => (stopped = true));
-      await delay(20);
-      expect(stopped).toBe(false); // still waiting for the gated fetches
+      await holdsFor(() => !stopped, 20, 'stop() waiting for the gated fetches');
       release();
       await stopping;
       await Promise.all(touchers);
@@ -153,7 +152,7 @@ for (const mode of ['event-loop', 'native'] as const) {
       handlers.push(handler);
       handler.attach(guest).start();
       const touchers = [1, 2].map((s) => touchPages(guest, shuffled(pages, rng(s))));
-      while (started.length < 1) await delay(1);
+      await waitFor(() => started.length >= 1, 5000, 'a fetch started');
       uffd.close();
       await Promise.all(touchers);
       expect(await handler.finished).toBeUndefined();

@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { describe, expect } from 'vitest';
 
 import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
-import { distEntry, fixture, itWith } from '../helpers';
+import { distEntry, fixture, itWith, scaled } from '../helpers';
 import { cleanupAfterEach, delay, expectPages, pageContent, pageContentModule, rng, settledStats, shuffled } from './util';
 
 const { open, handlers } = cleanupAfterEach();
@@ -90,7 +90,7 @@ describe('FaultHandler, event-loop mode', () => {
 
 describe('FaultHandler on a worker thread (the main thread touches; run in a child process)', () => {
   const run = (mode: string, ending: string) => {
-    const child = spawnSync(process.execPath, [fixture('worker-handler-main.js'), distEntry, pageContentModule, mode, ending], { encoding: 'utf8', timeout: 20_000 });
+    const child = spawnSync(process.execPath, [fixture('worker-handler-main.js'), distEntry, pageContentModule, mode, ending], { encoding: 'utf8', timeout: scaled(20_000) });
     expect(child.error).toBeUndefined();
     expect(child.status, child.stderr).toBe(0);
     return JSON.parse(child.stdout.trim());

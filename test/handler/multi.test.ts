@@ -6,7 +6,7 @@ import { Worker } from 'node:worker_threads';
 import { describe, expect } from 'vitest';
 
 import { FaultHandler, FdSocket, Memfd, PAGE_SIZE, PresentPages, Userfaultfd, touchPages } from '../../lib/index';
-import { distEntry, fixture, itWith } from '../helpers';
+import { distEntry, fixture, itWith, scaled } from '../helpers';
 import { cleanupAfterEach, delay, expectPages, pageContent, pageContentModule, rng, settledStats, shuffled } from './util';
 
 const { open, handlers } = cleanupAfterEach();
@@ -16,7 +16,7 @@ function startChild(mem: Memfd, seed: number) {
   open.push(parentEnd);
   const child = spawn(process.execPath, [fixture('child-toucher.js'), distEntry, pageContentModule, String(seed)], {
     stdio: ['ignore', 'inherit', 'inherit', childEnd.fd, mem.fd],
-    timeout: 25_000,
+    timeout: scaled(25_000),
   });
   childEnd.close();
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));

@@ -5,6 +5,7 @@ import { afterEach, expect } from 'vitest';
 
 import { FaultHandler, Memfd, PAGE_SIZE } from '../../lib/index';
 import type { FaultHandlerStats } from '../../lib/index';
+import { scaled } from '../helpers';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const shared = require('../fixtures/page-content.js') as {
@@ -49,7 +50,7 @@ export const delay = (ms: number): Promise<void> => new Promise((r) => setTimeou
  * toucher may report back before that: wait (bounded) for the counters.
  */
 export async function settledStats(handler: FaultHandler): Promise<FaultHandlerStats> {
-  const deadline = Date.now() + 5000;
+  const deadline = Date.now() + scaled(5000);
   for (;;) {
     const s = handler.stats();
     if (s.resolved + s.untracked >= s.faults) return s;

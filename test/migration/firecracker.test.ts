@@ -5,8 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { FeatureName, FirecrackerPageServer, parseFirecrackerRegions } from '../../lib/index';
-import { distEntry, fixture, itUnless, itWith, missingReason } from '../helpers';
+import { FeatureName, FirecrackerPageServer, FirecrackerSession, parseFirecrackerRegions } from '../../lib/index';
+import { distEntry, fixture, itUnless, itWith, missingReason, scaled } from '../helpers';
 
 const HUGE = 2 * 1024 * 1024;
 const dir = mkdtempSync(join(tmpdir(), 'uffd-fc-'));
@@ -63,7 +63,7 @@ function snapshotFor(spec: string): Buffer {
 }
 
 function runStandin(args: string[]): { exit: Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }>; pid: number } {
-  const child = spawn(standin, args, { stdio: ['ignore', 'pipe', 'pipe'], timeout: 20_000, killSignal: 'SIGKILL' });
+  const child = spawn(standin, args, { stdio: ['ignore', 'pipe', 'pipe'], timeout: scaled(20_000), killSignal: 'SIGKILL' });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d) => (stdout += d));
@@ -80,13 +80,18 @@ async function restore(mode: 1 | 3, spec: string, legacy = false) {
   const path = join(dir, `fc-${socketCount++}.sock`);
   using server = FirecrackerPageServer.listen(path, { snapshot: snapshotPath });
   const child = runStandin([path, String(mode), snapshotPath, spec, ...(legacy ? ['legacy'] : [])]);
-  const session = await server.accept({ signal: AbortSignal.timeout(10_000) });
+  const session = await server.accept({ signal: AbortSignal.timeout(scaled(10_000)) });
+  expect(session).toBeInstanceOf(FirecrackerSession);
   expect(session.pid).toBe(child.pid);
   expect(session.backend).toBe(mode === 1 ? 'uffd' : 'guest_memfd');
   const result = await child.exit;
   expect(result.stderr).toBe('');
   expect(result).toMatchObject({ code: 0, signal: null });
   const stats = await session.finished;
+  // The session's live counters are the final ones once it has finished; close() after the end changes nothing.
+  expect(session.stats).toEqual(stats);
+  session.close();
+  expect(session.stats).toEqual(stats);
   const report = JSON.parse(result.stdout);
   return { session, stats, report };
 }
@@ -154,11 +159,31 @@ describe('Firecracker page server', () => {
       const s = FdSocket.connect(${JSON.stringify(path)});
       s.send(JSON.stringify([{ base_host_virt_addr: 4096, size: 4096, offset: 0, page_size: 4096 }]));
       setInterval(() => {}, 1000);
-    `], { stdio: 'inherit', timeout: 20_000 });
+    `], { stdio: 'inherit', timeout: scaled(20_000) });
     const exit = new Promise<string | null>((resolve) => child.once('exit', (_code, signal) => resolve(signal)));
-    await expect(server.accept({ signal: AbortSignal.timeout(10_000) })).rejects.toMatchObject({
+    await expect(server.accept({ signal: AbortSignal.timeout(scaled(10_000)) })).rejects.toMatchObject({
       code: 'ERR_FIRECRACKER_HANDSHAKE', message: expect.stringMatching(/expected 1 fd \(uffd\) or 3 fds .* got 0/),
     });
     expect(await exit).toBe('SIGKILL');
+  });
+
+  it("onFailure: 'close' fails the same handshake without killing the peer: it sees its socket closed", async () => {
+    const path = join(dir, `fc-${socketCount++}.sock`);
+    using server = FirecrackerPageServer.listen(path, { snapshot: Buffer.alloc(4096), onFailure: 'close' });
+    // The peer reports whether its socket was closed, then exits by itself.
+    const child = spawn(process.execPath, ['-e', `
+      const { FdSocket } = require(${JSON.stringify(distEntry)});
+      const s = FdSocket.connect(${JSON.stringify(path)});
+      s.send(JSON.stringify([{ base_host_virt_addr: 4096, size: 4096, offset: 0, page_size: 4096 }]));
+      s.receive().then((m) => { process.stdout.write(m.data.length === 0 ? 'closed' : 'data'); process.exit(0); });
+    `], { stdio: ['ignore', 'pipe', 'inherit'], timeout: scaled(20_000) });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    const exit = new Promise<[number | null, string | null]>((resolve) => child.once('exit', (code, signal) => resolve([code, signal])));
+    await expect(server.accept({ signal: AbortSignal.timeout(scaled(10_000)) })).rejects.toMatchObject({
+      code: 'ERR_FIRECRACKER_HANDSHAKE', message: expect.not.stringContaining('was killed'),
+    });
+    expect(await exit).toEqual([0, null]);
+    expect(out).toBe('closed');
   });
 });

@@ -11,7 +11,7 @@ import {
   FdServer, FdSocket, MigrationDestination, MigrationSource, Memfd, PAGE_SIZE, ReceivedGuestMemory, Userfaultfd, crc32, receiveGuestMemory,
 } from '../../lib/index';
 import { Frame, PRIORITY, PROTOCOL_VERSION, encodeBatch, encodeCredit, encodeDone, encodeHello, encodeRequest, FrameDecoder, FRAME_HEADER } from '../../lib/migration/protocol';
-import { distEntry, fixture, itWith } from '../helpers';
+import { distEntry, fixture, itWith, scaled, sleepingIn, waitFor } from '../helpers';
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {
@@ -41,8 +41,8 @@ async function startGuest(pages: number): Promise<Guest> {
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   cleanups.push(() => server.close());
   cleanups.push(() => child.kill('SIGKILL'));
-  const sock = await server.accept({ signal: AbortSignal.timeout(10_000) });
-  const memory = await receiveGuestMemory(sock, { signal: AbortSignal.timeout(10_000) });
+  const sock = await server.accept({ signal: AbortSignal.timeout(scaled(10_000)) });
+  const memory = await receiveGuestMemory(sock, { signal: AbortSignal.timeout(scaled(10_000)) });
   sock.close();
   cleanups.push(() => memory.uffd.close());
   cleanups.push(() => memory.memfd.close());
@@ -105,21 +105,32 @@ describe('post-copy migration over TCP', () => {
     const image = randomBytes(pages * PAGE_SIZE);
     const guest = await startGuest(pages);
     // A throttled push (about 1.5 s for the image) keeps most pages absent
-    // while the guest works, so its reads and writes fault on demand.
+    // while the guest works. How many of its faults the push beats is a
+    // race, so only what holds either way is checked; the on-demand path is
+    // checked without a push by the tests below.
     const source = await MigrationSource.listen(image, { host: '127.0.0.1', batchPages: 16, pushBytesPerSecond: Math.round((pages * PAGE_SIZE) / 1.5) });
     cleanups.push(() => source.close());
     const { uffd, memfd, views } = guest.memory;
-    const dest = await MigrationDestination.connect({ uffd, memfd, views, port: source.address.port, mode });
-    const read = [3, 200, 511, 77];
+    const read = [511, 200, 3, 77];
     const write = [510, 5, 300, 3, 301];
-    const touched = await guest.ask<{ seen: number[] }>({ type: 'touch', read, write }, 'touched');
+    // The guest touches before the destination exists: its first fault is
+    // pending (the guest's thread sleeps in handle_userfault) when it starts.
+    const touching = guest.ask<{ seen: number[] }>({ type: 'touch', read, write }, 'touched');
+    await waitFor(() => sleepingIn(guest.child.pid!, guest.child.pid!) === 'handle_userfault', 10_000, 'the guest blocked in its first fault');
+    const dest = await MigrationDestination.connect({ uffd, memfd, views, port: source.address.port, mode });
+    const touched = await touching;
     expect(touched.seen).toEqual(read.map((p) => image[p * PAGE_SIZE + 100]));
     const stats = await dest.done;
     const sourceStats = await source.connections[0];
+    console.log(`${mode}: ${stats.pagesOnDemand} pages on demand, ${stats.pagesPushed} pushed, ${stats.faults} faults, ${stats.demandFaults} demand faults`);
+    // Every page arrived exactly once, by one way or the other.
     expect(stats.pagesOnDemand + stats.pagesPushed).toBe(pages);
-    expect(stats.pagesOnDemand).toBeGreaterThan(0);
-    expect(stats.pagesPushed).toBeGreaterThan(0);
-    expect(stats.demandFaults).toBeGreaterThan(0);
+    expect(stats.pagesIgnored).toBe(0);
+    // Nine touched pages at most could have been asked for: the rest were pushed.
+    expect(stats.pagesOnDemand).toBeLessThanOrEqual(new Set([...read, ...write]).size);
+    expect(stats.pagesPushed).toBeGreaterThanOrEqual(pages - 9);
+    // The pending fault was read and resolved, whichever way its page came.
+    expect(stats.faults).toBeGreaterThanOrEqual(1);
     expect(stats.faultLatencyMs.length).toBe(stats.demandFaults);
     expect(sourceStats.pagesOnDemand + sourceStats.pagesPushed).toBe(pages);
     expect(stats.handler).toMatchObject({ fetched: stats.demandFaults, errors: 0, poisoned: 0 });
@@ -344,7 +355,7 @@ describe('post-copy migration over TCP', () => {
     mem.write(3 * PAGE_SIZE, Buffer.from('handoff'));
     const { sendGuestMemory } = await import('../../lib/index');
     sendGuestMemory(a, uffd, mem, { views: [{ address: view.address, length: view.length, offset: 0 }], meta: { vm: 'x' } });
-    const got = await receiveGuestMemory(b, { signal: AbortSignal.timeout(5000) });
+    const got = await receiveGuestMemory(b, { signal: AbortSignal.timeout(scaled(5000)) });
     cleanups.push(() => got.uffd.close(), () => got.memfd.close());
     expect(got).toMatchObject({ views: [{ address: view.address, length: view.length, offset: 0 }], meta: { vm: 'x' }, peer: { pid: process.pid } });
     // fdinfo shows what was negotiated (UFFDIO_API itself answers with everything the kernel offers).
@@ -359,7 +370,7 @@ describe('post-copy migration over TCP', () => {
     junk.writeUInt32LE(2, 0);
     junk.write('{}', 4);
     a.send(junk);
-    await expect(receiveGuestMemory(b, { signal: AbortSignal.timeout(5000) })).rejects.toMatchObject({ code: 'ERR_UFFD_HANDOFF' });
+    await expect(receiveGuestMemory(b, { signal: AbortSignal.timeout(scaled(5000)) })).rejects.toMatchObject({ code: 'ERR_UFFD_HANDOFF' });
   });
 
   itWith(['minorShmem', 'missingShmem'], 'serves an image from a file and from a Memfd, not only a Buffer', async () => {

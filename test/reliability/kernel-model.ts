@@ -32,12 +32,22 @@ export class KernelModel {
   size: number; // in pages
   /** First byte of each page of the memfd; undefined = hole (reads as 0). */
   content: Array<number | undefined>;
+  /** Every other byte of each page (a toucher's write changes the first byte only); undefined = hole. */
+  rest: Array<number | undefined>;
   views: ViewModel[] = [];
   uffdOpen: boolean[] = [true, true];
 
   constructor(pages: number, filled: number[]) {
     this.size = pages;
     this.content = Array.from({ length: pages }, (_, i) => (filled.includes(i) ? (i % 250) + 1 : undefined));
+    this.rest = [...this.content];
+  }
+
+  /** The whole page `page` of the memfd as the model believes it is. */
+  pageBytes(page: number, pageSize: number): Buffer {
+    const bytes = Buffer.alloc(pageSize, this.rest[page] ?? 0);
+    bytes[0] = this.content[page] ?? 0;
+    return bytes;
   }
 
   liveViews(): number[] {
@@ -85,6 +95,7 @@ export class KernelModel {
 
   write(page: number, value: number): void {
     this.content[page] = value;
+    this.rest[page] = value;
   }
 
   /** Pages dropped from the page cache lose their PTEs in every view. */
@@ -94,16 +105,17 @@ export class KernelModel {
   }
 
   punchHole(page: number, count: number): void {
-    for (let p = page; p < Math.min(page + count, this.size); p++) this.content[p] = undefined;
+    for (let p = page; p < Math.min(page + count, this.size); p++) this.content[p] = this.rest[p] = undefined;
     this.#dropPtes(page, page + count);
   }
 
   truncate(pages: number): void {
     if (pages < this.size) {
       this.content.length = pages;
+      this.rest.length = pages;
       this.#dropPtes(pages, Infinity);
     } else {
-      for (let p = this.size; p < pages; p++) this.content[p] = undefined;
+      for (let p = this.size; p < pages; p++) this.content[p] = this.rest[p] = undefined;
     }
     this.size = pages;
   }
@@ -131,7 +143,7 @@ export class KernelModel {
     if (!v.live || v.uffd === -1) return [{ error: 'ENOENT' }];
     const outcomes = new Map<string, Outcome>();
     const walk = (i: number, done: number): void => {
-      const add = (o: Outcome) => outcomes.set(JSON.stringify(o), o);
+      const add = (o: Outcome): void => void outcomes.set(JSON.stringify(o), o);
       if (i === page + count) return add({ ok: done * pageSize });
       const filePage = v.offset + i;
       const fail = (code: string) => add(done > 0 ? { error: 'EAGAIN', bytesDone: done * pageSize } : code === 'EEXIST' ? { ok: 0 } : { error: code });
@@ -191,7 +203,7 @@ export class KernelModel {
     const v = this.views[view];
     const filePage = v.offset + page;
     const wasUnregistered = v.uffd === -1;
-    if (this.content[filePage] === undefined) this.content[filePage] = 0; // a hole is allocated, zeroed
+    if (this.content[filePage] === undefined) this.content[filePage] = this.rest[filePage] = 0; // a hole is allocated, zeroed
     if (value !== undefined) this.content[filePage] = value;
     v.ptes[page] = 'yes';
     if (wasUnregistered && value === undefined) {

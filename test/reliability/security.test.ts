@@ -3,15 +3,16 @@
 // user-mode faults only (a kernel access to a registered, unresolved page
 // fails with EFAULT instead of waiting for a handler), and native code only
 // touches memory inside mappings the library made.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { FaultHandler, FdServer, FdSocket, Memfd, PAGE_SIZE, Userfaultfd } from '../../lib/index';
+import { FaultHandler, FdServer, FdSocket, Memfd, PAGE_SIZE, UffdError, Userfaultfd, touchPages } from '../../lib/index';
+import type { UffdEvent } from '../../lib/index';
 import { native } from '../../lib/native';
-import { distEntry, itWith } from '../helpers';
+import { distEntry, itWith, scaled } from '../helpers';
 import { openFds } from './support';
 
 const FD_CLOEXEC = 1;
@@ -23,7 +24,7 @@ function childFds(): string[] {
     const out = [];
     for (const n of fs.readdirSync('/proc/self/fd')) { try { out.push(fs.readlinkSync('/proc/self/fd/' + n)); } catch {} }
     process.stdout.write(JSON.stringify(out));
-  `], { encoding: 'utf8', timeout: 10_000 });
+  `], { encoding: 'utf8', timeout: scaled(10_000) });
   expect(child.status, child.stderr).toBe(0);
   return JSON.parse(child.stdout);
 }
@@ -88,7 +89,7 @@ describe('security', () => {
       process.stdout.write(JSON.stringify(result));
     `;
     try {
-      const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 10_000, killSignal: 'SIGKILL' });
+      const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: scaled(10_000), killSignal: 'SIGKILL' });
       expect(child.signal, child.stderr).toBeNull();
       expect(JSON.parse(child.stdout)).toEqual({ code: 'EFAULT', events: 0 });
     } finally {
@@ -119,7 +120,7 @@ describe('security', () => {
       });
     `;
     try {
-      const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 10_000, killSignal: 'SIGKILL' });
+      const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: scaled(10_000), killSignal: 'SIGKILL' });
       expect(child.signal, child.stderr).toBeNull();
       const out = JSON.parse(child.stdout);
       expect(out, child.stderr).toEqual({ n: 18, text: 'kernel-mode access', faults: 1 });
@@ -149,31 +150,81 @@ describe('security', () => {
     mem.close();
   });
 
-  it('a received uffd of another process cannot reach this process: its ioctls act on the sender\'s memory only', () => {
-    // A uffd is bound to the mm that opened it: ranges of this process are
-    // unknown to a uffd opened elsewhere (ENOENT/EINVAL), whatever the address.
+  itWith(['minorShmem', 'threadId'], 'a received uffd of another process cannot reach this process: its ioctls act on the sender\'s memory only', async () => {
+    // A uffd is bound to the mm that opened it. The child registers a view of
+    // a memfd we share, sends its uffd and waits; this process has a view of
+    // its own, registered MINOR with its own uffd.
+    const shared = Memfd.create(2 * PAGE_SIZE, { name: 'sec-shared' });
+    shared.write(0, Buffer.alloc(PAGE_SIZE, 0x42));
     const script = `
-      const { FdSocket, Userfaultfd } = require(${JSON.stringify(distEntry)});
+      const { FdSocket, Memfd, Userfaultfd } = require(${JSON.stringify(distEntry)});
+      const view = Memfd.fromFd(3).map();
       const uffd = Userfaultfd.open({ features: ['minorShmem'] });
-      new FdSocket(3).send('u', [uffd.fd]);
-      setTimeout(() => {}, 2000);
+      uffd.register(view, { minor: true });
+      const sock = new FdSocket(4);
+      sock.send(JSON.stringify({ address: view.address }), [uffd.fd]);
+      // Told to, reads page 0 (mapped by the parent's CONTINUE, so no fault) and reports it.
+      sock.receive().then(() => { sock.send(String(new Uint8Array(view.buffer)[0])); process.exit(0); });
+      setInterval(() => {}, 1000);
     `;
     const [mine, theirs] = FdSocket.pair();
-    const mem = Memfd.create(PAGE_SIZE, { allocate: true });
-    const view = mem.map();
-    const child = require('node:child_process').spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'inherit', 'inherit', theirs.fd] });
+    const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'inherit', 'inherit', shared.fd, theirs.fd] });
     theirs.close();
-    return mine.receive().then((msg: { fds: number[] }) => {
-      const foreign = Userfaultfd.fromFd(msg.fds[0]);
-      expect(() => foreign.register(view, { minor: true })).toThrow(expect.objectContaining({ syscall: 'ioctl', operation: 'UFFDIO_REGISTER' }));
-      expect(() => foreign.continue(view.address, PAGE_SIZE)).toThrow(expect.objectContaining({ syscall: 'ioctl' }));
-      // Our page is untouched and still readable.
-      expect(new Uint8Array(view.buffer)[0]).toBe(0);
-      foreign.close();
-      child.kill('SIGKILL');
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    const killer = setTimeout(() => child.kill('SIGKILL'), scaled(20_000));
+    const mem = Memfd.create(PAGE_SIZE, { name: 'sec-own' });
+    mem.write(0, Buffer.alloc(PAGE_SIZE, 0x17));
+    const view = mem.map();
+    const own = Userfaultfd.open({ features: ['minorShmem', 'threadId'] });
+    let foreign: Userfaultfd | undefined;
+    try {
+      own.register(view, { minor: true });
+      const msg = await mine.receive();
+      const theirAddress = (JSON.parse(msg.data.toString()) as { address: number }).address;
+      foreign = Userfaultfd.fromFd(msg.fds[0]);
+      // Registering our view: the child's mm has no such VMA (or another one
+      // at that address, never ours): EINVAL, typed.
+      let err: unknown;
+      try {
+        foreign.register(view, { minor: true });
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(UffdError);
+      expect(err).toMatchObject({ code: 'EINVAL', syscall: 'ioctl', operation: 'UFFDIO_REGISTER' });
+      // CONTINUE at our address finds no range of the child registered there.
+      if (theirAddress !== view.address) {
+        expect(() => foreign!.continue(view.address, PAGE_SIZE)).toThrow(expect.objectContaining({ code: 'ENOENT', operation: 'UFFDIO_CONTINUE' }));
+      }
+      // Our page was not mapped by any of that: touching it still faults on our own uffd, MINOR.
+      const touched = touchPages(view, [0]);
+      const faults = await new Promise<UffdEvent[]>((resolve) => {
+        const poll = setInterval(() => {
+          const evs = own.readEvents();
+          if (evs.length) {
+            clearInterval(poll);
+            resolve(evs);
+          }
+        }, 1);
+      });
+      expect(faults).toMatchObject([{ type: 'pagefault', address: view.address, minor: true }]);
+      expect(own.continue(view.address, PAGE_SIZE)).toBe(PAGE_SIZE);
+      expect((await touched).checksum).toBe(0x17);
+      // The same uffd does act on the sender's memory: page 0 of the child's view.
+      expect(foreign.continue(theirAddress, PAGE_SIZE)).toBe(PAGE_SIZE);
+      mine.send('read');
+      expect((await mine.receive()).data.toString()).toBe(String(0x42));
+    } finally {
+      clearTimeout(killer);
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+      foreign?.close();
+      own.close();
       mine.close();
+      view.unmap();
       mem.close();
-    });
+      shared.close();
+    }
   }, 20_000);
 });
 
