@@ -1,0 +1,194 @@
+// Dirty tracking by synchronous uffd-wp faults, for kernels without WP_ASYNC
+// and PAGEMAP_SCAN (5.7+ anonymous, 5.19+ shmem). Every first write to a
+// protected page stops the writer and sends a message; this thread reads it,
+// sets the page's bit in a bitmap over a SharedArrayBuffer, and clears the
+// protection of that one page, which wakes the writer. Reading on a native
+// thread (not the event loop) means a write from the JavaScript thread itself
+// is served too instead of deadlocking. The thread never calls JavaScript:
+// results are the shared bitmap and a shared status array, read by collect().
+#include <errno.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "addon_state.h"
+#include "args.h"
+#include "handles.h"
+#include "uffd_abi.h"
+#include "wp_sync.h"
+
+namespace wp_sync {
+namespace {
+
+// Slots of the status array (Int32Array over a SharedArrayBuffer).
+enum Status { kFailure = 0, kFaults = 1, kForeign = 2, kStatusSlots = 3 };
+
+struct Region {
+  uint64_t address;
+  uint64_t length;
+  uint64_t first_bit;  // bit of the region's first page in the bitmap
+};
+
+struct Tracker {
+  int uffd = -1;
+  int stop_fd = -1;
+  uint64_t page_size = 0;
+  std::vector<Region> regions;
+  uint32_t* bitmap = nullptr;
+  uint64_t bits = 0;
+  int32_t* status = nullptr;
+  std::thread thread;
+  bool stopped = false;
+  AddonState* state = nullptr;
+  // The SharedArrayBuffers stay referenced while the thread may write them.
+  Napi::Reference<Napi::Value> bitmap_ref;
+  Napi::Reference<Napi::Value> status_ref;
+};
+
+void Mark(Tracker* t, uint64_t page) {
+  for (const Region& r : t->regions) {
+    if (page < r.address || page - r.address >= r.length) continue;
+    uint64_t bit = r.first_bit + (page - r.address) / t->page_size;
+    if (bit < t->bits) __atomic_fetch_or(&t->bitmap[bit / 32], 1u << (bit % 32), __ATOMIC_SEQ_CST);
+    return;
+  }
+}
+
+void Bump(Tracker* t, Status slot) { __atomic_fetch_add(&t->status[slot], 1, __ATOMIC_SEQ_CST); }
+
+void Run(Tracker* t) {
+  std::vector<struct uffd_msg> msgs(64);
+  struct pollfd fds[2] = {{t->uffd, POLLIN, 0}, {t->stop_fd, POLLIN, 0}};
+  for (;;) {
+    int rc = poll(fds, 2, -1);
+    if (rc < 0) {
+      if (errno == EINTR) continue;
+      __atomic_store_n(&t->status[kFailure], errno, __ATOMIC_SEQ_CST);
+      return;
+    }
+    if (fds[1].revents) return;
+    if (fds[0].revents & (POLLERR | POLLNVAL)) {
+      __atomic_store_n(&t->status[kFailure], (fds[0].revents & POLLNVAL) ? EBADF : EIO, __ATOMIC_SEQ_CST);
+      return;
+    }
+    ssize_t n = read(t->uffd, msgs.data(), msgs.size() * sizeof(struct uffd_msg));
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) continue;
+      __atomic_store_n(&t->status[kFailure], errno, __ATOMIC_SEQ_CST);
+      return;
+    }
+    for (size_t i = 0; i < static_cast<size_t>(n) / sizeof(struct uffd_msg); i++) {
+      const struct uffd_msg& m = msgs[i];
+      if (m.event != UFFD_EVENT_PAGEFAULT || !(m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)) {
+        // Not ours to resolve; the tracker only reads uffds with WP-only ranges.
+        Bump(t, kForeign);
+        continue;
+      }
+      const uint64_t page = m.arg.pagefault.address & ~(t->page_size - 1);
+      // Marked before the writer can run again: a collect that sees the page
+      // writable has already seen its bit.
+      Mark(t, page);
+      Bump(t, kFaults);
+      struct uffdio_writeprotect wp = {};
+      wp.range.start = page;
+      wp.range.len = t->page_size;
+      wp.mode = 0;  // clear the protection and wake the writer
+      if (ioctl(t->uffd, uffd_abi::kWriteprotect, &wp) != 0 && errno != ENOENT)
+        __atomic_store_n(&t->status[kFailure], errno, __ATOMIC_SEQ_CST);
+    }
+  }
+}
+
+void Stop(Tracker* t) {
+  if (t->stopped) return;
+  t->stopped = true;
+  uint64_t one = 1;
+  ssize_t ignored = write(t->stop_fd, &one, sizeof(one));
+  (void)ignored;
+  if (t->thread.joinable()) t->thread.join();
+  close(t->stop_fd);
+  t->stop_fd = -1;
+  if (t->state) t->state->RemoveStopper(t);
+}
+
+bool SharedInt32(Napi::Env env, Napi::Value v, size_t min_length) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) return false;
+  if (v.As<Napi::TypedArray>().ElementLength() < min_length) return false;
+  // A SharedArrayBuffer cannot be detached or transferred while the thread writes it.
+  bool shared = false;
+  napi_value global_sab;
+  napi_get_named_property(env, env.Global(), "SharedArrayBuffer", &global_sab);
+  napi_instanceof(env, v.As<Napi::TypedArray>().ArrayBuffer(), global_sab, &shared);
+  return shared;
+}
+
+// wpSyncStart(uffd, pageSize, regions: Float64Array [address, length, firstBit] * n,
+//             bitmap: Int32Array (shared), status: Int32Array (shared)) -> handle | -errno
+Napi::Value Start(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int uffd = -1;
+  uint64_t page_size = 0;
+  if (!args::Fd(info, 0, &uffd) || !args::U64(info, 1, &page_size)) return env.Undefined();
+  if (page_size == 0 || (page_size & (page_size - 1)) != 0) return args::Fail(info, "expected a power-of-two page size"), env.Undefined();
+  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+      info[2].As<Napi::TypedArray>().ElementLength() % 3 != 0)
+    return args::Fail(info, "expected regions as a Float64Array of [address, length, firstBit] triples"), env.Undefined();
+  if (!SharedInt32(env, info[3], 1)) return args::Fail(info, "expected the bitmap as an Int32Array over a SharedArrayBuffer"), env.Undefined();
+  if (!SharedInt32(env, info[4], kStatusSlots)) return args::Fail(info, "expected the status as an Int32Array over a SharedArrayBuffer"), env.Undefined();
+  auto t = std::make_unique<Tracker>();
+  t->uffd = uffd;
+  t->page_size = page_size;
+  Napi::Float64Array regions = info[2].As<Napi::Float64Array>();
+  for (size_t i = 0; i + 2 < regions.ElementLength(); i += 3)
+    t->regions.push_back({static_cast<uint64_t>(regions[i]), static_cast<uint64_t>(regions[i + 1]), static_cast<uint64_t>(regions[i + 2])});
+  Napi::Int32Array bitmap = info[3].As<Napi::Int32Array>();
+  t->bitmap = reinterpret_cast<uint32_t*>(bitmap.Data());
+  t->bits = static_cast<uint64_t>(bitmap.ElementLength()) * 32;
+  t->status = info[4].As<Napi::Int32Array>().Data();
+  t->bitmap_ref = Napi::Persistent(info[3]);
+  t->status_ref = Napi::Persistent(info[4]);
+  t->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (t->stop_fd < 0) return args::Result(env, -errno);
+  t->state = AddonState::Of(env);
+  Tracker* raw = t.release();
+  raw->thread = std::thread(Run, raw);
+  // At environment teardown the thread is joined before the uffd is closed.
+  raw->state->AddStopper(raw, [raw] {
+    raw->state = nullptr;
+    Stop(raw);
+  });
+  return handles::Wrap<Tracker>(env, raw, handles::kWpSync, [](Napi::Env, Tracker* tracker) {
+    Stop(tracker);
+    delete tracker;
+  });
+}
+
+// wpSyncStop(handle): stops and joins the thread. Idempotent.
+Napi::Value StopTracker(const Napi::CallbackInfo& info) {
+  if (Tracker* t = handles::Unwrap<Tracker>(info, 0, handles::kWpSync, "expected a wp-sync tracker handle")) Stop(t);
+  return info.Env().Undefined();
+}
+
+Napi::Value Layout(Napi::Env env) {
+  Napi::Object status = Napi::Object::New(env);
+  status.Set("failure", Napi::Number::New(env, kFailure));
+  status.Set("faults", Napi::Number::New(env, kFaults));
+  status.Set("foreign", Napi::Number::New(env, kForeign));
+  status.Set("slots", Napi::Number::New(env, kStatusSlots));
+  return status;
+}
+
+}  // namespace
+
+void Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("wpSyncStatusLayout", Layout(env));
+  exports.Set("wpSyncStart", Napi::Function::New(env, Start, "wpSyncStart"));
+  exports.Set("wpSyncStop", Napi::Function::New(env, StopTracker, "wpSyncStop"));
+}
+
+}  // namespace wp_sync
