@@ -321,18 +321,10 @@ export class DirtyTracker implements Disposable {
     if (failure !== 0)
       throw new UffdError(-failure, 'read', { fd: this.#uffd.fd, hint: 'the wp-sync reader thread failed; writes may be unrecorded: stop() and start() again' });
     const bitmap = new Uint32Array(sync.words.length);
-    // Taking a word and zeroing it is one atomic step: a bit the reader sets
-    // meanwhile lands either here or in the next collect, never nowhere.
-    for (let i = 0; i < bitmap.length; i++) bitmap[i] = reset ? Atomics.exchange(sync.words, i, 0) : Atomics.load(sync.words, i);
+    check(native.wpSyncCollect(sync.handle, reset, bitmap), 'ioctl', { operation: 'UFFDIO_WRITEPROTECT', fd: this.#uffd.fd, hint: 'protecting the collected pages again' });
     const runs = runsOf(bitmap, this.#views, this.pageSize);
     let count = 0;
-    for (const run of runs) {
-      count += run.count;
-      // Protected again only after the bit was taken: a write in between is
-      // this interval's (the caller reads the page after this returns), and
-      // any write after this faults and is the next interval's.
-      if (reset) this.#uffd.writeProtect(run.address, run.count * this.pageSize, { protect: true });
-    }
+    for (const run of runs) count += run.count;
     return { bitmap, count, runs };
   }
 

@@ -105,6 +105,8 @@ export interface NativeBinding {
    * the page's bit in `bitmap` (regions: [address, length, firstBit] * n) and un-protects the page.
    */
   wpSyncStart(uffd: number, pageSize: number, regions: Float64Array, bitmap: Int32Array, status: Int32Array): SysResult | WpSyncHandle;
+  /** Copies the bitmap into `out`; with `reset` zeroes it and protects the pages taken, atomically with respect to the thread. */
+  wpSyncCollect(handle: WpSyncHandle, reset: boolean, out: Uint32Array): SysResult;
   /** Stops and joins the reader thread. Idempotent. */
   wpSyncStop(handle: WpSyncHandle): void;
 

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -44,6 +45,10 @@ struct Tracker {
   int32_t* status = nullptr;
   std::thread thread;
   bool stopped = false;
+  // Held by the thread from marking a page to un-protecting it, and by a
+  // collect from taking the bits to protecting those pages again, so that
+  // neither sees half of the other (see Collect).
+  std::mutex lock;
   AddonState* state = nullptr;
   // The SharedArrayBuffers stay referenced while the thread may write them.
   Napi::Reference<Napi::Value> bitmap_ref;
@@ -90,10 +95,11 @@ void Run(Tracker* t) {
         continue;
       }
       const uint64_t page = m.arg.pagefault.address & ~(t->page_size - 1);
-      // Marked before the writer can run again: a collect that sees the page
-      // writable has already seen its bit.
-      Mark(t, page);
       Bump(t, kFaults);
+      std::lock_guard<std::mutex> hold(t->lock);
+      // Marked before the writer can go on: a write that has completed is
+      // always in the bitmap.
+      Mark(t, page);
       struct uffdio_writeprotect wp = {};
       wp.range.start = page;
       wp.range.len = t->page_size;
@@ -168,6 +174,47 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
   });
 }
 
+// wpSyncCollect(handle, reset, out: Uint32Array) -> 0 | -errno. Copies the
+// bitmap into `out`; with `reset`, zeroes it and write-protects the pages
+// taken, all under the lock the thread holds from mark to un-protect. Without
+// the lock a page marked just before the take but un-protected just after it
+// would be reported now, stay writable, and its write (after this collect
+// returned) would never be reported.
+Napi::Value Collect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Tracker* t = handles::Unwrap<Tracker>(info, 0, handles::kWpSync, "expected a wp-sync tracker handle");
+  if (!t) return env.Undefined();
+  const bool reset = info[1].ToBoolean();
+  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
+      static_cast<uint64_t>(info[2].As<Napi::TypedArray>().ElementLength()) * 32 < t->bits)
+    return args::Fail(info, "expected a Uint32Array as long as the bitmap"), env.Undefined();
+  uint32_t* out = info[2].As<Napi::Uint32Array>().Data();
+  std::lock_guard<std::mutex> hold(t->lock);
+  const uint64_t words = t->bits / 32;
+  for (uint64_t i = 0; i < words; i++)
+    out[i] = reset ? __atomic_exchange_n(&t->bitmap[i], 0u, __ATOMIC_SEQ_CST) : __atomic_load_n(&t->bitmap[i], __ATOMIC_SEQ_CST);
+  if (!reset) return args::Result(env, 0);
+  for (const Region& r : t->regions) {
+    const uint64_t pages = r.length / t->page_size;
+    uint64_t p = 0;
+    while (p < pages) {
+      const uint64_t bit = r.first_bit + p;
+      if (!(out[bit / 32] & (1u << (bit % 32)))) {
+        p++;
+        continue;
+      }
+      const uint64_t first = p;
+      while (p < pages && (out[(r.first_bit + p) / 32] & (1u << ((r.first_bit + p) % 32)))) p++;
+      struct uffdio_writeprotect wp = {};
+      wp.range.start = r.address + first * t->page_size;
+      wp.range.len = (p - first) * t->page_size;
+      wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+      if (ioctl(t->uffd, uffd_abi::kWriteprotect, &wp) != 0) return args::Result(env, -errno);
+    }
+  }
+  return args::Result(env, 0);
+}
+
 // wpSyncStop(handle): stops and joins the thread. Idempotent.
 Napi::Value StopTracker(const Napi::CallbackInfo& info) {
   if (Tracker* t = handles::Unwrap<Tracker>(info, 0, handles::kWpSync, "expected a wp-sync tracker handle")) Stop(t);
@@ -188,6 +235,7 @@ Napi::Value Layout(Napi::Env env) {
 void Init(Napi::Env env, Napi::Object exports) {
   exports.Set("wpSyncStatusLayout", Layout(env));
   exports.Set("wpSyncStart", Napi::Function::New(env, Start, "wpSyncStart"));
+  exports.Set("wpSyncCollect", Napi::Function::New(env, Collect, "wpSyncCollect"));
   exports.Set("wpSyncStop", Napi::Function::New(env, StopTracker, "wpSyncStop"));
 }
 
