@@ -185,7 +185,7 @@ export class DirtyTracker implements Disposable {
       }
       for (const view of this.#views) {
         try {
-          uffd.register(view, { wp: true, minor: keepMinor, missing: keepMissing });
+          uffd.register(view.mapping ?? view, { wp: true, minor: keepMinor, missing: keepMissing });
         } catch (err) {
           if ((err as UffdError).code === 'EBUSY' && !given)
             (err as Error).message += ': the view is registered with another userfaultfd; pass that one as options.uffd (with keepModes)';

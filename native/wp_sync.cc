@@ -7,6 +7,7 @@
 // is served too instead of deadlocking. The thread never calls JavaScript:
 // results are the shared bitmap and a shared status array, read by collect().
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -115,15 +116,29 @@ void Run(Tracker* t) {
   }
 }
 
-void Stop(Tracker* t) {
+// `unprotect`: lift the protection of every region first, which wakes any
+// writer waiting on it. JavaScript's stop() does that itself; a tracker that
+// was garbage-collected while tracking has nobody else to do it, and with the
+// thread gone a write to a still-protected page would sleep forever.
+void Stop(Tracker* t, bool unprotect) {
   if (t->stopped) return;
   t->stopped = true;
+  if (unprotect) {
+    for (const Region& r : t->regions) {
+      struct uffdio_writeprotect wp = {};
+      wp.range.start = r.address;
+      wp.range.len = r.length;
+      wp.mode = 0;
+      ioctl(t->uffd, uffd_abi::kWriteprotect, &wp);  // ENOENT: already unregistered, nobody waits
+    }
+  }
   uint64_t one = 1;
   ssize_t ignored = write(t->stop_fd, &one, sizeof(one));
   (void)ignored;
   if (t->thread.joinable()) t->thread.join();
   close(t->stop_fd);
-  t->stop_fd = -1;
+  close(t->uffd);
+  t->stop_fd = t->uffd = -1;
   if (t->state) t->state->RemoveStopper(t);
 }
 
@@ -152,7 +167,10 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
   if (!SharedInt32(env, info[3], 1)) return args::Fail(info, "expected the bitmap as an Int32Array over a SharedArrayBuffer"), env.Undefined();
   if (!SharedInt32(env, info[4], kStatusSlots)) return args::Fail(info, "expected the status as an Int32Array over a SharedArrayBuffer"), env.Undefined();
   auto t = std::make_unique<Tracker>();
-  t->uffd = uffd;
+  // A descriptor of its own: JavaScript may close its uffd (and the number
+  // be reused) while the thread still polls it, or before a finalizer runs.
+  t->uffd = fcntl(uffd, F_DUPFD_CLOEXEC, 3);
+  if (t->uffd < 0) return args::Result(env, -errno);
   t->page_size = page_size;
   Napi::Float64Array regions = info[2].As<Napi::Float64Array>();
   for (size_t i = 0; i + 2 < regions.ElementLength(); i += 3)
@@ -164,17 +182,21 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
   t->bitmap_ref = Napi::Persistent(info[3]);
   t->status_ref = Napi::Persistent(info[4]);
   t->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (t->stop_fd < 0) return args::Result(env, -errno);
+  if (t->stop_fd < 0) {
+    int err = errno;
+    close(t->uffd);
+    return args::Result(env, -err);
+  }
   t->state = AddonState::Of(env);
   Tracker* raw = t.release();
   raw->thread = std::thread(Run, raw);
   // At environment teardown the thread is joined before the uffd is closed.
   raw->state->AddStopper(raw, [raw] {
     raw->state = nullptr;
-    Stop(raw);
+    Stop(raw, false);  // the uffd is closed next, which lifts the protection
   });
   return handles::Wrap<Tracker>(env, raw, handles::kWpSync, [](Napi::Env, Tracker* tracker) {
-    Stop(tracker);
+    Stop(tracker, true);
     delete tracker;
   });
 }
@@ -229,7 +251,7 @@ Napi::Value Collect(const Napi::CallbackInfo& info) {
 
 // wpSyncStop(handle): stops and joins the thread. Idempotent.
 Napi::Value StopTracker(const Napi::CallbackInfo& info) {
-  if (Tracker* t = handles::Unwrap<Tracker>(info, 0, handles::kWpSync, "expected a wp-sync tracker handle")) Stop(t);
+  if (Tracker* t = handles::Unwrap<Tracker>(info, 0, handles::kWpSync, "expected a wp-sync tracker handle")) Stop(t, false);
   return info.Env().Undefined();
 }
 

@@ -4,6 +4,8 @@
 // Writers are native threads, the JavaScript thread and another process.
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { DirtyPages, DirtyTracker, FdSocket, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
@@ -311,6 +313,29 @@ describe('DirtyTracker: the synchronous method', () => {
     t2.stop();
     await second;
     expect(new Uint8Array(view.buffer)[5 * PAGE_SIZE]).toBe(7);
+  });
+});
+
+describe('DirtyTracker: a wp-sync tracker dropped while tracking', () => {
+  itUnless(unavailable('wp-sync'), 'once collected, its pages are unprotected before its reader stops: a later writer does not sleep forever', async () => {
+    const mem = memfd(32);
+    const view = mem.map();
+    const threads = threadCount();
+    (() => {
+      const t = new DirtyTracker([view], { method: 'wp-sync' });
+      t.start();
+    })();
+    expect(threadCount()).toBe(threads + 1);
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    // Finalizers run after a collection, on the event loop: wait for the reader thread to be joined.
+    await waitFor(() => {
+      gc();
+      return threadCount() === threads;
+    }, 20_000, 'the dropped tracker\'s reader thread to be joined');
+    const report = await touchPages(view, [0, 7, 31], { write: 2 });
+    expect(report.latencyNs.length).toBe(3);
+    expect(mem.read(7 * PAGE_SIZE, 1)[0]).toBe(2);
   });
 });
 
