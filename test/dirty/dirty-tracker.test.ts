@@ -8,7 +8,8 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { DirtyPages, DirtyTracker, FdSocket, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
+import { DirtyPages, DirtyTracker, FdSocket, Memfd, PAGE_SIZE, Userfaultfd, probe, touchPages } from '../../lib/index';
+import { formatReport } from '../../lib/cli';
 import { DirtyMethod, dirtyMethods, unsupportedError } from '../../lib/dirty-methods';
 import { distEntry, fixture, itUnless, missingReason, sleep, waitFor } from '../helpers';
 import { openFdCount, sleepingIn } from '../core/support';
@@ -448,6 +449,24 @@ describe('DirtyTracker: bad input and state', () => {
       expect(available || /needs Linux \d+\.\d+ or later/.test(reason ?? '')).toBe(true);
       if (available) console.log(`dirty tracking ${method}: available on this kernel`);
       else console.log(`dirty tracking ${method}: ${reason}`);
+    }
+  });
+});
+
+describe('probe() and userfaultfd doctor', () => {
+  it('report both methods as the tracker finds them, with the reason where one is missing', () => {
+    const caps = probe();
+    expect(caps.dirtyTracking).toEqual(support);
+    const text = formatReport(caps);
+    for (const method of METHODS) {
+      expect(text).toMatch(new RegExp(`dirty tracking ${method}\\s+${support[method].available ? 'available' : 'unavailable: '}`));
+      if (!support[method].available) expect(caps.reasons.some((r) => r.includes(support[method].reason!))).toBe(true);
+    }
+    // On this kernel a tracker with method 'auto' takes what probe() puts first.
+    if (caps.available && (support['wp-async'].available || support['wp-sync'].available)) {
+      const mem = memfd(1);
+      using t = new DirtyTracker([mem.map()]);
+      expect(t.method).toBe(support['wp-async'].available ? 'wp-async' : 'wp-sync');
     }
   });
 });
