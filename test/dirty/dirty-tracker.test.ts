@@ -10,6 +10,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 
 import { DirtyPages, DirtyTracker, FdSocket, Memfd, PAGE_SIZE, Userfaultfd, probe, touchPages } from '../../lib/index';
 import { formatReport } from '../../lib/cli';
+import { native } from '../../lib/native';
+import { NEGATIVE_ERRNO } from '../../lib/errno';
 import { DirtyMethod, dirtyMethods, unsupportedError } from '../../lib/dirty-methods';
 import { distEntry, fixture, itUnless, missingReason, sleep, waitFor } from '../helpers';
 import { openFdCount, sleepingIn } from '../core/support';
@@ -490,6 +492,29 @@ describe('probe() and userfaultfd doctor', () => {
       const mem = memfd(1);
       using t = new DirtyTracker([mem.map()]);
       expect(t.method).toBe(support['wp-async'].available ? 'wp-async' : 'wp-sync');
+    }
+  });
+});
+
+describe('the native layer refuses what is not its own', () => {
+  it('wp-sync calls refuse a value that is not a wp-sync handle, and a bitmap that a thread could lose, with TypeErrors', () => {
+    const bogus: unknown[] = [{}, null, undefined, 42, new ArrayBuffer(8)];
+    for (const value of bogus) {
+      expect(() => native.wpSyncStop(value as never)).toThrow(TypeError);
+      expect(() => native.wpSyncCollect(value as never, false, new Uint32Array(1))).toThrow(TypeError);
+    }
+    const [a, b] = native.socketPair() as [number, number];
+    try {
+      const shared = () => new Int32Array(new SharedArrayBuffer(16));
+      // Detachable memory under a native writer is refused before any thread starts.
+      expect(() => native.wpSyncStart(a, PAGE_SIZE, new Float64Array(0), new Int32Array(4), shared())).toThrow(TypeError);
+      expect(() => native.wpSyncStart(a, PAGE_SIZE, new Float64Array(2), shared(), shared())).toThrow(TypeError);
+      expect(() => native.wpSyncStart(a, 3000, new Float64Array(0), shared(), shared())).toThrow(TypeError);
+      expect(() => native.pagemapScanWritten(-1, 0, PAGE_SIZE, false)).toThrow(TypeError);
+      expect(native.pagemapScanWritten(a, 0, PAGE_SIZE, false)).toBe(NEGATIVE_ERRNO.ENOTTY); // a socket is no pagemap
+    } finally {
+      native.closeFd(a);
+      native.closeFd(b);
     }
   });
 });
