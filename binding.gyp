@@ -17,7 +17,9 @@
         "native/engine.cc",
         "native/engine_napi.cc",
         "native/resolver.cc",
-        "native/watchdog.cc"
+        "native/watchdog.cc",
+        "native/pagemap.cc",
+        "native/wp_sync.cc"
       ],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api"],
       "defines": ["NAPI_VERSION=8", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],

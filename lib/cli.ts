@@ -65,6 +65,8 @@ export function formatReport(caps: Capabilities): string {
   lines.push('');
   lines.push(`MINOR on shmem/memfd    ${caps.minorShmemIoctls ? `allows ${caps.minorShmemIoctls.join(', ')}` : 'unavailable'}`);
   lines.push(`MISSING on shmem/memfd  ${caps.missingShmemIoctls ? `allows ${caps.missingShmemIoctls.join(', ')}` : 'unavailable'}`);
+  for (const [method, support] of Object.entries(caps.dirtyTracking))
+    lines.push(`dirty tracking ${method.padEnd(9)}${support.available ? 'available' : `unavailable: ${support.reason}`}`);
   lines.push(`huge pages              ${caps.hugePages.total} reserved, ${caps.hugePages.free} free, ${caps.hugePages.size / 1024} KiB each`);
   lines.push('');
   if (caps.reasons.length === 0) lines.push('Everything this library uses works on this host.');

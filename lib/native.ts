@@ -91,6 +91,25 @@ export interface NativeBinding {
   watchdogWatch(fd: number, thresholdMs: number): SysResult;
   watchdogUnwatch(fd: number): void;
 
+  /** Opens /proc/<pid>/pagemap (pid 0: this process) read-only, close-on-exec (native/pagemap.cc). */
+  pagemapOpen(pid: number): SysResult;
+  /**
+   * PAGEMAP_SCAN for PAGE_IS_WRITTEN over [start, end): the written runs as
+   * [start, end] pairs; with `reprotect` the same walk write-protects them (PM_SCAN_WP_MATCHING).
+   */
+  pagemapScanWritten(fd: number, start: number, end: number, reprotect: boolean): SysResult | Float64Array;
+  /** Slots of the status array a wp-sync reader thread writes (native/wp_sync.cc). */
+  wpSyncStatusLayout: { failure: number; faults: number; foreign: number; slots: number };
+  /**
+   * Starts the synchronous write-protect reader thread on `uffd`: each WP fault sets
+   * the page's bit in `bitmap` (regions: [address, length, firstBit] * n) and un-protects the page.
+   */
+  wpSyncStart(uffd: number, pageSize: number, regions: Float64Array, bitmap: Int32Array, status: Int32Array): SysResult | WpSyncHandle;
+  /** Copies the bitmap into `out`; with `reset` zeroes it and protects the pages taken, atomically with respect to the thread. */
+  wpSyncCollect(handle: WpSyncHandle, reset: boolean, out: Uint32Array): SysResult;
+  /** Stops and joins the reader thread. Idempotent. */
+  wpSyncStop(handle: WpSyncHandle): void;
+
   socketPair(): SysResult | [number, number];
   unixListen(path: string, backlog: number): SysResult;
   unixAccept(fd: number): SysResult;
@@ -110,6 +129,11 @@ export interface PollerHandle {
 /** Opaque handle of a fault engine. */
 export interface EngineHandle {
   readonly __engine: unique symbol;
+}
+
+/** Opaque handle of a wp-sync dirty tracking thread. */
+export interface WpSyncHandle {
+  readonly __wpSync: unique symbol;
 }
 
 /** The engine's contract with TypeScript, defined once in native/engine.h and exported at load. */

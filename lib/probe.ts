@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { arch, release } from 'node:os';
 
 import { FEATURES, FEATURE_SINCE, FeatureName, IoctlName, featureNames } from './constants';
+import { DirtyMethod, DirtyMethodSupport, dirtyMethods } from './dirty-methods';
 import { UffdError } from './errors';
 import { Memfd, PAGE_SIZE } from './memfd';
 import { native } from './native';
@@ -36,6 +37,8 @@ export interface Capabilities {
   missingShmemIoctls: IoctlName[] | null;
   /** Huge pages reserved and free (2 MiB pool), from /proc/meminfo. */
   hugePages: { total: number; free: number; size: number };
+  /** Dirty tracking (DirtyTracker): each method, and why not where it is missing. */
+  dirtyTracking: Record<DirtyMethod, DirtyMethodSupport>;
   /** Why something is unavailable, one sentence each. Empty when everything works. */
   reasons: string[];
 }
@@ -112,6 +115,9 @@ export function probe(): Capabilities {
   if (available && features.minorShmem && !minorShmemIoctls?.includes('continue'))
     reasons.push('MINOR registration of shmem failed although the feature is offered.');
   const hugePages = { total: meminfo('HugePages_Total'), free: meminfo('HugePages_Free'), size: meminfo('Hugepagesize') * 1024 };
+  const dirtyTracking = dirtyMethods();
+  if (available)
+    for (const support of Object.values(dirtyTracking)) if (!support.available) reasons.push(`Dirty tracking: ${support.reason}.`);
   if (hugePages.total === 0) reasons.push('No huge pages are reserved (vm.nr_hugepages=0): hugetlb memfds cannot be created until some are.');
   return {
     kernel,
@@ -125,6 +131,7 @@ export function probe(): Capabilities {
     minorShmemIoctls,
     missingShmemIoctls,
     hugePages,
+    dirtyTracking,
     reasons,
   };
 }

@@ -51,6 +51,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFdPassing(env, exports);
   InitEngine(env, exports);
   InitWatchdog(env, exports);
+  InitDirtyTracking(env, exports);
   return exports;
 }
 

@@ -87,4 +87,5 @@ void InitThreads(Napi::Env env, Napi::Object exports);
 void InitFdPassing(Napi::Env env, Napi::Object exports);
 void InitEngine(Napi::Env env, Napi::Object exports);
 void InitWatchdog(Napi::Env env, Napi::Object exports);
+void InitDirtyTracking(Napi::Env env, Napi::Object exports);
 void CleanupMappings(AddonState* state);
