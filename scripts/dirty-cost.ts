@@ -11,6 +11,10 @@ import { parseArgs } from 'node:util';
 import { DirtyMethod, DirtyTracker, Memfd, PAGE_SIZE, touchPages } from '../lib/index';
 import { dirtyMethods } from '../lib/dirty-methods';
 
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { answerHelp } = require('../../scripts/usage.js') as { answerHelp(file: string): void };
+answerHelp(__filename.replace(/dist\/scripts\/(.*)\.js$/, 'scripts/$1.ts'));
+
 const { values: args } = parseArgs({
   options: {
     'size-mib': { type: 'string', default: '1024' },

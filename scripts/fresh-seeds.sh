@@ -10,6 +10,11 @@
 # test's REGRESSION_SEEDS so that every later run replays it too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
+  # The opening comment is the usage.
+  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
+  exit 0
+fi
 ROUNDS="${ROUNDS:-5}"
 FILES=(test/reliability/model.test.ts test/reliability/hostile.test.ts)
 
