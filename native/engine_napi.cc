@@ -203,6 +203,8 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
   if (!h) return info.Env().Undefined();
   Napi::Float64Array out = Napi::Float64Array::New(info.Env(), engine::kStatCount + engine::kBuckets);
   for (int i = 0; i < engine::kStatCount; i++) out[i] = static_cast<double>(h->engine->Stat(i));
+  // Running threads' CPU so far; stopped ones added theirs to the counter.
+  out[engine::kResolverCpuNs] += static_cast<double>(resolver::CpuNs(h->thread));
   for (size_t b = 0; b < engine::kBuckets; b++) out[engine::kStatCount + b] = static_cast<double>(h->engine->Bucket(b));
   return out;
 }

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,6 +26,9 @@ struct Thread {
   int stop_fd = -1;
   int kick_fd = -1;
   std::vector<std::thread> threads;
+  // Each thread's CPU clock, read from outside: a thread reading its own
+  // would pay a system call per wake-up (thread CPU clocks have no vDSO path).
+  std::vector<clockid_t> cpu_clocks;
   Napi::ThreadSafeFunction tsfn;
   std::atomic<bool> stopping{false};  // read by spinning threads, which do not poll the stop fd
   bool stopped = false;
@@ -95,7 +99,6 @@ void Run(std::shared_ptr<Thread> t) {
   const uint64_t spin_ns = t->tuning.spin_us * 1000;
   struct pollfd fds[3] = {{e.uffd(), POLLIN, 0}, {t->stop_fd, POLLIN, 0}, {t->kick_fd, POLLIN, 0}};
   int failure = 0;  // errno that ended the loop, reported to JavaScript
-  uint64_t cpu_mark = Clock(CLOCK_THREAD_CPUTIME_ID);
   bool served = false;  // the last wake-up served something: worth spinning for the next
   for (;;) {
     if (served && spin_ns > 0) {
@@ -111,10 +114,6 @@ void Run(std::shared_ptr<Thread> t) {
         continue;
       }
     }
-    // About to sleep: account the CPU used since the last time.
-    const uint64_t cpu_now = Clock(CLOCK_THREAD_CPUTIME_ID);
-    e.AddResolverCpu(cpu_now - cpu_mark);
-    cpu_mark = cpu_now;
     // Deferred faults wait for their event's mm change to finish: retry soon.
     int rc = poll(fds, 3, e.HasDeferred() ? 1 : -1);
     if (rc < 0 && errno != EINTR) {
@@ -142,7 +141,6 @@ void Run(std::shared_ptr<Thread> t) {
     e.Process(msgs.data(), count, t->guard, records);
     Deliver(t.get(), records);
   }
-  e.AddResolverCpu(Clock(CLOCK_THREAD_CPUTIME_ID) - cpu_mark);
   // JavaScript unregisters and wakes the views when it stops; until then a
   // deferred faulter is woken so that it is not left behind.
   e.WakeDeferred();
@@ -180,7 +178,11 @@ std::shared_ptr<Thread> Start(Napi::Env env, AddonState* state, std::shared_ptr<
   // function: only then may the memory the thread reads be let go.
   t->tsfn = Napi::ThreadSafeFunction::New(env, on_records, "userfaultfd:resolver", 0, static_cast<size_t>(tuning.threads),
                                           [keep](Napi::Env e) { napi_delete_reference(e, keep); });
-  for (int i = 0; i < tuning.threads; i++) t->threads.emplace_back(Run, t);
+  for (int i = 0; i < tuning.threads; i++) {
+    t->threads.emplace_back(Run, t);
+    clockid_t clock;
+    if (pthread_getcpuclockid(t->threads.back().native_handle(), &clock) == 0) t->cpu_clocks.push_back(clock);
+  }
   std::weak_ptr<Thread> weak = t;
   state->AddStopper(t.get(), [weak] {
     if (auto s = weak.lock()) {
@@ -189,6 +191,13 @@ std::shared_ptr<Thread> Start(Napi::Env env, AddonState* state, std::shared_ptr<
     }
   });
   return t;
+}
+
+uint64_t CpuNs(const std::shared_ptr<Thread>& t) {
+  if (!t || t->stopped) return 0;
+  uint64_t total = 0;
+  for (clockid_t clock : t->cpu_clocks) total += Clock(clock);
+  return total;
 }
 
 void Kick(const std::shared_ptr<Thread>& t) {
@@ -200,6 +209,8 @@ void Kick(const std::shared_ptr<Thread>& t) {
 
 void Stop(const std::shared_ptr<Thread>& t) {
   if (!t || t->stopped) return;
+  // Read before the threads end: an ended thread's clock reads nothing.
+  t->engine->AddResolverCpu(CpuNs(t));
   t->stopped = true;
   t->stopping = true;
   uint64_t one = 1;

@@ -32,6 +32,9 @@ struct Tuning {
 std::shared_ptr<Thread> Start(Napi::Env env, AddonState* state, std::shared_ptr<engine::Engine> engine,
                               const engine::Guard& guard, const Tuning& tuning, Napi::Function on_records,
                               Napi::Value keep_alive, int* err);
+// CPU time the running threads have used so far (0 once stopped: Stop adds
+// their total to the engine's counter).
+uint64_t CpuNs(const std::shared_ptr<Thread>& thread);
 // Wakes the threads to retry deferred faults now.
 void Kick(const std::shared_ptr<Thread>& thread);
 // Stops and joins the threads. Idempotent.
