@@ -51,7 +51,7 @@ if (data.role === 'handler') {
       mem.close();
       port.postMessage({ faults: stats.faults, resolved: stats.resolved, errors: stats.errors, p50: stats.latencyUs.p50, p99: stats.latencyUs.p99 });
     });
-    port.postMessage({ ready: true });
+    port.postMessage({ ready: true, tid: bench.gettid() });
   } catch (err) {
     port.postMessage({ error: (err as Error).message });
   }
@@ -66,6 +66,6 @@ if (data.role === 'handler') {
     const wallNs = Number(process.hrtime.bigint() - t0);
     view.unmap();
     mem.close();
-    port.postMessage({ latencyNs: r.latencyNs, checksum: r.checksum, wallNs });
+    port.postMessage({ latencyNs: r.latencyNs, touchCpus: r.touchCpus, checksum: r.checksum, wallNs });
   });
 }
