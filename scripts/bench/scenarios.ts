@@ -11,7 +11,6 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 
 import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd } from '../../lib/index';
-import { native } from '../../lib/native';
 import { bench, pageByte, unwrap } from './native';
 
 export type Mode =
@@ -187,32 +186,32 @@ function nextMessage<T>(worker: Worker): Promise<T> {
   });
 }
 
-/** spinUs exists when the engine's layout names it (FaultHandler ignores options it does not know). */
+/**
+ * Which of the native resolver's newer options (issue 12) this library has.
+ * FaultHandler ignores options it does not know, but refuses the ones it
+ * knows for mode 'native' only when given in event-loop mode: that refusal
+ * is the feature check.
+ */
 export function probeLibrary(): LibraryCaps {
-  const layout = JSON.stringify(native.engineLayout ?? {});
-  let threads = false;
-  // threads: does start() create two resolver threads when asked to?
-  const mem = filledMemfd(4, false);
+  const mem = filledMemfd(1, false);
   try {
     const uffd = Userfaultfd.open({ features: ['minorShmem', 'threadId'] });
-    const view = mem.map();
     try {
-      const handler = new FaultHandler(uffd, { memfd: mem, fetch: failFetch, mode: 'native', threads: 2 } as ConstructorParameters<typeof FaultHandler>[1]);
-      handler.attach(view);
-      const before = taskIds();
-      handler.start();
-      threads = [...taskIds()].filter((t) => !before.has(t)).length >= 2;
-      void handler.stop();
-    } catch {
-      threads = false;
+      const refused = (option: string) => {
+        try {
+          new FaultHandler(uffd, { memfd: mem, fetch: failFetch, mode: 'event-loop', [option]: 1 } as ConstructorParameters<typeof FaultHandler>[1]);
+          return false;
+        } catch {
+          return true;
+        }
+      };
+      return { spinUs: refused('spinUs'), threads: refused('threads') };
     } finally {
-      view.unmap();
       uffd.close();
     }
   } finally {
     mem.close();
   }
-  return { spinUs: /spin/i.test(layout), threads };
 }
 
 const expectedSum = (orders: Uint32Array[]) => orders.reduce((sum, o) => sum + o.reduce((a, p) => a + pageByte(p), 0), 0);
