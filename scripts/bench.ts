@@ -21,7 +21,7 @@ import { BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, medianInterval, pageOrders } from 
 
 const USAGE = [
   'usage: npm run bench -- [--quick | --smoke] [--json FILE] [--report DIR] [--markdown [FILE]] [--docs] [--compare OLD.json] [--check] [--no-huge] [--seed N] [--only REGEX]',
-  '  --quick          9 interleaved repetitions of 300 faults per row (under a minute on 2 CPUs): a smoke test; default 21 of 2000',
+  '  --quick          9 interleaved repetitions of 300 faults per row (under a minute on 2 CPUs): a smoke test; default 15 of 1000',
   '  --smoke          3 repetitions of 32 faults: checks that every row resolves its faults (the test runs it)',
   '  --json FILE      every figure, intervals, machine facts and verdicts (rewritten after each cell)',
   '  --report DIR     index.html with the ratio chart, the tables and latency CDFs; ratios.svg, latency-cdf.svg',
@@ -78,7 +78,7 @@ if (args.help) {
 const SIZES = {
   smoke: { reps: 3, small: 32, huge: 2, perToucher: 16, scan: 256, bulkSmall: 1024, bulkHuge: 4, bulkReps: 3 },
   quick: { reps: 9, small: 300, huge: 0, perToucher: 64, scan: 2048, bulkSmall: 16384, bulkHuge: 32, bulkReps: 7 },
-  full: { reps: 21, small: 2000, huge: 64, perToucher: 1000, scan: 16384, bulkSmall: 65536, bulkHuge: 128, bulkReps: 11 },
+  full: { reps: 15, small: 1000, huge: 32, perToucher: 500, scan: 8192, bulkSmall: 65536, bulkHuge: 128, bulkReps: 11 },
 } as const;
 const size = args.smoke ? SIZES.smoke : args.quick ? SIZES.quick : SIZES.full;
 const seed = Number(args.seed);
