@@ -68,7 +68,7 @@ Napi::Value Touch(const Napi::CallbackInfo& info) {
   return promise;
 }
 
-// touchHere(buffer: ArrayBuffer, pageSize, order: Uint32Array) -> { latencyNs, touchCpus, checksum }
+// touchHere(buffer: ArrayBuffer, pageSize, order: Uint32Array) -> { latencyNs, touchCpus, checksum, wallNs }
 // Only reads inside `buffer`, which is a mapping the caller owns.
 Napi::Value TouchHere(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -86,10 +86,13 @@ Napi::Value TouchHere(const Napi::CallbackInfo& info) {
   if (!bench::PageList(info, info[2], buffer.ByteLength() / page_size, &order)) return env.Undefined();
   std::vector<double> latency(order.size());
   std::vector<int32_t> cpus(order.size());
+  uint64_t t0 = bench::NowNs();
   uint64_t sum = bench::TimedTouches(static_cast<const uint8_t*>(buffer.Data()), page_size, order.data(), order.size(), latency.data(), cpus.data());
+  uint64_t wall = bench::NowNs() - t0;
   Napi::Object result = Napi::Object::New(env);
   result.Set("latencyNs", bench::ToArray(env, latency));
   result.Set("touchCpus", bench::ToArray(env, cpus));
+  result.Set("wallNs", Napi::Number::New(env, static_cast<double>(wall)));
   result.Set("checksum", Napi::Number::New(env, static_cast<double>(sum)));
   return result;
 }

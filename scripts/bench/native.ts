@@ -49,7 +49,7 @@ export interface BenchBinding {
   cBulk(pageSize: number, pages: number, huge: boolean, reps: number): BulkResult | NativeFailure;
   /** N toucher threads (pinned where cpus[t] >= 0) on a mapping this thread keeps mapped until the promise settles. */
   touch(buffer: ArrayBuffer, pageSize: number, orders: Uint32Array[], cpus: number[]): Promise<TouchResult>;
-  touchHere(buffer: ArrayBuffer, pageSize: number, order: Uint32Array): { latencyNs: Float64Array; touchCpus: Int32Array; checksum: number };
+  touchHere(buffer: ArrayBuffer, pageSize: number, order: Uint32Array): { latencyNs: Float64Array; touchCpus: Int32Array; checksum: number; wallNs: number };
   pinSelf(cpu: number): number;
   pinThread(tid: number, cpu: number): number;
   gettid(): number;

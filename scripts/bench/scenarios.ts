@@ -359,17 +359,15 @@ async function workerHandler(mem: Memfd, orders: Uint32Array[], cpus: { handler:
     if ('error' in ready) throw new Error(`worker handler: ${ready.error}`);
     bench.pinSelf(cpus.touchers[0]);
     const watch = new HandlerWatch([ready.tid]);
-    const t0 = process.hrtime.bigint();
     // Blocks this thread in each fault until the worker's loop resolves it.
     const r = bench.touchHere(view.buffer, pageSize, orders[0]);
-    const wall = Number(process.hrtime.bigint() - t0);
     const h = watch.end();
     bench.pinSelf(-1);
     const stopped = nextMessage<{ faults: number; resolved: number; errors: number; p50: number; p99: number }>(worker);
     worker.postMessage('stop');
     const stats = await stopped;
     return rep(orders, {
-      latencyNs: [r.latencyNs], touchCpus: [r.touchCpus], checksum: r.checksum, wallNs: wall, messages: stats.faults, resolved: stats.resolved,
+      latencyNs: [r.latencyNs], touchCpus: [r.touchCpus], checksum: r.checksum, wallNs: r.wallNs, messages: stats.faults, resolved: stats.resolved,
       colocated: colocatedFraction(orders, [r.touchCpus], () => h.cpus[0]), handlerMoved: h.moved, handlerCpuNs: h.cpuNs,
       handlerUs: { p50: stats.p50, p99: stats.p99 }, note: stats.errors ? `${stats.errors} fetch errors` : undefined,
     }, true);
