@@ -261,11 +261,20 @@ const CONFIG = { font: 'DejaVu Sans, Helvetica, Arial, sans-serif', background: 
  * value and the bar its 95% interval; one panel per percentile.
  */
 export async function renderRatioChart(report: BenchReport): Promise<string> {
-  const values = report.rows.filter((r) => !r.error && r.kind === 'latency' && r.threads === 1 && r.ratios && r.mode !== r.ratios.reference && r.mode !== 'floor')
+  const values = report.rows.filter((r) => !r.error && r.kind === 'latency' && r.threads === 1 && r.order === 'seq' && r.ratios && r.mode !== r.ratios.reference && r.mode !== 'floor')
     .flatMap((r) => (['p50', 'p99', 'p999'] as const).filter((m) => r.ratios![m]).map((m) => ({
       metric: m === 'p999' ? 'p99.9' : m, row: `${MODE_LABEL[r.mode]} (${r.page})`, placement: r.placement,
       value: r.ratios![m]!.value, lo: r.ratios![m]!.lo, hi: r.ratios![m]!.hi,
     })));
+  const placements = ['same', 'diff', 'unpinned'];
+  const shared = {
+    y: { field: 'row', type: 'nominal', title: null, sort: null, axis: { labelLimit: 320 } },
+    yOffset: { field: 'placement', type: 'nominal', sort: placements },
+    color: {
+      field: 'placement', type: 'nominal', sort: placements, title: 'placement',
+      legend: { labelLimit: 300, labelExpr: "datum.label == 'same' ? 'same CPU (co-located)' : datum.label == 'diff' ? 'other CPU (split)' : 'unpinned'" },
+    },
+  };
   const spec = {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: { text: 'Latency ×C reference, median and 95% interval over interleaved repetition pairs', subtitle: machineLine(report.machine) },
@@ -274,15 +283,14 @@ export async function renderRatioChart(report: BenchReport): Promise<string> {
     spec: {
       width: 260,
       height: { step: 12 },
-      encoding: {
-        y: { field: 'row', type: 'nominal', title: null, sort: null },
-        yOffset: { field: 'placement', type: 'nominal', sort: ['same', 'diff', 'unpinned'] },
-        color: { field: 'placement', type: 'nominal', sort: ['same', 'diff', 'unpinned'], title: 'placement', legend: { labelExpr: "datum.label == 'same' ? 'same CPU (co-located)' : datum.label == 'diff' ? 'other CPU (split)' : 'unpinned'" } },
-      },
       layer: [
-        { mark: { type: 'rule', strokeWidth: 2 }, encoding: { x: { field: 'lo', type: 'quantitative', scale: { type: 'log' }, title: '×C (log; 1 = as fast as C)' }, x2: { field: 'hi' } } },
-        { mark: { type: 'point', filled: true, size: 30 }, encoding: { x: { field: 'value', type: 'quantitative' } } },
-        { data: { values: [{ one: 1 }] }, mark: { type: 'rule', color: '#888', strokeDash: [4, 3] }, encoding: { x: { field: 'one', type: 'quantitative' } } },
+        {
+          mark: { type: 'rule', strokeWidth: 2 },
+          encoding: { ...shared, x: { field: 'lo', type: 'quantitative', scale: { type: 'log' }, title: '×C (log; 1 = as fast as C)' }, x2: { field: 'hi' } },
+        },
+        { mark: { type: 'point', filled: true, size: 30 }, encoding: { ...shared, x: { field: 'value', type: 'quantitative' } } },
+        // As fast as C.
+        { mark: { type: 'rule', color: '#888', strokeDash: [4, 3] }, encoding: { x: { datum: 1, type: 'quantitative' } } },
       ],
     },
     config: CONFIG,
