@@ -1,8 +1,9 @@
 // `npm run bench`: minor-fault latency of every handler mode of the library,
-// side by side with the kernel floor and a C reference handler measured in
-// the same run. See docs/benchmark.md for what each row means.
+// side by side with the kernel floor and C reference handlers measured
+// interleaved with it in the same run. See docs/benchmark.md for what each
+// row means and how the intervals and verdicts are computed.
 //
-//   npm run bench -- [--quick | --smoke] [--json FILE] [--report DIR] [--markdown [FILE]] [--docs] [--no-huge] [--seed N]
+//   npm run bench -- [--quick | --smoke] [--json FILE] [--report DIR] [--markdown [FILE]] [--docs] [--compare OLD.json] [--check] ...
 import { readFileSync } from 'node:fs';
 import { cpus, loadavg, release } from 'node:os';
 import { join } from 'node:path';
@@ -11,25 +12,28 @@ import { parseArgs } from 'node:util';
 import { SingleBar } from 'cli-progress';
 
 import { PAGE_SIZE, probe } from '../lib/index';
+import { BulkRatio, RowResult, cellRows, compareRuns, rowId, targets } from './bench/analysis';
 import { reserveHugePages } from './bench/hugepages';
 import { writeFileAtomic, writeMarkdown, replaceBetweenMarkers } from './bench/output';
-import { BenchReport, QUICK_NOTE, Ratios, markdownReport, ratioSummary, textReport, writeHtmlReport } from './bench/report';
-import { BulkRow, Mode, Order, PageKind, Placement, Scenario, ScenarioResult, runBulk, runScenario } from './bench/scenarios';
-import { pageOrders, summarize } from './bench/stats';
+import { BenchReport, QUICK_NOTE, compareText, markdownReport, ratioSummary, textReport, writeHtmlReport } from './bench/report';
+import { BulkRow, Cell, LibraryCaps, MAP_AHEAD, Mode, Order, PageKind, Placement, Rep, filledMemfd, pageSizeFor, probeLibrary, runBulk, runRep } from './bench/scenarios';
+import { BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, medianInterval, pageOrders } from './bench/stats';
 
 const USAGE = [
-  'usage: npm run bench -- [--quick | --smoke] [--json FILE] [--report DIR] [--markdown [FILE]] [--docs] [--no-huge] [--seed N] [--only REGEX]',
-  '  --quick          1000 faults per scenario (under a minute on 2 CPUs): a smoke test, not a measurement; default 10000',
-  '  --smoke          64 faults per scenario: checks that every mode resolves its faults',
-  '  --json FILE      every figure, machine facts and ratios (rewritten after each scenario)',
-  '  --report DIR     index.html with the table and a latency CDF chart, and latency-cdf.svg',
+  'usage: npm run bench -- [--quick | --smoke] [--json FILE] [--report DIR] [--markdown [FILE]] [--docs] [--compare OLD.json] [--check] [--no-huge] [--seed N] [--only REGEX]',
+  '  --quick          9 interleaved repetitions of 300 faults per row (under a minute on 2 CPUs): a smoke test; default 15 of 1000',
+  '  --smoke          3 repetitions of 32 faults: checks that every row resolves its faults (the test runs it)',
+  '  --json FILE      every figure, intervals, machine facts and verdicts (rewritten after each cell)',
+  '  --report DIR     index.html with the ratio chart, the tables and latency CDFs; ratios.svg, latency-cdf.svg',
   '  --markdown       print the tables as markdown instead of text',
   '  --markdown FILE  write them to FILE (only between its bench markers when it has them)',
   '  --docs           a default run only: write the tables into docs/benchmark.md and the ratios into README.md',
+  '  --compare FILE   per-row changes of the ratios against an earlier --json FILE, with both intervals',
+  '  --check          exit 1 when a target is missed (its whole interval on the wrong side); else only failures do',
   '  --no-huge        skip the 2 MiB hugetlb rows (no vm.nr_hugepages change)',
-  '  --seed N         seed of the random page orders (default 1)',
-  '  --only REGEX     run only the scenarios whose id matches, e.g. "4k/(c-reference|native-resolver)/same"',
-  '  --from FILE      measure nothing: print (and --report, --markdown, --docs) the results of an earlier --json FILE',
+  '  --seed N         seed of the random page orders (default 1); the bootstrap seed is fixed (printed)',
+  '  --only REGEX     run only the rows whose id matches (and their references), e.g. "4k/(c-reference|native-resolver)/same"',
+  '  --from FILE      measure nothing: print (and --report, --markdown, --docs, --compare) an earlier --json FILE',
   '',
 ].join('\n');
 
@@ -42,17 +46,19 @@ try {
   parsed = parseArgs({
     args: argv,
     options: {
-    quick: { type: 'boolean', default: false },
-    smoke: { type: 'boolean', default: false },
-    json: { type: 'string' },
-    report: { type: 'string' },
-    markdown: { type: 'string' },
-    docs: { type: 'boolean', default: false },
-    'no-huge': { type: 'boolean', default: false },
-    seed: { type: 'string', default: '1' },
-    only: { type: 'string' },
-    from: { type: 'string' },
-    help: { type: 'boolean', short: 'h', default: false },
+      quick: { type: 'boolean', default: false },
+      smoke: { type: 'boolean', default: false },
+      json: { type: 'string' },
+      report: { type: 'string' },
+      markdown: { type: 'string' },
+      docs: { type: 'boolean', default: false },
+      compare: { type: 'string' },
+      check: { type: 'boolean', default: false },
+      'no-huge': { type: 'boolean', default: false },
+      seed: { type: 'string', default: '1' },
+      only: { type: 'string' },
+      from: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
     },
   });
 } catch (err) {
@@ -66,54 +72,62 @@ if (args.help) {
   process.exit(0);
 }
 
-// Sizes per run length: faults per latency scenario, huge pages per scenario,
-// pages per bulk range and bulk repetitions.
+// Sizes per run length: interleaved repetitions per cell, pages per
+// repetition (4 KiB rows, 2 MiB rows, per toucher in the scaling rows, the
+// sequential scan), and the bulk ranges and their repetitions.
 const SIZES = {
-  smoke: { small: 64, huge: 4, bulkSmall: 1024, bulkHuge: 4, reps: 2 },
-  quick: { small: 1000, huge: 16, bulkSmall: 16384, bulkHuge: 32, reps: 7 },
-  full: { small: 10000, huge: 64, bulkSmall: 65536, bulkHuge: 128, reps: 11 },
+  smoke: { reps: 3, small: 32, huge: 2, perToucher: 16, scan: 256, bulkSmall: 1024, bulkHuge: 4, bulkReps: 3 },
+  quick: { reps: 9, small: 300, huge: 0, perToucher: 64, scan: 2048, bulkSmall: 16384, bulkHuge: 32, bulkReps: 7 },
+  full: { reps: 15, small: 1000, huge: 32, perToucher: 500, scan: 8192, bulkSmall: 65536, bulkHuge: 128, bulkReps: 11 },
 } as const;
 const size = args.smoke ? SIZES.smoke : args.quick ? SIZES.quick : SIZES.full;
 const seed = Number(args.seed);
 
-const PLACEMENT_MODES: Mode[] = ['floor', 'c-reference', 'native-resolver', 'event-loop+native-toucher', 'event-loop+worker-toucher', 'worker-handler+main-toucher'];
+const SINGLE_MODES: Mode[] = ['floor', 'c-reference', 'c-reference+spin', 'native-resolver', 'native-resolver+spin',
+  'event-loop+native-toucher', 'event-loop+worker-toucher', 'worker-handler+main-toucher'];
 const SCALING_MODES: Mode[] = ['c-reference', 'native-resolver', 'event-loop+native-toucher'];
+// The per-fault rows (C, resolver without mapAhead) are in the latency cells: here only the scan's floors and mapAhead.
+const SCAN_MODES: Mode[] = ['floor+fault-around', 'floor', 'native-resolver+map-ahead'];
 
-function plan(cpuCount: number, hugeOk: boolean): Scenario[] {
-  const list: Scenario[] = [];
-  const seen = new Set<string>();
-  const add = (mode: Mode, page: PageKind, placement: Placement, order: Order, threads: number) => {
-    const id = `${page}/${mode}/${placement}/${order}/${threads}t`;
-    if (seen.has(id)) return;
-    seen.add(id);
-    list.push({ id, mode, page, placement, order, threads, pages: page === '2m' ? size.huge : size.small });
+function plan(cpuCount: number, hugeOk: boolean, caps: LibraryCaps): Cell[] {
+  const list: Cell[] = [];
+  const only = args.only === undefined ? undefined : new RegExp(args.only);
+  const add = (c: Omit<Cell, 'id'>) => {
+    const id = rowId(c, c.reference).replace(`/${c.reference}/`, '/');
+    // The scaling rows' one-toucher sequential cell is the unpinned placement cell.
+    if (list.some((l) => l.id === id)) return;
+    const modes = c.modes.filter((m) => !only || only.test(rowId(c, m)));
+    if (!modes.length) return;
+    if (!modes.includes(c.reference)) modes.unshift(c.reference);
+    list.push({ ...c, id, modes });
   };
   const placements: Placement[] = cpuCount > 1 ? ['same', 'diff', 'unpinned'] : ['same', 'unpinned'];
-  for (const page of (hugeOk ? ['4k', '2m'] : ['4k']) as PageKind[])
+  // spinUs rows only where the library has the option: without it the row would be the plain resolver again.
+  const single = SINGLE_MODES.filter((m) => m !== 'native-resolver+spin' || caps.spinUs);
+  // 2 MiB latency rows in default and smoke runs (quick keeps its minute for the 4 KiB rows).
+  for (const page of (hugeOk && size.huge > 0 ? ['4k', '2m'] : ['4k']) as PageKind[])
     for (const placement of placements)
-      for (const mode of PLACEMENT_MODES) add(mode, page, placement, 'seq', 1);
-  // Scaling: touchers contend for one handler; random order defeats any
+      add({ kind: 'latency', page, placement, order: 'seq', threads: 1, handlers: 1, pages: page === '2m' ? size.huge : size.small, modes: single, reference: 'c-reference' });
+  // Scaling: touchers contend for the handler; random order defeats any
   // locality the page tables or the handler's batching could exploit.
   for (const order of ['seq', 'random'] as Order[])
-    for (const threads of [1, 2, 4])
-      for (const mode of SCALING_MODES) add(mode, '4k', 'unpinned', order, threads);
+    for (const threads of [1, 2, 4, 8]) {
+      add({ kind: 'latency', page: '4k', placement: 'unpinned', order, threads, handlers: 1, pages: size.perToucher * threads, modes: SCALING_MODES, reference: 'c-reference' });
+      // More than one handler thread: C on one uffd, the resolver's `threads` (when the library has it).
+      if (threads >= 4 && caps.threads)
+        add({ kind: 'latency', page: '4k', placement: 'unpinned', order, threads, handlers: 2, pages: size.perToucher * threads, modes: ['c-reference', 'native-resolver'], reference: 'c-reference' });
+    }
+  add({ kind: 'scan', page: '4k', placement: 'diff', order: 'seq', threads: 1, handlers: 1, pages: Math.ceil(size.scan / MAP_AHEAD) * MAP_AHEAD, modes: SCAN_MODES, reference: 'floor+fault-around' });
   return list;
 }
 
-function ratiosFor(s: ScenarioResult, all: ScenarioResult[]): Ratios {
-  const ref = all.find((r) => r.mode === 'c-reference' && r.page === s.page && r.placement === s.placement && r.order === s.order && r.threads === s.threads);
-  if (!ref || !ref.latency.count || !s.latency.count) return { p50: null, p99: null, throughput: null };
-  return { p50: s.latency.p50 / ref.latency.p50, p99: s.latency.p99 / ref.latency.p99, throughput: s.faultsPerSec / ref.faultsPerSec };
-}
-
-function emptyResult(s: Scenario): ScenarioResult {
-  return {
-    ...s, pageSize: s.page === '2m' ? 2 * 1024 * 1024 : PAGE_SIZE, handlerCpu: -1, toucherCpus: [], faults: s.pages, touched: 0, messages: 0,
-    resolved: 0, checksumOk: false, allResolved: false, latency: summarize([]), wallNs: 0, faultsPerSec: 0,
-  };
-}
-
 const repo = join(__dirname, '..', '..');
+
+function readReport(file: string): BenchReport {
+  const report = JSON.parse(readFileSync(file, 'utf8')) as BenchReport;
+  if (report.version !== 2) throw new Error(`${file}: version ${report.version} JSON (this benchmark reads version 2: interleaved repetitions with intervals)`);
+  return report;
+}
 
 /** Everything a finished (or failed) run writes besides the JSON. */
 async function publish(report: BenchReport): Promise<void> {
@@ -124,6 +138,12 @@ async function publish(report: BenchReport): Promise<void> {
   }
   if (args.docs) writeDocs(report);
   process.stdout.write(`${args.markdown === '-' ? markdownReport(report) : textReport(report)}\n`);
+  if (args.compare) process.stdout.write(`\n${compareText(compareRuns(report, readReport(args.compare)), args.compare)}\n`);
+  const missed = report.targets.filter((t) => t.verdict === 'missed');
+  if (args.check && missed.length) {
+    process.stderr.write(`--check: ${missed.length} target(s) missed: ${missed.map((t) => t.name).join('; ')}\n`);
+    process.exitCode = 1;
+  }
 }
 
 /** The documented figures: only a complete default run on every scenario may stand for them. */
@@ -140,12 +160,46 @@ function writeDocs(report: BenchReport): void {
   }
 }
 
-async function rerender(file: string): Promise<void> {
-  await publish(JSON.parse(readFileSync(file, 'utf8')) as BenchReport);
+function bulkRatios(bulk: BulkRow[]): (BulkRow & { vsPopulateRead: BulkRatio['vsPopulateRead'] })[] {
+  return bulk.map((b) => {
+    const pop = bulk.find((p) => p.page === b.page && p.by === b.by && p.method === 'populate-read');
+    // Repetition r of POPULATE_READ ran right after repetition r of CONTINUE.
+    const pairs = pop ? b.ns.map((ns, r) => pop.ns[r] / ns).filter((x) => Number.isFinite(x)) : [];
+    return { ...b, vsPopulateRead: pairs.length ? medianInterval(pairs) : null };
+  });
+}
+
+async function measureCell(cell: Cell, cpuCount: number, caps: LibraryCaps, cellIndex: number, tick: () => void): Promise<RowResult[]> {
+  const huge = cell.page === '2m';
+  const orders = pageOrders(cell.pages, cell.threads, cell.order, seed + cellIndex);
+  const reps = new Map<Mode, Rep[]>(cell.modes.map((m) => [m, []]));
+  const errors = new Map<Mode, string>();
+  const mem = filledMemfd(cell.pages, huge);
+  const t0 = Date.now();
+  try {
+    for (let r = 0; r < size.reps; r++) {
+      // Every round runs each row once, in an order rotated round by round,
+      // so no row always runs first (or right after the same one).
+      const k = r % cell.modes.length;
+      for (const mode of [...cell.modes.slice(k), ...cell.modes.slice(0, k)]) {
+        if (errors.has(mode)) continue;
+        try {
+          reps.get(mode)!.push(await runRep(mode, cell, mem, orders, cpuCount, caps));
+        } catch (err) {
+          errors.set(mode, (err as Error).message);
+        }
+      }
+      tick();
+    }
+  } finally {
+    mem.close();
+  }
+  const cellMs = Date.now() - t0;
+  return cellRows(cell, pageSizeFor(huge), reps, errors).map((r) => ({ ...r, cellMs }));
 }
 
 async function main(): Promise<void> {
-  if (args.from) return rerender(args.from);
+  if (args.from) return publish(readReport(args.from));
   const started = Date.now();
   const caps = probe();
   if (!caps.available || !caps.features.minorShmem) {
@@ -154,58 +208,50 @@ async function main(): Promise<void> {
   }
   if (args.quick || args.smoke) process.stderr.write(`${QUICK_NOTE}\n`);
   const cpuCount = cpus().length;
+  const lib = probeLibrary();
   const hugeWanted = !args['no-huge'] && caps.features.minorHugetlbfs;
-  // One memfd at a time: the largest of a scenario's and the bulk range, plus slack.
+  // One memfd at a time: the largest of a cell's and the bulk range, plus slack.
   const huge = hugeWanted ? reserveHugePages(Math.max(size.huge, size.bulkHuge) + 4) : { available: 0, reason: args['no-huge'] ? '--no-huge' : 'kernel lacks minorHugetlbfs', restore() {} };
   const hugeOk = hugeWanted && huge.available >= Math.max(size.huge, size.bulkHuge);
   const only = args.only === undefined ? undefined : new RegExp(args.only);
-  const scenarios = plan(cpuCount, hugeOk).filter((s) => !only || only.test(s.id));
+  const cells = plan(cpuCount, hugeOk, lib);
   const bulkPlan = ([['4k', size.bulkSmall], ...(hugeOk ? [['2m', size.bulkHuge]] : [])] as [PageKind, number][])
     .filter(([page]) => !only || only.test(`${page}/bulk`));
 
-  const bar = new SingleBar({
-    stream: process.stderr,
-    format: 'bench [{bar}] {value}/{total} {scenario}',
-    hideCursor: true,
-    clearOnComplete: true,
-  });
-  bar.start(scenarios.length + bulkPlan.length, 0, { scenario: '' });
-  const results: (ScenarioResult & { error?: string })[] = [];
+  const bar = new SingleBar({ stream: process.stderr, format: 'bench [{bar}] {value}/{total} {cell}', hideCursor: true, clearOnComplete: true });
+  bar.start(cells.length * size.reps + bulkPlan.length, 0, { cell: '' });
+  let done = 0;
+  const rows: RowResult[] = [];
   const bulk: BulkRow[] = [];
-  // Rewritten after every step, so a run that dies later keeps what it measured.
+  // Rewritten after every cell, so a run that dies later keeps what it measured.
   const save = (incomplete?: string): BenchReport => {
-    const report = assemble(results, bulk, cpuCount, huge, started, incomplete);
+    const report = assemble(rows, bulk, cpuCount, huge, lib, started, incomplete);
     if (args.json) writeFileAtomic(args.json, `${JSON.stringify(report, null, 2)}\n`);
     return report;
   };
   try {
     let failure: Error | undefined;
     try {
-      for (const [i, s] of scenarios.entries()) {
-        bar.update(i, { scenario: s.id });
-        const orders = pageOrders(s.pages, s.threads, s.order, seed + i);
-        try {
-          results.push(await runScenario(s, orders, cpuCount));
-        } catch (err) {
-          results.push({ ...emptyResult(s), error: (err as Error).message });
-        }
-        save(`stopped after ${results.length} of ${scenarios.length} scenarios`);
+      for (const [i, cell] of cells.entries()) {
+        bar.update(done, { cell: cell.id });
+        rows.push(...await measureCell(cell, cpuCount, lib, i, () => bar.update(++done, { cell: cell.id })));
+        save(`stopped after ${i + 1} of ${cells.length} cells`);
       }
       for (const [j, [page, pages]] of bulkPlan.entries()) {
-        bar.update(scenarios.length + j, { scenario: `${page}/bulk` });
-        bulk.push(...runBulk(page, pages, size.reps));
+        bar.update(done, { cell: `${page}/bulk` });
+        bulk.push(...runBulk(page, pages, size.bulkReps));
+        bar.update(++done, { cell: `${page}/bulk` });
         save(`stopped after ${j + 1} of ${bulkPlan.length} bulk ranges`);
       }
-      bar.update(scenarios.length + bulkPlan.length, { scenario: 'done' });
     } catch (err) {
       failure = err as Error;
     }
     bar.stop();
 
-    const report = save(failure && `failed after ${results.length} of ${scenarios.length} scenarios and ${bulk.length} bulk rows: ${failure.message}`);
+    const report = save(failure && `failed after ${rows.length} rows and ${bulk.length} bulk rows: ${failure.message}`);
     await publish(report);
     if (failure) throw failure;
-    const unresolved = report.scenarios.filter((s) => !s.allResolved);
+    const unresolved = report.rows.filter((s) => !s.allResolved);
     if (unresolved.length) {
       for (const s of unresolved)
         process.stderr.write(`did not resolve all its faults: ${s.id}: faults ${s.faults}, touched ${s.touched}, messages ${s.messages}, resolved ${s.resolved}, checksum ${s.checksumOk ? 'ok' : 'WRONG'}${s.error ? `, error: ${s.error}` : ''}${s.note ? `, ${s.note}` : ''}\n`);
@@ -217,38 +263,23 @@ async function main(): Promise<void> {
   }
 }
 
-function assemble(results: (ScenarioResult & { error?: string })[], bulk: BulkRow[], cpuCount: number, huge: { available: number; reason?: string }, started: number, incomplete?: string): BenchReport {
-  const scenarios = results.map((s) => ({ ...s, ratios: ratiosFor(s, results) }));
-  const bulkRows = bulk.map((b) => {
-    const pop = bulk.find((p) => p.page === b.page && p.by === b.by && p.method === 'populate-read');
-    return { ...b, vsPopulateRead: pop ? pop.bestNs / b.bestNs : null, vsPopulateReadMedian: pop ? pop.medianNs / b.medianNs : null };
-  });
-  // Pinned placements only: unpinned, the scheduler decides per run whether
-  // handler and toucher share a CPU, and that alone moves p50 tenfold in a VM.
-  const worst = (mode: Mode) => {
-    const rs = scenarios.filter((s) => s.mode === mode && s.threads === 1 && s.order === 'seq' && s.page === '4k' && s.placement !== 'unpinned' && s.ratios.p50 !== null).map((s) => s.ratios.p50!);
-    return rs.length ? Math.max(...rs) : null;
-  };
-  const eventLoop = ['event-loop+native-toucher', 'event-loop+worker-toucher', 'worker-handler+main-toucher'] as Mode[];
-  const eventLoopWorst = eventLoop.map(worst).filter((r): r is number => r !== null);
-  const libBulk = bulkRows.find((b) => b.page === '4k' && b.by === 'library' && b.method === 'continue');
-  const target = (name: string, value: number | null, limit: number, atLeast: boolean) =>
-    ({ name, value, target: `${atLeast ? '>=' : '<='} ${limit}x`, met: value === null ? null : atLeast ? value >= limit : value <= limit });
+function assemble(rows: RowResult[], bulk: BulkRow[], cpuCount: number, huge: { available: number; reason?: string }, lib: LibraryCaps, started: number, incomplete?: string): BenchReport {
+  const bulkRows = bulkRatios(bulk);
   const cpu = cpus()[0];
   return {
-    version: 1,
-    options: { quick: args.quick, smoke: args.smoke, seed, noHuge: args['no-huge'], only: args.only ?? null },
+    version: 2,
+    options: {
+      quick: args.quick, smoke: args.smoke, seed, noHuge: args['no-huge'], only: args.only ?? null, reps: size.reps,
+      bootstrap: { resamples: BOOTSTRAP_RESAMPLES, seed: BOOTSTRAP_SEED, level: 0.95 },
+    },
+    library: lib,
     machine: {
       kernel: release(), cpus: cpuCount, cpuModel: cpu ? cpu.model : 'unknown', pageSize: PAGE_SIZE, hugePageSize: 2 * 1024 * 1024,
       hugePages: { available: huge.available, reason: huge.reason }, node: process.version, loadAverage: loadavg(), date: new Date().toISOString(),
     },
-    scenarios,
+    rows,
     bulk: bulkRows,
-    targets: [
-      target('native resolver p50 vs C (4k, seq, 1 thread, worst pinned placement)', worst('native-resolver'), 1.1, false),
-      target('event-loop handler p50 vs C (4k, seq, 1 thread, worst mode and pinned placement)', eventLoopWorst.length ? Math.max(...eventLoopWorst) : null, 1.5, false),
-      target('bulk CONTINUE vs MADV_POPULATE_READ throughput (library, 4k, fastest of the repetitions)', libBulk ? libBulk.vsPopulateRead : null, 0.8, true),
-    ],
+    targets: targets(rows, bulkRows, lib.spinUs),
     durationMs: Date.now() - started,
     ...(incomplete ? { incomplete } : {}),
   };

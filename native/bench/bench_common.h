@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <thread>
 #include <cstdint>
 #include <vector>
 
@@ -53,11 +54,21 @@ struct FilledMemfd {
   int fd = -1;
   size_t page_size = 0;
   size_t pages = 0;
+  bool owned = true;  // false: the caller's memfd (the same pages the library's rows use)
   size_t length() const { return page_size * pages; }
   ~FilledMemfd() {
-    if (fd >= 0) close(fd);
+    if (fd >= 0 && owned) close(fd);
   }
 };
+
+// The caller's memfd (already filled by the benchmark's JavaScript with
+// PageByte), so that C and the library fault the very same pages.
+inline void BorrowMemfd(int fd, size_t page_size, size_t pages, FilledMemfd* out) {
+  out->fd = fd;
+  out->page_size = page_size;
+  out->pages = pages;
+  out->owned = false;
+}
 
 inline int MakeFilledMemfd(size_t page_size, size_t pages, bool huge, FilledMemfd* out) {
   unsigned flags = MFD_CLOEXEC;
@@ -88,18 +99,76 @@ inline uint8_t* MapView(const FilledMemfd& mem, bool random_advice) {
   return static_cast<uint8_t*>(p);
 }
 
-// Touches the first byte of each listed page, timing each touch on this
-// thread's clock. Returns the sum of the bytes read.
-inline uint64_t TimedTouches(const uint8_t* base, size_t page_size, const uint32_t* order, size_t count, double* latency_ns) {
+// The benchmark's one toucher: touches the first byte of each listed page,
+// timing each touch with NowNs (the benchmark's one clock). When `cpus` is
+// given, the CPU the thread ran on right after each touch goes there (read
+// outside the timed region), so placement can be told per fault.
+inline uint64_t TimedTouches(const uint8_t* base, size_t page_size, const uint32_t* order, size_t count, double* latency_ns,
+                             int32_t* cpus = nullptr) {
   uint64_t sum = 0;
   for (size_t i = 0; i < count; i++) {
     const volatile uint8_t* p = base + static_cast<size_t>(order[i]) * page_size;
     uint64_t t0 = NowNs();
     sum += *p;
     latency_ns[i] = static_cast<double>(NowNs() - t0);
+    if (cpus) cpus[i] = sched_getcpu();
   }
   return sum;
 }
+
+// A hint to the CPU that this is a spin-wait loop.
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// CPU time this thread has used (user + system), in ns.
+inline uint64_t ThreadCpuNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// N toucher threads, each pinned to its CPU (< 0: unpinned), started
+// together so that they really contend, each timing its own touches.
+struct TouchGroup {
+  std::vector<std::vector<uint32_t>> orders;
+  std::vector<int> cpus;
+  std::vector<std::vector<double>> latency;
+  std::vector<std::vector<int32_t>> touch_cpus;
+  std::vector<uint64_t> sums;
+  uint64_t wall_ns = 0;
+
+  // Runs every toucher to completion on `base`; returns the sum of the bytes read.
+  uint64_t Run(const uint8_t* base, size_t page_size) {
+    size_t threads = orders.size();
+    latency.assign(threads, {});
+    touch_cpus.assign(threads, {});
+    sums.assign(threads, 0);
+    cpus.resize(threads, -1);
+    std::atomic<size_t> ready{0};
+    std::vector<std::thread> touchers;
+    uint64_t t0 = NowNs();
+    for (size_t t = 0; t < threads; t++) {
+      latency[t].resize(orders[t].size());
+      touch_cpus[t].resize(orders[t].size());
+      touchers.emplace_back([&, t] {
+        if (cpus[t] >= 0) PinSelf(cpus[t]);
+        ready.fetch_add(1);
+        while (ready.load() < threads) sched_yield();
+        sums[t] = TimedTouches(base, page_size, orders[t].data(), orders[t].size(), latency[t].data(), touch_cpus[t].data());
+      });
+    }
+    for (auto& th : touchers) th.join();
+    wall_ns = NowNs() - t0;
+    uint64_t sum = 0;
+    for (uint64_t s : sums) sum += s;
+    return sum;
+  }
+};
 
 inline uint64_t ExpectedSum(const uint32_t* order, size_t count) {
   uint64_t sum = 0;
@@ -147,6 +216,32 @@ inline Napi::Float64Array ToArray(Napi::Env env, const std::vector<double>& valu
   Napi::Float64Array out = Napi::Float64Array::New(env, values.size());
   std::copy(values.begin(), values.end(), out.Data());
   return out;
+}
+
+inline Napi::Int32Array ToArray(Napi::Env env, const std::vector<int32_t>& values) {
+  Napi::Int32Array out = Napi::Int32Array::New(env, values.size());
+  std::copy(values.begin(), values.end(), out.Data());
+  return out;
+}
+
+// A number field of an options object, or `fallback` when absent.
+inline double Option(const Napi::Value& options, const char* key, double fallback) {
+  if (!options.IsObject()) return fallback;
+  Napi::Value v = options.As<Napi::Object>().Get(key);
+  return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : fallback;
+}
+
+// Latency and per-touch CPU of every toucher of a group, as JavaScript arrays.
+inline void SetTouches(Napi::Env env, Napi::Object result, const TouchGroup& group) {
+  Napi::Array lat = Napi::Array::New(env, group.latency.size());
+  Napi::Array cpus = Napi::Array::New(env, group.touch_cpus.size());
+  for (uint32_t t = 0; t < group.latency.size(); t++) {
+    lat.Set(t, ToArray(env, group.latency[t]));
+    cpus.Set(t, ToArray(env, group.touch_cpus[t]));
+  }
+  result.Set("latencyNs", lat);
+  result.Set("touchCpus", cpus);
+  result.Set("wallNs", Napi::Number::New(env, static_cast<double>(group.wall_ns)));
 }
 
 inline Napi::Value Errno(Napi::Env env, int neg_errno, const char* where) {

@@ -8,23 +8,31 @@ export interface NativeFailure {
   where: string;
 }
 
-export interface FloorResult {
-  latencyNs: Float64Array;
+/** What the benchmark's toucher threads (native/bench TouchGroup) saw. */
+export interface TouchResult {
+  /** Per toucher, ns of each touch, in its page order. */
+  latencyNs: Float64Array[];
+  /** Per toucher, the CPU it ran on right after each touch. */
+  touchCpus: Int32Array[];
   checksum: number;
-  expected: number;
-  /** Wall time of the touch loop alone. */
+  /** Wall time of the touch phase (all touchers). */
   wallNs: number;
 }
 
-export interface ReferenceResult {
-  latencyNs: Float64Array[];
-  checksum: number;
+export interface FloorResult extends TouchResult {
+  expected: number;
+}
+
+export interface ReferenceResult extends TouchResult {
+  /** CPU of the handler thread that resolved each page (-1: none). */
+  handlerCpuByPage: Int32Array;
   expected: number;
   messages: number;
   resolved: number;
   existed: number;
   error: number;
-  wallNs: number;
+  /** CPU time of the handler thread(s), CLOCK_THREAD_CPUTIME_ID. */
+  handlerCpuNs: number;
 }
 
 export interface BulkResult {
@@ -35,10 +43,13 @@ export interface BulkResult {
 }
 
 export interface BenchBinding {
-  floor(pageSize: number, pages: number, huge: boolean, order: Uint32Array, cpu: number): FloorResult | NativeFailure;
-  cReference(pageSize: number, pages: number, huge: boolean, orders: Uint32Array[], handlerCpu: number, toucherCpus: number[]): ReferenceResult | NativeFailure;
+  floor(pageSize: number, pages: number, huge: boolean, order: Uint32Array, cpu: number, options?: { fd?: number; faultAround?: number }): FloorResult | NativeFailure;
+  cReference(pageSize: number, pages: number, huge: boolean, orders: Uint32Array[], handlerCpu: number, toucherCpus: number[],
+    options?: { fd?: number; spinUs?: number; handlers?: number }): ReferenceResult | NativeFailure;
   cBulk(pageSize: number, pages: number, huge: boolean, reps: number): BulkResult | NativeFailure;
-  touchHere(buffer: ArrayBuffer, pageSize: number, order: Uint32Array): { latencyNs: Float64Array; checksum: number };
+  /** N toucher threads (pinned where cpus[t] >= 0) on a mapping this thread keeps mapped until the promise settles. */
+  touch(buffer: ArrayBuffer, pageSize: number, orders: Uint32Array[], cpus: number[]): Promise<TouchResult>;
+  touchHere(buffer: ArrayBuffer, pageSize: number, order: Uint32Array): { latencyNs: Float64Array; touchCpus: Int32Array; checksum: number; wallNs: number };
   pinSelf(cpu: number): number;
   pinThread(tid: number, cpu: number): number;
   gettid(): number;

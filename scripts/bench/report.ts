@@ -1,17 +1,12 @@
-// Output of a run: the terminal table, the markdown tables for the docs, and
-// the HTML report with its CDF chart rendered to SVG in Node by vega-lite.
+// Output of a run: the terminal tables, the markdown tables for the docs,
+// the README's ratio table, --compare, and the HTML report with its charts
+// rendered to SVG in Node by vega-lite.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { BulkRow, MODE_LABEL, ScenarioResult } from './scenarios';
-
-export interface Ratios {
-  /** Library / floor scenario p50 and p99 over the C reference of the same page kind, placement, order and threads. */
-  p50: number | null;
-  p99: number | null;
-  /** Faults per second over the C reference's. */
-  throughput: number | null;
-}
+import { Delta, RowResult, Target } from './analysis';
+import { BulkRow, MODE_LABEL } from './scenarios';
+import { Interval } from './stats';
 
 export interface Machine {
   kernel: string;
@@ -26,41 +21,41 @@ export interface Machine {
 }
 
 export interface BenchReport {
-  version: 1;
-  options: Record<string, unknown>;
+  version: 2;
+  options: Record<string, unknown> & { reps?: number; bootstrap?: { resamples: number; seed: number; level: number } };
+  /** Library options this run could use (spinUs, threads: issue 12). */
+  library: { spinUs: boolean; threads: boolean };
   machine: Machine;
-  scenarios: (ScenarioResult & { ratios: Ratios; error?: string })[];
-  /** vsPopulateRead compares the fastest repetitions; vsPopulateReadMedian the medians. */
-  bulk: (BulkRow & { vsPopulateRead: number | null; vsPopulateReadMedian: number | null })[];
-  targets: { name: string; value: number | null; target: string; met: boolean | null }[];
+  rows: RowResult[];
+  /** vsPopulateRead: POPULATE_READ time over CONTINUE time, repetition by repetition, median with its interval. */
+  bulk: (BulkRow & { vsPopulateRead: Interval | null })[];
+  targets: Target[];
   durationMs: number;
   /** Set while the run is under way and when it failed: how far it got. */
   incomplete?: string;
 }
 
-/**
- * Said before and after every --quick or --smoke run: users read a quick
- * run's "MISSED" as the library missing its goals.
- */
+/** Said before and after every --quick or --smoke run. */
 export const QUICK_NOTE = [
-  'QUICK RUN = SMOKE TEST, NOT A MEASUREMENT: 1,000 faults per row (64 with --smoke), each scenario run once,',
-  'no repetitions, on a machine that may be busy. Ratios move by tens of percent from one quick run to the next,',
-  'so a target marked MISSED here says nothing about the library. Judge the targets on a default run: npm run bench.',
+  'QUICK RUN = SMOKE TEST, NOT A MEASUREMENT: 9 interleaved repetition pairs of 300 faults per row (--smoke: 3 of 32),',
+  'on a machine that may be busy. Each verdict comes from a 95% interval and says "inconclusive: noise" when the',
+  'interval straddles the target; the figures to quote come from a default run: npm run bench.',
 ].join('\n');
 
 const isQuick = (report: BenchReport): boolean => Boolean(report.options.quick || report.options.smoke);
 
-export const groupKey = (s: { page: string; placement: string; order: string; threads: number }): string =>
-  `${s.page} ${s.placement} ${s.order} ${s.threads}t`;
-
 const us = (ns: number) => (ns / 1000).toFixed(ns < 10_000 ? 2 : 1);
-const ratio = (r: number | null) => (r === null ? '' : `${r.toFixed(2)}x`);
+const x = (v: number) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+export const ratio = (r: number | null | undefined) => (r === null || r === undefined ? '' : `${x(r)}x`);
+/** "1.02x [0.98-1.07]": the value and its 95% interval. */
+export const interval = (i: Interval | null | undefined) => (!i ? '' : `${x(i.value)}x [${x(i.lo)}-${x(i.hi)}]`);
 const rate = (n: number) => (n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : n.toFixed(0));
+const pct = (f: number | null) => (f === null ? '' : `${Math.round(f * 100)}%`);
 
 const PLACEMENT_TEXT: Record<string, string> = {
-  same: 'handler and toucher on CPU 0',
-  diff: 'handler on CPU 0, touchers on other CPUs',
-  unpinned: 'unpinned',
+  same: 'handler and toucher pinned to CPU 0 (co-located)',
+  diff: 'handler on CPU 0, touchers on other CPUs (split)',
+  unpinned: 'the scheduler decides; "co-loc" is the share of faults whose toucher ran on the handler\'s CPU, and a ratio pairs only repetitions that landed alike (both mostly co-located or both mostly split)',
 };
 
 interface Table {
@@ -69,27 +64,51 @@ interface Table {
   align: ('l' | 'r')[];
 }
 
+const label = (r: RowResult) => MODE_LABEL[r.mode];
+const where = (r: RowResult) => [r.kind === 'scan' ? 'scan' : r.page, r.placement, r.order, String(r.threads), String(r.handlers)];
+
+/** The headline: every ratio with its interval, p50, p99 and p99.9, and the handler's CPU per fault. */
+function ratioTable(report: BenchReport): Table {
+  const header = ['row', 'page', 'placement', 'order', 'thr', 'hdl', 'pairs', 'co-loc', 'p50 ×ref [95%]', 'p99 ×ref [95%]', 'p99.9 ×ref [95%]', 'faults/s ×ref', 'cpu µs/fault', 'ref'];
+  const rows = report.rows.filter((r) => r.error || (r.ratios && r.mode !== r.ratios.reference)).map((r) => r.error
+    ? [label(r), ...where(r), '', '', `failed: ${r.error}`, '', '', '', '', '']
+    : [label(r), ...where(r), `${r.ratios!.pairs}${r.ratios!.unmatched ? ` (-${r.ratios!.unmatched})` : ''}`, pct(r.colocated),
+      interval(r.ratios!.p50), interval(r.ratios!.p99), interval(r.ratios!.p999),
+      r.kind === 'scan' ? `${interval(r.ratios!.perPage)} per page` : interval(r.ratios!.throughput),
+      r.handlerCpuUsPerFault === null ? '' : r.handlerCpuUsPerFault.toFixed(2), r.ratios!.reference === 'c-reference' ? 'C' : MODE_LABEL[r.ratios!.reference]]);
+  return { header, rows, align: ['l', 'l', 'l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'l'] };
+}
+
 function latencyTable(report: BenchReport): Table {
-  const header = ['scenario', 'page', 'placement', 'order', 'thr', 'faults', 'p50 µs', 'p90 µs', 'p99 µs', 'p99.9 µs', 'max µs', 'faults/s', 'p50 ×C', 'p99 ×C'];
-  const rows = report.scenarios.map((s) => s.error
-    ? [MODE_LABEL[s.mode], s.page, s.placement, s.order, String(s.threads), '-', `failed: ${s.error}`, '', '', '', '', '', '', '']
-    : [MODE_LABEL[s.mode], s.page, s.placement, s.order, String(s.threads), `${s.resolved || s.touched}/${s.faults}`,
-      us(s.latency.p50), us(s.latency.p90), us(s.latency.p99), us(s.latency.p999), us(s.latency.max), rate(s.faultsPerSec),
-      ratio(s.ratios.p50), ratio(s.ratios.p99)]);
-  return { header, rows, align: ['l', 'l', 'l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'] };
+  const header = ['row', 'page', 'placement', 'order', 'thr', 'hdl', 'reps', 'faults', 'p50 µs', 'p90 µs', 'p99 µs', 'p99.9 µs', 'max µs', 'faults/s', 'ns/page', 'cpu µs/fault', 'co-loc'];
+  const rows = report.rows.map((r) => r.error
+    ? [label(r), ...where(r), String(r.reps), '-', `failed: ${r.error}`, '', '', '', '', '', '', '', '']
+    : [label(r), ...where(r), `${r.reps}x${r.pagesPerRep}`, `${r.resolved >= r.faults ? r.faults : r.resolved}/${r.faults}`,
+      us(r.latency.p50), us(r.latency.p90), us(r.latency.p99), us(r.latency.p999), us(r.latency.max), rate(r.faultsPerSec), r.nsPerPage.toFixed(0),
+      r.handlerCpuUsPerFault === null ? '' : r.handlerCpuUsPerFault.toFixed(2), pct(r.colocated)]);
+  return { header, rows, align: ['l', 'l', 'l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'] };
+}
+
+/** Unpinned rows split by where the faults landed: p50 ×C over co-located pairs and over split pairs. */
+function colocationLines(report: BenchReport): string[] {
+  return report.rows.filter((r) => r.byColocation).map((r) => {
+    const c = r.byColocation!;
+    const part = (name: string, v: { pairs: number; p50: Interval | null }) => `${name} ${v.pairs} pairs${v.p50 ? ` p50 ${interval(v.p50)}` : ''}`;
+    return `${r.id}: co-loc ${pct(r.colocated)}; ${part('co-located', c.colocated)}; ${part('split', c.split)}`;
+  });
 }
 
 function bulkTable(report: BenchReport): Table {
-  const header = ['bulk', 'by', 'page', 'range', 'reps', 'best ms', 'median ms', 'pages/s', 'GiB/s', '×POPULATE_READ', '(median)'];
+  const header = ['bulk', 'by', 'page', 'range', 'reps', 'best ms', 'median ms', 'pages/s', 'GiB/s', '×POPULATE_READ [95%]'];
   const ms = (ns: number) => (ns / 1e6).toFixed(ns < 1e6 ? 3 : 2);
   const rows = report.bulk.map((b) => [b.method, b.by, b.page, `${(b.bytes / 2 ** 20).toFixed(0)} MiB`, String(b.reps), ms(b.bestNs), ms(b.medianNs),
-    rate(b.pagesPerSec), b.gibPerSec.toFixed(1), ratio(b.vsPopulateRead), ratio(b.vsPopulateReadMedian ?? null)]);
-  return { header, rows, align: ['l', 'l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'] };
+    rate(b.medianPagesPerSec), b.gibPerSec.toFixed(1), interval(b.vsPopulateRead)]);
+  return { header, rows, align: ['l', 'l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r'] };
 }
 
 function renderText(t: Table): string {
   const widths = t.header.map((h, i) => Math.max(h.length, ...t.rows.map((r) => r[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => (t.align[i] === 'r' ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ');
+  const line = (cells: string[]) => cells.map((c, i) => (t.align[i] === 'r' ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd();
   return [line(t.header), widths.map((w) => '-'.repeat(w)).join('  '), ...t.rows.map(line)].join('\n');
 }
 
@@ -102,10 +121,33 @@ function machineLine(m: Machine): string {
   return `Linux ${m.kernel}, ${m.cpus} CPUs (${m.cpuModel}), page ${m.pageSize} B, Node ${m.node}, load ${m.loadAverage.map((l) => l.toFixed(2)).join(' ')}`;
 }
 
-function targetLines(report: BenchReport): string[] {
-  const verdict = (met: boolean | null) => (met === null ? '' : met ? ' met' : ' MISSED');
-  const quick = isQuick(report) ? ' (quick run: not judged, see the note above)' : '';
-  return report.targets.map((t) => `${t.name}: ${t.value === null ? 'n/a' : `${t.value.toFixed(2)}x`} (target ${t.target})${verdict(t.met)}${quick}`);
+function statsLine(report: BenchReport): string {
+  const b = report.options.bootstrap;
+  return `Ratios: median over ${report.options.reps ?? '?'} interleaved repetition pairs (p50, faults/s, per page) or pooled over them (p99, p99.9); `
+    + `[95%] = percentile bootstrap over the pairs${b ? ` (${b.resamples} resamples, seed ${b.seed})` : ''}. `
+    + 'A target is met when its whole interval is on the right side, MISSED when the whole interval is on the wrong side, otherwise inconclusive (noise).';
+}
+
+const VERDICT_TEXT = { met: 'met', missed: 'MISSED', inconclusive: 'inconclusive: noise' } as const;
+
+export function targetLines(report: BenchReport): string[] {
+  const lines: string[] = [];
+  for (const t of report.targets) {
+    if (!t.verdict) {
+      lines.push(`${t.name} (target ${t.target}): n/a, ${t.reason}`);
+      continue;
+    }
+    // The check that decides: the worst interval for the target.
+    // Missed: the check furthest past the target; otherwise the one whose interval reaches furthest.
+    const worst = t.verdict === 'missed'
+      ? [...t.checks].filter((c) => c.verdict === 'missed').sort((a, b) => (t.atLeast ? a.hi - b.hi : b.lo - a.lo))[0]
+      : [...t.checks].sort((a, b) => (t.atLeast ? a.lo - b.lo : b.hi - a.hi))[0];
+    const spread = Math.min(...t.checks.map((c) => c.lo));
+    const top = Math.max(...t.checks.map((c) => c.hi));
+    lines.push(`${t.name} (target ${t.target}): ${VERDICT_TEXT[t.verdict]}; ${t.checks.length} row(s), intervals within ${x(spread)}-${x(top)}x, worst ${worst.row} ${x(worst.value)}x [${x(worst.lo)}-${x(worst.hi)}]${worst.n < 5 ? ` (${worst.n} pairs: too few to judge)` : ''}`);
+    for (const c of t.checks) if (c.verdict !== 'met' && c.row !== worst.row) lines.push(`    ${VERDICT_TEXT[c.verdict]}: ${c.row} ${x(c.value)}x [${x(c.lo)}-${x(c.hi)}]`);
+  }
+  return lines;
 }
 
 /** What comes before the tables when the run was quick or did not finish. */
@@ -116,72 +158,153 @@ function caveats(report: BenchReport): string[] {
   return lines.length ? [...lines, ''] : [];
 }
 
+function placementLine(): string {
+  return `placement: same = ${PLACEMENT_TEXT.same}; diff = ${PLACEMENT_TEXT.diff}; unpinned = ${PLACEMENT_TEXT.unpinned}`;
+}
+
 export function textReport(report: BenchReport): string {
   return [
     ...caveats(report),
     machineLine(report.machine),
-    `placement: same = ${PLACEMENT_TEXT.same}; diff = ${PLACEMENT_TEXT.diff}; unpinned = ${PLACEMENT_TEXT.unpinned}`,
+    placementLine(),
+    statsLine(report),
+    '',
+    renderText(ratioTable(report)),
     '',
     renderText(latencyTable(report)),
+    '',
+    ...colocationLines(report),
     '',
     renderText(bulkTable(report)),
     '',
     ...targetLines(report),
+    ...(isQuick(report) ? ['', QUICK_NOTE] : []),
   ].join('\n');
 }
 
 export function markdownReport(report: BenchReport): string {
   const kind = report.options.smoke ? '`--smoke`' : report.options.quick ? '`--quick`' : 'default';
+  const quote = (ls: string[]) => ls.map((l) => (l ? `> ${l.replace(/\n/g, '\n> ')}` : l));
   return [
-    ...caveats(report).map((l) => (l ? `> ${l.replace(/\n/g, '\n> ')}` : l)),
+    ...quote(caveats(report)),
     `Measured on ${machineLine(report.machine)}; ${kind} run, ${(report.durationMs / 1000).toFixed(0)} s, ${report.machine.date.slice(0, 10)}.`,
     `Placement: **same** = ${PLACEMENT_TEXT.same}; **diff** = ${PLACEMENT_TEXT.diff}; **unpinned** = ${PLACEMENT_TEXT.unpinned}.`,
+    statsLine(report),
+    '',
+    renderMarkdown(ratioTable(report)),
     '',
     renderMarkdown(latencyTable(report)),
     '',
+    ...colocationLines(report).map((l) => `- ${l}`),
+    '',
     renderMarkdown(bulkTable(report)),
     '',
-    ...targetLines(report).map((l) => `- ${l}`),
+    ...targetLines(report).map((l) => (l.startsWith('    ') ? `  - ${l.trim()}` : `- ${l}`)),
   ].join('\n');
 }
 
 /**
- * The ratios alone, for the README: one row per handler, one column per
- * pinned placement (4 KiB pages, one toucher, sequential), p50 and p99 ×C,
- * and the targets. Microseconds stay in docs/benchmark.md: they do not carry
- * from machine to machine, the ratios do.
+ * The ratios alone, for the README: one row per handler and placement (4 KiB
+ * pages, one toucher, sequential), p50, p99 and p99.9 ×C with their 95%
+ * intervals, and the targets. Microseconds stay in docs/benchmark.md: they do
+ * not carry from machine to machine, the ratios do.
  */
 export function ratioSummary(report: BenchReport): string {
-  const placements = ['same', 'diff'].filter((p) => report.scenarios.some((s) => s.placement === p));
-  const base = report.scenarios.filter((s) => s.page === '4k' && s.order === 'seq' && s.threads === 1 && s.mode !== 'c-reference' && s.mode !== 'floor');
-  const modes = [...new Set(base.map((s) => s.mode))];
-  const cell = (mode: string, placement: string) => {
-    const s = base.find((r) => r.mode === mode && r.placement === placement);
-    return s && s.ratios.p50 !== null ? `${ratio(s.ratios.p50)} / ${ratio(s.ratios.p99)}` : 'n/a';
+  const base = report.rows.filter((r) => r.kind === 'latency' && r.page === '4k' && r.order === 'seq' && r.threads === 1 && r.ratios && r.mode !== r.ratios.reference && r.mode !== 'floor');
+  const table: Table = {
+    header: ['handler (4 KiB pages, 1 toucher)', 'placement', 'p50 ×C [95%]', 'p99 ×C [95%]', 'p99.9 ×C [95%]'],
+    rows: base.map((r) => [label(r), r.placement === 'same' ? 'same CPU' : r.placement === 'diff' ? 'other CPU' : `unpinned (${pct(r.colocated)} co-located)`,
+      interval(r.ratios!.p50), interval(r.ratios!.p99), interval(r.ratios!.p999)]),
+    align: ['l', 'l', 'r', 'r', 'r'],
   };
-  const header = ['handler (4 KiB pages, 1 toucher)', ...placements.map((p) => `p50 / p99 ×C, ${p === 'same' ? 'same CPU' : 'other CPU'}`)];
-  const table: Table = { header, rows: modes.map((m) => [MODE_LABEL[m as keyof typeof MODE_LABEL], ...placements.map((p) => cell(m, p))]), align: ['l', ...placements.map(() => 'r' as const)] };
   return [
-    `${report.options.quick ? '`--quick`' : 'Default'} run of ${report.machine.date.slice(0, 10)}: ${report.machine.cpus} CPUs (${report.machine.cpuModel}), Linux ${report.machine.kernel}, load ${report.machine.loadAverage.map((l) => l.toFixed(1)).join(' ')} during the run. ×C = the library's latency over a C handler's measured in the same run and placement (1.00x = as fast as C); a loaded machine moves the ratios, most of all across CPUs.`,
+    `${report.options.quick ? '`--quick`' : 'Default'} run of ${report.machine.date.slice(0, 10)}: ${report.machine.cpus} CPUs (${report.machine.cpuModel}), Linux ${report.machine.kernel}, load ${report.machine.loadAverage.map((l) => l.toFixed(1)).join(' ')} during the run. ×C = the library's latency over a C handler's, measured interleaved with it (same run, pages and placement; 1.00x = as fast as C); [95%] = bootstrap interval over ${report.options.reps ?? '?'} repetition pairs.`,
     '',
     renderMarkdown(table),
     '',
-    ...targetLines(report).map((l) => `- ${l}`),
+    ...targetLines(report).map((l) => (l.startsWith('    ') ? `  - ${l.trim()}` : `- ${l}`)),
   ].join('\n');
+}
+
+/** --compare: the rows whose ratios moved beyond noise first, then the count of the rest. */
+export function compareText(deltas: Delta[], file: string): string {
+  if (!deltas.length) return `compare with ${file}: no row in common`;
+  const t: Table = {
+    header: ['row', 'metric', 'before [95%]', 'now [95%]', 'change', 'call'],
+    rows: deltas.map((d) => [d.row, d.metric === 'p999' ? 'p99.9' : d.metric, interval(d.old), interval(d.now), `${d.change >= 0 ? '+' : ''}${(d.change * 100).toFixed(0)}%`, d.call]),
+    align: ['l', 'l', 'r', 'r', 'r', 'l'],
+  };
+  const moved = deltas.filter((d) => d.call !== 'within noise');
+  return [`compare with ${file}: ${moved.filter((d) => d.call === 'worse').length} worse, ${moved.filter((d) => d.call === 'better').length} better, ${deltas.length - moved.length} within noise (worse/better: the two intervals do not overlap)`, renderText(t)].join('\n');
 }
 
 // vega and vega-lite ship as ES modules only; a real dynamic import keeps
 // tsc's CommonJS output from turning it into require().
 const importModule = new Function('specifier', 'return import(specifier)') as (specifier: string) => Promise<any>;
 
-/** The CDF chart of every scenario, one panel per (page, placement, order, threads), rendered to SVG. */
-export async function renderChart(report: BenchReport): Promise<string> {
+const groupKey = (r: RowResult): string =>
+  `${r.kind === 'scan' ? 'scan ' : ''}${r.page} ${r.placement} ${r.order} ${r.threads}t${r.handlers > 1 ? ` ${r.handlers}h` : ''}`;
+
+async function toSvg(spec: object): Promise<string> {
   const [vega, vegaLite] = await Promise.all([importModule('vega'), importModule('vega-lite')]);
-  const values = report.scenarios.filter((s) => !s.error).flatMap((s) =>
+  const view = new vega.View(vega.parse(vegaLite.compile(spec).spec), { renderer: 'none' });
+  const svg: string = await view.toSVG();
+  view.finalize();
+  return svg;
+}
+
+const CONFIG = { font: 'DejaVu Sans, Helvetica, Arial, sans-serif', background: 'white' };
+
+/**
+ * The first chart: every library row's ratio to the C reference of its cell
+ * (one toucher, 4 KiB and 2 MiB), per mode and placement, the dot the
+ * value and the bar its 95% interval; one panel per percentile.
+ */
+export async function renderRatioChart(report: BenchReport): Promise<string> {
+  const values = report.rows.filter((r) => !r.error && r.kind === 'latency' && r.threads === 1 && r.order === 'seq' && r.ratios && r.mode !== r.ratios.reference && r.mode !== 'floor')
+    .flatMap((r) => (['p50', 'p99', 'p999'] as const).filter((m) => r.ratios![m]).map((m) => ({
+      metric: m === 'p999' ? 'p99.9' : m, row: `${MODE_LABEL[r.mode]} (${r.page})`, placement: r.placement,
+      value: r.ratios![m]!.value, lo: r.ratios![m]!.lo, hi: r.ratios![m]!.hi,
+    })));
+  const placements = ['same', 'diff', 'unpinned'];
+  const shared = {
+    y: { field: 'row', type: 'nominal', title: null, sort: null, axis: { labelLimit: 320 } },
+    yOffset: { field: 'placement', type: 'nominal', sort: placements },
+    color: {
+      field: 'placement', type: 'nominal', sort: placements, title: 'placement',
+      legend: { labelLimit: 300, labelExpr: "datum.label == 'same' ? 'same CPU (co-located)' : datum.label == 'diff' ? 'other CPU (split)' : 'unpinned'" },
+    },
+  };
+  const spec = {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title: { text: 'Latency ×C reference, median and 95% interval over interleaved repetition pairs', subtitle: machineLine(report.machine) },
+    data: { values },
+    facet: { column: { field: 'metric', type: 'nominal', title: null, sort: ['p50', 'p99', 'p99.9'] } },
+    spec: {
+      width: 260,
+      height: { step: 12 },
+      layer: [
+        {
+          mark: { type: 'rule', strokeWidth: 2 },
+          encoding: { ...shared, x: { field: 'lo', type: 'quantitative', scale: { type: 'log' }, title: '×C (log; 1 = as fast as C)' }, x2: { field: 'hi' } },
+        },
+        { mark: { type: 'point', filled: true, size: 30 }, encoding: { ...shared, x: { field: 'value', type: 'quantitative' } } },
+        // As fast as C.
+        { mark: { type: 'rule', color: '#888', strokeDash: [4, 3] }, encoding: { x: { datum: 1, type: 'quantitative' } } },
+      ],
+    },
+    config: CONFIG,
+  };
+  return toSvg(spec);
+}
+
+/** The CDF chart of every row, one panel per cell, rendered to SVG. */
+export async function renderChart(report: BenchReport): Promise<string> {
+  const values = report.rows.filter((s) => !s.error).flatMap((s) =>
     s.latency.cdf.map(([ns, p]) => ({ group: groupKey(s), handler: MODE_LABEL[s.mode], us: Math.max(ns, 1) / 1000, percentile: p })));
   const spec = {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
-    title: { text: 'Minor-fault latency as the toucher sees it (CDF)', subtitle: machineLine(report.machine) },
+    title: { text: 'Minor-fault latency as the toucher sees it (CDF, all repetitions pooled)', subtitle: machineLine(report.machine) },
     data: { values },
     facet: { field: 'group', type: 'nominal', title: 'page size, placement, order, touching threads', sort: [...new Set(values.map((v) => v.group))] },
     columns: 3,
@@ -196,13 +319,9 @@ export async function renderChart(report: BenchReport): Promise<string> {
       },
     },
     resolve: { scale: { x: 'independent' } },
-    config: { font: 'DejaVu Sans, Helvetica, Arial, sans-serif', background: 'white' },
+    config: CONFIG,
   };
-  const compiled = vegaLite.compile(spec).spec;
-  const view = new vega.View(vega.parse(compiled), { renderer: 'none' });
-  const svg: string = await view.toSVG();
-  view.finalize();
-  return svg;
+  return toSvg(spec);
 }
 
 const escapeHtml = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
@@ -213,11 +332,14 @@ function htmlTable(t: Table): string {
   return `<table><thead><tr>${head}</tr></thead><tbody>\n${body}\n</tbody></table>`;
 }
 
-/** Writes DIR/index.html (table + chart) and DIR/latency-cdf.svg. */
+/** Writes DIR/index.html (charts and tables), DIR/ratios.svg and DIR/latency-cdf.svg. */
 export async function writeHtmlReport(report: BenchReport, dir: string): Promise<string[]> {
   mkdirSync(dir, { recursive: true });
+  const ratioSvg = await renderRatioChart(report);
   const svg = await renderChart(report);
+  const ratioPath = join(dir, 'ratios.svg');
   const svgPath = join(dir, 'latency-cdf.svg');
+  writeFileSync(ratioPath, ratioSvg);
   writeFileSync(svgPath, svg);
   const html = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>userfaultfd minor-fault benchmark</title>
@@ -230,21 +352,25 @@ td.r { text-align: right; font-variant-numeric: tabular-nums; }
 .note { color: #555; font-size: 13px; }
 </style></head><body>
 <h1>userfaultfd minor-fault benchmark</h1>
-${report.incomplete || isQuick(report) ? `<p class="note"><strong>${escapeHtml(caveats(report).join(" "))}</strong></p>\n` : ""}<p class="note">${escapeHtml(machineLine(report.machine))}<br>
-Placement: same = ${PLACEMENT_TEXT.same}; diff = ${PLACEMENT_TEXT.diff}; unpinned = ${PLACEMENT_TEXT.unpinned}.
-Latency is measured by each faulting thread around its first touch of a page (native monotonic clock).
-Ratios (×C) compare with the C reference handler measured in the same run with the same placement.</p>
-<h2>Latency CDF per scenario</h2>
+${report.incomplete || isQuick(report) ? `<p class="note"><strong>${escapeHtml(caveats(report).join(' '))}</strong></p>\n` : ''}<p class="note">${escapeHtml(machineLine(report.machine))}<br>
+${escapeHtml(placementLine())}<br>
+Latency is measured by each faulting thread around its first touch of a page (native monotonic clock).<br>
+${escapeHtml(statsLine(report))}</p>
+<h2>Ratios to the C reference</h2>
+${ratioSvg}
+<h2>Targets</h2>
+<ul>${targetLines(report).map((l) => `<li>${escapeHtml(l)}</li>`).join('')}</ul>
+<h2>Ratios with intervals</h2>
+${htmlTable(ratioTable(report))}
+<h2>Latency CDF per cell</h2>
 ${svg}
 <h2>Per-fault latency</h2>
 ${htmlTable(latencyTable(report))}
 <h2>Bulk installation</h2>
 ${htmlTable(bulkTable(report))}
-<h2>Targets</h2>
-<ul>${targetLines(report).map((l) => `<li>${escapeHtml(l)}</li>`).join('')}</ul>
 </body></html>
 `;
   const htmlPath = join(dir, 'index.html');
   writeFileSync(htmlPath, html);
-  return [htmlPath, svgPath];
+  return [htmlPath, ratioPath, svgPath];
 }

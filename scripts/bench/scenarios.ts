@@ -1,18 +1,26 @@
-// The scenarios: how each one sets up its memfd, its handler and its touchers,
-// and what it reports. Every latency is measured by the faulting thread around
-// its own first touch with the native monotonic clock.
-import { readdirSync } from 'node:fs';
+// The scenarios: how each row sets up its handler and its touchers, one
+// repetition at a time. Rows come in cells (page kind, placement, order,
+// touchers, handler threads); a cell's rows are measured interleaved, round
+// after round (reference, library row, floor, …, in an order rotated every
+// round) on the same memfd pages with the same page orders, so that every
+// library repetition has a reference repetition measured next to it. Every
+// latency is measured by the faulting thread around its own first touch,
+// with the benchmark's one toucher and clock (native/bench, TimedTouches).
+import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 
-import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd, touchPages } from '../../lib/index';
+import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd } from '../../lib/index';
 import { bench, pageByte, unwrap } from './native';
-import { LatencySummary, summarize } from './stats';
 
 export type Mode =
   | 'floor'
+  | 'floor+fault-around'
   | 'c-reference'
+  | 'c-reference+spin'
   | 'native-resolver'
+  | 'native-resolver+spin'
+  | 'native-resolver+map-ahead'
   | 'event-loop+native-toucher'
   | 'event-loop+worker-toucher'
   | 'worker-handler+main-toucher';
@@ -22,46 +30,70 @@ export type PageKind = '4k' | '2m';
 
 export const MODE_LABEL: Record<Mode, string> = {
   floor: 'floor (no uffd)',
+  'floor+fault-around': 'floor, fault-around on',
   'c-reference': 'C reference',
+  'c-reference+spin': 'C reference, spinning',
   'native-resolver': 'native resolver',
+  'native-resolver+spin': 'native resolver, spinning',
+  'native-resolver+map-ahead': 'native resolver, mapAhead',
   'event-loop+native-toucher': 'event loop, native toucher',
   'event-loop+worker-toucher': 'event loop, worker toucher',
   'worker-handler+main-toucher': 'worker handler, main toucher',
 };
 
-export interface Scenario {
+/** Microseconds a spinning handler keeps polling after its last fault. */
+export const SPIN_US = 50;
+/** Pages a mapAhead row maps per fault (the faulting page included). */
+export const MAP_AHEAD = 64;
+
+/** Library options that may not exist yet in lib/ (issue 12: spinUs, threads). */
+export interface LibraryCaps {
+  spinUs: boolean;
+  threads: boolean;
+}
+
+/** A set of rows measured interleaved: same pages, orders and placement. */
+export interface Cell {
   id: string;
-  mode: Mode;
+  kind: 'latency' | 'scan';
   page: PageKind;
   placement: Placement;
   order: Order;
+  /** Touching threads. */
   threads: number;
+  /** Handler threads: the C reference's on one uffd, the native resolver's `threads`. */
+  handlers: number;
+  /** Pages per repetition (all touchers together). */
   pages: number;
+  modes: Mode[];
+  /** What every ratio of the cell divides by. */
+  reference: Mode;
 }
 
-export interface ScenarioResult extends Scenario {
-  pageSize: number;
-  handlerCpu: number;
-  toucherCpus: number[];
-  /** Pages the touchers touched: one fault each. */
-  faults: number;
-  /** Latency samples the touchers returned. */
-  touched: number;
-  /** Pagefault messages the handler read (0 for the floor). */
-  messages: number;
-  /** Messages whose faulter the handler woke (CONTINUE, or EEXIST + WAKE). */
-  resolved: number;
-  /** Every toucher read the byte the memfd holds for each page. */
-  checksumOk: boolean;
-  /** touched == faults, checksums right, and resolved >= faults (floor: no handler). */
-  allResolved: boolean;
-  latency: LatencySummary;
+/** One repetition of one row. */
+export interface Rep {
+  latencyNs: Float64Array[];
+  /** CPU of each toucher after each touch (sched_getcpu). */
+  touchCpus: Int32Array[];
+  /** Fraction of the faults whose toucher ran on the CPU of the handler that resolved them (null: no handler). */
+  colocated: number | null;
+  /** The handler thread's CPU moved during the repetition (its fraction is then against the CPU it ended on). */
+  handlerMoved?: boolean;
   wallNs: number;
-  faultsPerSec: number;
-  /** Library modes: the handler's own view, message read to CONTINUE done (FaultHandler.stats().latencyUs), µs. */
+  faults: number;
+  touched: number;
+  messages: number;
+  resolved: number;
+  checksumOk: boolean;
+  /** CPU time the handler thread(s) used over the repetition, ns (null: not known). */
+  handlerCpuNs: number | null;
+  /** Library rows: message read to CONTINUE done (FaultHandler.stats().latencyUs), µs. */
   handlerUs?: { p50: number; p99: number };
   note?: string;
 }
+
+const HUGE_PAGE = 2 * 1024 * 1024;
+export const pageSizeFor = (huge: boolean) => (huge ? HUGE_PAGE : PAGE_SIZE);
 
 /** CPUs of the handler and of each toucher for a placement. */
 export function placementCpus(placement: Placement, threads: number, cpuCount: number): { handler: number; touchers: number[] } {
@@ -71,22 +103,8 @@ export function placementCpus(placement: Placement, threads: number, cpuCount: n
   return { handler: 0, touchers: Array.from({ length: threads }, (_, t) => 1 + (t % others)) };
 }
 
-function finish(s: Scenario, pageSize: number, cpus: { handler: number; touchers: number[] }, orders: Uint32Array[],
-  latencies: ArrayLike<number>[], checksum: number, messages: number, resolved: number, wallNs: number, note?: string): ScenarioResult {
-  const faults = orders.reduce((n, o) => n + o.length, 0);
-  const expected = orders.reduce((sum, o) => sum + o.reduce((a, p) => a + pageByte(p), 0), 0);
-  const touched = latencies.reduce((n, l) => n + l.length, 0);
-  const checksumOk = checksum === expected;
-  const handled = s.mode === 'floor' || resolved >= faults;
-  return {
-    ...s, pageSize, handlerCpu: cpus.handler, toucherCpus: cpus.touchers, faults, touched, messages, resolved, checksumOk,
-    allResolved: touched === faults && checksumOk && handled,
-    latency: summarize(latencies), wallNs, faultsPerSec: wallNs > 0 ? faults / (wallNs / 1e9) : 0, note,
-  };
-}
-
 /** A memfd with every page in the page cache, each starting with pageByte(i). */
-function filledMemfd(pages: number, huge: boolean): Memfd {
+export function filledMemfd(pages: number, huge: boolean): Memfd {
   const mem = Memfd.create(pages * pageSizeFor(huge), { name: 'uffd-bench', hugetlb: huge });
   const filler = mem.map();
   const bytes = new Uint8Array(filler.buffer);
@@ -96,10 +114,56 @@ function filledMemfd(pages: number, huge: boolean): Memfd {
   return mem;
 }
 
-const HUGE_PAGE = 2 * 1024 * 1024;
-const pageSizeFor = (huge: boolean) => (huge ? HUGE_PAGE : PAGE_SIZE);
-
 const taskIds = (): Set<number> => new Set(readdirSync('/proc/self/task').map(Number));
+
+/** What /proc says of one of this process's threads: last CPU (stat field 39) and CPU time (schedstat), or null once gone. */
+export function threadState(tid: number): { cpu: number; cpuNs: number } | null {
+  try {
+    const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+    // Fields after the command name, which may hold spaces: field 3 onwards.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const cpuNs = Number(readFileSync(`/proc/self/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+    return { cpu: Number(fields[39 - 3]), cpuNs };
+  } catch {
+    return null;
+  }
+}
+
+/** Handler threads watched over a repetition: where they ran and the CPU time they used. */
+class HandlerWatch {
+  readonly #before: ({ cpu: number; cpuNs: number } | null)[];
+  constructor(readonly tids: number[]) {
+    this.#before = tids.map(threadState);
+  }
+  end(): { cpus: number[]; moved: boolean; cpuNs: number | null } {
+    const after = this.tids.map(threadState);
+    let cpuNs = 0;
+    let known = after.length > 0;
+    let moved = false;
+    after.forEach((a, i) => {
+      const b = this.#before[i];
+      if (!a || !b) known = false;
+      else {
+        cpuNs += a.cpuNs - b.cpuNs;
+        if (a.cpu !== b.cpu) moved = true;
+      }
+    });
+    return { cpus: after.map((a) => (a ? a.cpu : -1)), moved, cpuNs: known ? cpuNs : null };
+  }
+}
+
+/** Fraction of touches that ran on the CPU of the handler that served them. */
+export function colocatedFraction(orders: Uint32Array[], touchCpus: Int32Array[], handlerCpuOf: (page: number) => number): number {
+  let same = 0;
+  let all = 0;
+  orders.forEach((order, t) => {
+    for (let i = 0; i < order.length; i++) {
+      all++;
+      if (touchCpus[t][i] === handlerCpuOf(order[i])) same++;
+    }
+  });
+  return all ? same / all : 0;
+}
 
 const failFetch = (): never => {
   throw new Error('benchmark pages are all present: fetch must never be called');
@@ -122,28 +186,26 @@ function nextMessage<T>(worker: Worker): Promise<T> {
   });
 }
 
-export async function runScenario(s: Scenario, orders: Uint32Array[], cpuCount: number): Promise<ScenarioResult> {
-  const huge = s.page === '2m';
-  const pageSize = pageSizeFor(huge);
-  const cpus = placementCpus(s.placement, s.threads, cpuCount);
-
-  if (s.mode === 'floor') {
-    const r = unwrap(bench.floor(pageSize, s.pages, huge, orders[0], cpus.touchers[0]));
-    return finish(s, pageSize, cpus, orders, [r.latencyNs], r.checksum, 0, 0, r.wallNs);
-  }
-  if (s.mode === 'c-reference') {
-    const r = unwrap(bench.cReference(pageSize, s.pages, huge, orders, cpus.handler, cpus.touchers));
-    const note = r.error ? `handler saw errno ${-r.error}` : undefined;
-    return finish(s, pageSize, cpus, orders, r.latencyNs, r.checksum, r.messages, r.resolved + r.existed, r.wallNs, note);
-  }
-
-  const mem = filledMemfd(s.pages, huge);
+/**
+ * Which of the native resolver's newer options (issue 12) this library has.
+ * FaultHandler ignores options it does not know, but refuses the ones it
+ * knows for mode 'native' only when given in event-loop mode: that refusal
+ * is the feature check.
+ */
+export function probeLibrary(): LibraryCaps {
+  const mem = filledMemfd(1, false);
   try {
-    if (s.mode === 'worker-handler+main-toucher') return await workerHandler(s, mem, orders, cpus, pageSize);
-    const uffd = Userfaultfd.open({ features: [huge ? 'minorHugetlbfs' : 'minorShmem', 'threadId'] });
+    const uffd = Userfaultfd.open({ features: ['minorShmem', 'threadId'] });
     try {
-      if (s.mode === 'event-loop+worker-toucher') return await workerToucher(s, mem, uffd, orders, cpus, pageSize);
-      return await nativeTouchers(s, mem, uffd, orders, cpus, pageSize);
+      const refused = (option: string) => {
+        try {
+          new FaultHandler(uffd, { memfd: mem, fetch: failFetch, mode: 'event-loop', [option]: 1 } as ConstructorParameters<typeof FaultHandler>[1]);
+          return false;
+        } catch {
+          return true;
+        }
+      };
+      return { spinUs: refused('spinUs'), threads: refused('threads') };
     } finally {
       uffd.close();
     }
@@ -152,36 +214,95 @@ export async function runScenario(s: Scenario, orders: Uint32Array[], cpuCount: 
   }
 }
 
+const expectedSum = (orders: Uint32Array[]) => orders.reduce((sum, o) => sum + o.reduce((a, p) => a + pageByte(p), 0), 0);
+
+function rep(orders: Uint32Array[], r: {
+  latencyNs: Float64Array[]; touchCpus: Int32Array[]; checksum: number; wallNs: number; messages: number; resolved: number;
+  colocated: number | null; handlerCpuNs: number | null; handlerMoved?: boolean; handlerUs?: { p50: number; p99: number }; note?: string;
+}, needsHandler: boolean): Rep {
+  const faults = orders.reduce((n, o) => n + o.length, 0);
+  const touched = r.latencyNs.reduce((n, l) => n + l.length, 0);
+  return {
+    latencyNs: r.latencyNs, touchCpus: r.touchCpus, colocated: r.colocated, ...(r.handlerMoved ? { handlerMoved: true } : {}),
+    wallNs: r.wallNs, faults, touched, messages: r.messages, resolved: needsHandler ? r.resolved : faults,
+    checksumOk: r.checksum === expectedSum(orders), handlerCpuNs: r.handlerCpuNs,
+    ...(r.handlerUs ? { handlerUs: r.handlerUs } : {}), ...(r.note ? { note: r.note } : {}),
+  };
+}
+
+/** One repetition of `mode` in `cell`, on `mem` (filled, every page present). */
+export async function runRep(mode: Mode, cell: Cell, mem: Memfd, orders: Uint32Array[], cpuCount: number, caps: LibraryCaps): Promise<Rep> {
+  const huge = cell.page === '2m';
+  const pageSize = pageSizeFor(huge);
+  const pages = mem.size / pageSize;
+  const cpus = placementCpus(cell.placement, cell.threads, cpuCount);
+
+  if (mode === 'floor' || mode === 'floor+fault-around') {
+    const r = unwrap(bench.floor(pageSize, pages, huge, orders[0], cpus.touchers[0], { fd: mem.fd, faultAround: mode === 'floor' ? 0 : 1 }));
+    return rep(orders, { ...r, messages: 0, resolved: 0, colocated: null, handlerCpuNs: null }, false);
+  }
+  if (mode === 'c-reference' || mode === 'c-reference+spin') {
+    const r = unwrap(bench.cReference(pageSize, pages, huge, orders, cpus.handler, cpus.touchers,
+      { fd: mem.fd, spinUs: mode === 'c-reference+spin' ? SPIN_US : 0, handlers: cell.handlers }));
+    return rep(orders, {
+      ...r, resolved: r.resolved + r.existed, colocated: colocatedFraction(orders, r.touchCpus, (p) => r.handlerCpuByPage[p]),
+      note: r.error ? `handler saw errno ${-r.error}` : undefined,
+    }, true);
+  }
+  if (mode === 'worker-handler+main-toucher') return workerHandler(mem, orders, cpus, pageSize);
+  const uffd = Userfaultfd.open({ features: [huge ? 'minorHugetlbfs' : 'minorShmem', 'threadId'] });
+  try {
+    if (mode === 'event-loop+worker-toucher') return await workerToucher(mem, uffd, orders, cpus, pageSize);
+    return await nativeTouchers(mode, cell, mem, uffd, orders, cpus, pageSize, caps);
+  } finally {
+    uffd.close();
+  }
+}
+
 /** Native resolver, or the event loop of this thread, against native toucher threads. */
-async function nativeTouchers(s: Scenario, mem: Memfd, uffd: Userfaultfd, orders: Uint32Array[], cpus: { handler: number; touchers: number[] }, pageSize: number): Promise<ScenarioResult> {
+async function nativeTouchers(mode: Mode, cell: Cell, mem: Memfd, uffd: Userfaultfd, orders: Uint32Array[], cpus: { handler: number; touchers: number[] },
+  pageSize: number, caps: LibraryCaps): Promise<Rep> {
   const view = mem.map();
   view.advise('random');
-  const handler = new FaultHandler(uffd, { memfd: mem, fetch: failFetch, mode: s.mode === 'native-resolver' ? 'native' : 'event-loop' });
+  const isNative = mode.startsWith('native-resolver');
+  // spinUs and threads: passed only where the library has them (it ignores unknown options).
+  const extra: Record<string, number> = {};
+  if (mode === 'native-resolver+spin' && caps.spinUs) extra.spinUs = SPIN_US;
+  if (isNative && cell.handlers > 1 && caps.threads) extra.threads = cell.handlers;
+  const handler = new FaultHandler(uffd, {
+    memfd: mem, fetch: failFetch, mode: isNative ? 'native' : 'event-loop', mapAhead: mode === 'native-resolver+map-ahead' ? MAP_AHEAD - 1 : 0, ...extra,
+  } as ConstructorParameters<typeof FaultHandler>[1]);
   handler.attach(view);
   handler.present.mark(0, mem.size);
-  let note: string | undefined;
+  const notes: string[] = [];
   try {
-    if (s.mode === 'native-resolver') {
+    let tids: number[];
+    if (isNative) {
       const before = taskIds();
       handler.start();
-      // The resolver is the thread start() created: give it the handler's CPU.
-      const fresh = [...taskIds()].filter((t) => !before.has(t));
-      if (fresh.length !== 1) note = `found ${fresh.length} new threads after start(); resolver placement not set`;
-      else if (cpus.handler >= 0) bench.pinThread(fresh[0], cpus.handler);
+      // The resolver threads are the ones start() created: give them the handler's CPU.
+      tids = [...taskIds()].filter((t) => !before.has(t));
+      if (tids.length !== (extra.threads ?? 1)) notes.push(`found ${tids.length} new threads after start()`);
+      if (cpus.handler >= 0) for (const t of tids) bench.pinThread(t, cpus.handler);
     } else {
       bench.pinSelf(cpus.handler);
+      tids = [process.pid];
       handler.start();
     }
-    const t0 = process.hrtime.bigint();
-    const reports = await Promise.all(orders.map((order, t) => touchPages(view, order, cpus.touchers[t] >= 0 ? { cpu: cpus.touchers[t] } : {})));
-    const wall = Number(process.hrtime.bigint() - t0);
+    const watch = new HandlerWatch(tids);
+    const r = await bench.touch(view.buffer, pageSize, orders, cpus.touchers);
+    const h = watch.end();
     // The resolver counts a fault after its CONTINUE has already woken the
     // toucher: read the counters once the thread has been joined.
     await handler.stop();
     const stats = handler.stats();
-    if (stats.errors) note = `${stats.errors} fetch errors`;
-    return { ...finish(s, pageSize, cpus, orders, reports.map((r) => r.latencyNs), reports.reduce((a, r) => a + r.checksum, 0), stats.faults, stats.resolved, wall, note),
-      handlerUs: { p50: stats.latencyUs.p50, p99: stats.latencyUs.p99 } };
+    if (stats.errors) notes.push(`${stats.errors} fetch errors`);
+    // mapAhead: one message maps many pages; every touch is still served.
+    const resolved = stats.resolved + stats.mapAheadPages;
+    return rep(orders, {
+      ...r, messages: stats.faults, resolved, colocated: colocatedFraction(orders, r.touchCpus, () => h.cpus[0]), handlerMoved: h.moved,
+      handlerCpuNs: h.cpuNs, handlerUs: { p50: stats.latencyUs.p50, p99: stats.latencyUs.p99 }, note: notes.join('; ') || undefined,
+    }, true);
   } finally {
     bench.pinSelf(-1);
     await handler.stop();
@@ -191,12 +312,13 @@ async function nativeTouchers(s: Scenario, mem: Memfd, uffd: Userfaultfd, orders
 
 interface TouchDone {
   latencyNs: Float64Array;
+  touchCpus: Int32Array;
   checksum: number;
   wallNs: number;
 }
 
 /** Handler on this thread's event loop; a worker maps the memfd and touches its pages. */
-async function workerToucher(s: Scenario, mem: Memfd, uffd: Userfaultfd, orders: Uint32Array[], cpus: { handler: number; touchers: number[] }, pageSize: number): Promise<ScenarioResult> {
+async function workerToucher(mem: Memfd, uffd: Userfaultfd, orders: Uint32Array[], cpus: { handler: number; touchers: number[] }, pageSize: number): Promise<Rep> {
   const worker = startWorker({ role: 'toucher', fd: mem.fd, hugePageSize: mem.hugetlb ? mem.pageSize : undefined });
   const handler = new FaultHandler(uffd, { memfd: mem, fetch: failFetch, mode: 'event-loop' });
   try {
@@ -206,12 +328,17 @@ async function workerToucher(s: Scenario, mem: Memfd, uffd: Userfaultfd, orders:
     bench.pinSelf(cpus.handler);
     handler.start();
     const done = nextMessage<TouchDone>(worker);
+    const watch = new HandlerWatch([process.pid]);
     worker.postMessage({ order: orders[0], cpu: cpus.touchers[0] });
     const r = await done;
+    const h = watch.end();
     await handler.stop();
     const stats = handler.stats();
-    return { ...finish(s, pageSize, cpus, orders, [r.latencyNs], r.checksum, stats.faults, stats.resolved, r.wallNs),
-      handlerUs: { p50: stats.latencyUs.p50, p99: stats.latencyUs.p99 } };
+    return rep(orders, {
+      latencyNs: [r.latencyNs], touchCpus: [r.touchCpus], checksum: r.checksum, wallNs: r.wallNs, messages: stats.faults, resolved: stats.resolved,
+      colocated: colocatedFraction(orders, [r.touchCpus], () => h.cpus[0]), handlerMoved: h.moved, handlerCpuNs: h.cpuNs,
+      handlerUs: { p50: stats.latencyUs.p50, p99: stats.latencyUs.p99 },
+    }, true);
   } finally {
     bench.pinSelf(-1);
     await handler.stop();
@@ -220,7 +347,7 @@ async function workerToucher(s: Scenario, mem: Memfd, uffd: Userfaultfd, orders:
 }
 
 /** Handler inside a worker_thread; this (main) thread touches its own view. */
-async function workerHandler(s: Scenario, mem: Memfd, orders: Uint32Array[], cpus: { handler: number; touchers: number[] }, pageSize: number): Promise<ScenarioResult> {
+async function workerHandler(mem: Memfd, orders: Uint32Array[], cpus: { handler: number; touchers: number[] }, pageSize: number): Promise<Rep> {
   const view = mem.map();
   view.advise('random');
   const worker = startWorker({
@@ -228,19 +355,22 @@ async function workerHandler(s: Scenario, mem: Memfd, orders: Uint32Array[], cpu
     address: view.address, length: view.length, cpu: cpus.handler,
   });
   try {
-    const ready = await nextMessage<{ ready: true } | { error: string }>(worker);
+    const ready = await nextMessage<{ ready: true; tid: number } | { error: string }>(worker);
     if ('error' in ready) throw new Error(`worker handler: ${ready.error}`);
     bench.pinSelf(cpus.touchers[0]);
-    const t0 = process.hrtime.bigint();
+    const watch = new HandlerWatch([ready.tid]);
     // Blocks this thread in each fault until the worker's loop resolves it.
     const r = bench.touchHere(view.buffer, pageSize, orders[0]);
-    const wall = Number(process.hrtime.bigint() - t0);
+    const h = watch.end();
     bench.pinSelf(-1);
     const stopped = nextMessage<{ faults: number; resolved: number; errors: number; p50: number; p99: number }>(worker);
     worker.postMessage('stop');
     const stats = await stopped;
-    return { ...finish(s, pageSize, cpus, orders, [r.latencyNs], r.checksum, stats.faults, stats.resolved, wall, stats.errors ? `${stats.errors} fetch errors` : undefined),
-      handlerUs: { p50: stats.p50, p99: stats.p99 } };
+    return rep(orders, {
+      latencyNs: [r.latencyNs], touchCpus: [r.touchCpus], checksum: r.checksum, wallNs: r.wallNs, messages: stats.faults, resolved: stats.resolved,
+      colocated: colocatedFraction(orders, [r.touchCpus], () => h.cpus[0]), handlerMoved: h.moved, handlerCpuNs: h.cpuNs,
+      handlerUs: { p50: stats.p50, p99: stats.p99 }, note: stats.errors ? `${stats.errors} fetch errors` : undefined,
+    }, true);
   } finally {
     bench.pinSelf(-1);
     await worker.terminate();
@@ -266,6 +396,8 @@ export interface BulkRow {
   /** Rate of the median repetition. */
   medianPagesPerSec: number;
   checksOk: boolean;
+  /** Every repetition, ns, in the order measured (POPULATE_READ and CONTINUE interleaved). */
+  ns: number[];
 }
 
 const median = (values: ArrayLike<number>): number => {
@@ -279,7 +411,7 @@ function bulkRow(page: PageKind, method: BulkRow['method'], by: BulkRow['by'], p
   const bytes = pages * pageSize;
   return {
     id: `${page}/bulk/${method}/${by}`, page, method, by, pageSize, pages, bytes, reps: ns.length, medianNs: med, bestNs: best,
-    pagesPerSec: pages / (best / 1e9), gibPerSec: bytes / 2 ** 30 / (best / 1e9), medianPagesPerSec: pages / (med / 1e9), checksOk,
+    pagesPerSec: pages / (best / 1e9), gibPerSec: bytes / 2 ** 30 / (best / 1e9), medianPagesPerSec: pages / (med / 1e9), checksOk, ns: Array.from(ns),
   };
 }
 

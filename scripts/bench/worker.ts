@@ -51,7 +51,7 @@ if (data.role === 'handler') {
       mem.close();
       port.postMessage({ faults: stats.faults, resolved: stats.resolved, errors: stats.errors, p50: stats.latencyUs.p50, p99: stats.latencyUs.p99 });
     });
-    port.postMessage({ ready: true });
+    port.postMessage({ ready: true, tid: bench.gettid() });
   } catch (err) {
     port.postMessage({ error: (err as Error).message });
   }
@@ -61,11 +61,9 @@ if (data.role === 'handler') {
   port.postMessage({ address: view.address, length: view.length });
   port.once('message', (msg: { order: Uint32Array; cpu: number }) => {
     bench.pinSelf(msg.cpu);
-    const t0 = process.hrtime.bigint();
     const r = bench.touchHere(view.buffer, mem.pageSize, msg.order);
-    const wallNs = Number(process.hrtime.bigint() - t0);
     view.unmap();
     mem.close();
-    port.postMessage({ latencyNs: r.latencyNs, checksum: r.checksum, wallNs });
+    port.postMessage({ latencyNs: r.latencyNs, touchCpus: r.touchCpus, checksum: r.checksum, wallNs: r.wallNs });
   });
 }

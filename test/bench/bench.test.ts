@@ -6,9 +6,12 @@ import { execFile, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 
 import { PAGE_SIZE } from '../../lib/index';
+import { compareRuns, makeTarget, pairRatios, RowResult } from '../../scripts/bench/analysis';
+import type { Rep } from '../../scripts/bench/scenarios';
+import { bootstrap, median, medianInterval, pooledQuantile, pooledRatioInterval, prng, verdict } from '../../scripts/bench/stats';
 import { itWith, root, waitFor } from '../helpers';
 
 const dir = mkdtempSync(join(tmpdir(), 'uffd-bench-test-'));
@@ -24,7 +27,81 @@ function runBench(args: string[]): Promise<{ code: number; stdout: string; stder
   });
 }
 
-const MODES = ['floor', 'c-reference', 'native-resolver', 'event-loop+native-toucher', 'event-loop+worker-toucher', 'worker-handler+main-toucher'];
+const MODES = ['floor', 'c-reference', 'c-reference+spin', 'native-resolver', 'event-loop+native-toucher', 'event-loop+worker-toucher', 'worker-handler+main-toucher'];
+const INTERVAL = { value: expect.any(Number), lo: expect.any(Number), hi: expect.any(Number), n: expect.any(Number) };
+
+// Synthetic repetitions: `n` latencies around `center` ns (deterministic).
+function synthRep(center: number, n: number, seed: number, colocated: number | null = 1): Rep {
+  const rand = prng(seed);
+  const lat = Float64Array.from({ length: n }, () => center * (0.9 + 0.2 * rand()));
+  return { latencyNs: [lat], touchCpus: [new Int32Array(n)], colocated, wallNs: lat.reduce((a, b) => a + b, 0), faults: n, touched: n, messages: n, resolved: n, checksumOk: true, handlerCpuNs: null };
+}
+
+describe('bench statistics (pure functions)', () => {
+  it('the bootstrap interval holds the value, is reproducible with its seed, and narrows with more pairs', () => {
+    const rand = prng(7);
+    const few = Array.from({ length: 6 }, () => 1 + 0.2 * (rand() - 0.5));
+    const many = Array.from({ length: 60 }, () => 1 + 0.2 * (rand() - 0.5));
+    const a = medianInterval(few);
+    expect(a).toEqual(medianInterval(few));
+    expect(a.lo).toBeLessThanOrEqual(a.value);
+    expect(a.hi).toBeGreaterThanOrEqual(a.value);
+    expect(a.value).toBe(median(few));
+    const b = medianInterval(many);
+    expect(b.hi - b.lo).toBeLessThan(a.hi - a.lo);
+    // Identical pairs: no spread at all.
+    expect(medianInterval([1.2, 1.2, 1.2, 1.2, 1.2])).toEqual({ value: 1.2, lo: 1.2, hi: 1.2, n: 5 });
+    // The statistic sees resamples drawn with repetition from the n items.
+    const seen = new Set<number>();
+    bootstrap(4, (idx) => { idx.forEach((i) => seen.add(i)); return 0; }, 1, 50);
+    expect([...seen].sort()).toEqual([0, 1, 2, 3]);
+  });
+
+  it('pooledQuantile equals the quantile of the concatenated repetitions, repetitions counted as often as drawn', () => {
+    const rand = prng(3);
+    const reps = Array.from({ length: 5 }, () => Float64Array.from({ length: 200 }, () => rand() * 1000).sort());
+    for (const idx of [[0, 1, 2, 3, 4], [1, 1, 4, 0, 0], [2, 2, 2, 2, 2]])
+      for (const q of [0.5, 0.99, 0.999]) {
+        const all = Float64Array.from(idx.flatMap((i) => Array.from(reps[i]))).sort();
+        expect(pooledQuantile(reps, idx, q), `${idx} ${q}`).toBe(all[Math.ceil(q * all.length) - 1]);
+      }
+    const same = pooledRatioInterval(reps, reps, 0.99);
+    expect(same).toMatchObject({ value: 1, lo: 1, hi: 1 });
+  });
+
+  it('verdict: met only when the whole interval is under the target, missed only when it is all over, else inconclusive', () => {
+    expect(verdict({ lo: 0.9, hi: 1.04 }, 1.05)).toBe('met');
+    expect(verdict({ lo: 1.06, hi: 1.2 }, 1.05)).toBe('missed');
+    expect(verdict({ lo: 1.0, hi: 1.1 }, 1.05)).toBe('inconclusive');
+    expect(verdict({ lo: 0.95, hi: 1.3 }, 0.9, true)).toBe('met');
+    expect(verdict({ lo: 0.5, hi: 0.8 }, 0.9, true)).toBe('missed');
+    expect(verdict({ lo: 0.85, hi: 0.95 }, 0.9, true)).toBe('inconclusive');
+    // Too few pairs: never a verdict.
+    expect(verdict({ lo: 0.9, hi: 1.0, n: 3 }, 1.05)).toBe('inconclusive');
+    const t = makeTarget('t', 1.05, false, [{ row: 'a', interval: { value: 1, lo: 0.95, hi: 1.02, n: 9 } }, { row: 'b', interval: { value: 1.1, lo: 1.01, hi: 1.2, n: 9 } }]);
+    expect(t.verdict).toBe('inconclusive');
+    expect(makeTarget('t', 1.05, false, [{ row: 'a', interval: { value: 1, lo: 0.95, hi: 1.02, n: 9 } }, { row: 'b', interval: { value: 1.3, lo: 1.2, hi: 1.4, n: 9 } }]).verdict).toBe('missed');
+    expect(makeTarget('t', 1.05, false, [], 'not here')).toMatchObject({ verdict: null, reason: 'not here' });
+  });
+
+  it('synthetic rows: a 1.2x slower library is missed against 1.05x and met against 1.3x; unpinned pairs that landed differently are left out', () => {
+    const ref = Array.from({ length: 9 }, (_, i) => synthRep(20_000, 300, i));
+    const lib = Array.from({ length: 9 }, (_, i) => synthRep(24_000, 300, 100 + i));
+    const r = pairRatios(lib, ref, 'c-reference');
+    expect(r).toMatchObject({ pairs: 9, unmatched: 0, p50: INTERVAL, p99: INTERVAL, p999: INTERVAL, throughput: INTERVAL, perPage: INTERVAL });
+    expect(r.p50!.value).toBeCloseTo(1.2, 1);
+    expect(verdict(r.p50!, 1.05)).toBe('missed');
+    expect(verdict(r.p50!, 1.3)).toBe('met');
+    const split = lib.map((x, i) => (i < 4 ? { ...x, colocated: 0 } : x));
+    expect(pairRatios(split, ref, 'c-reference')).toMatchObject({ pairs: 5, unmatched: 4 });
+  });
+
+  it('compareRuns flags a row worse only when the intervals do not overlap', () => {
+    const row = (id: string, lo: number, hi: number) => ({ id, ratios: { p50: { value: (lo + hi) / 2, lo, hi, n: 9 }, p99: null, p999: null, throughput: null, perPage: null } }) as unknown as RowResult;
+    const d = compareRuns({ rows: [row('a', 1.3, 1.4), row('b', 1.0, 1.1), row('c', 0.7, 0.8)] }, { rows: [row('a', 1.0, 1.1), row('b', 1.05, 1.15), row('c', 1.0, 1.1)] });
+    expect(d.map((x) => [x.row, x.call])).toEqual([['a', 'worse'], ['b', 'within noise'], ['c', 'better']]);
+  });
+});
 
 describe('npm run bench -- --smoke', () => {
   itWith(['minorShmem', 'minorHugetlbfs', 'threadId'], 'reports every scenario with all faults resolved, and restores vm.nr_hugepages', async () => {
@@ -39,51 +116,76 @@ describe('npm run bench -- --smoke', () => {
 
     const report = JSON.parse(readFileSync(jsonPath, 'utf8'));
     expect(report).toMatchObject({
-      version: 1,
-      options: { smoke: true },
+      version: 2,
+      options: { smoke: true, reps: expect.any(Number), bootstrap: { resamples: expect.any(Number), seed: expect.any(Number), level: 0.95 } },
+      library: { spinUs: expect.any(Boolean), threads: expect.any(Boolean) },
       machine: { kernel: expect.any(String), cpus: expect.any(Number), pageSize: PAGE_SIZE, node: process.version },
     });
     // Huge pages could be reserved here (root, 24 GiB): the 2 MiB rows must exist.
     expect(report.machine.hugePages.available).toBeGreaterThan(0);
 
-    const scenarios: Record<string, any>[] = report.scenarios;
+    const rows: Record<string, any>[] = report.rows;
     for (const page of ['4k', '2m'])
-      for (const mode of MODES) expect(scenarios.some((s) => s.page === page && s.mode === mode), `${page} ${mode}`).toBe(true);
-    expect(new Set(scenarios.filter((s) => s.mode === 'c-reference').map((s) => s.threads))).toEqual(new Set([1, 2, 4]));
-    expect(new Set(scenarios.map((s) => s.order))).toEqual(new Set(['seq', 'random']));
+      for (const mode of MODES) expect(rows.some((s) => s.page === page && s.mode === mode), `${page} ${mode}`).toBe(true);
+    expect(new Set(rows.filter((s) => s.mode === 'c-reference').map((s) => s.threads))).toEqual(new Set([1, 2, 4, 8]));
+    expect(new Set(rows.map((s) => s.order))).toEqual(new Set(['seq', 'random']));
+    expect(new Set(rows.map((s) => s.placement))).toEqual(new Set(['same', 'diff', 'unpinned']));
+    expect(rows.some((s) => s.kind === 'scan' && s.mode === 'native-resolver+map-ahead')).toBe(true);
+    expect(new Set(rows.map((s) => s.id)).size).toBe(rows.length);
 
-    for (const s of scenarios) {
+    for (const s of rows) {
       const where = s.id;
       expect(s.error, where).toBeUndefined();
-      expect(s.faults, where).toBe(s.pages);
+      expect(s.reps, where).toBe(report.options.reps);
+      expect(s.faults, where).toBe(s.pagesPerRep * s.reps);
       expect(s.touched, where).toBe(s.faults);
       expect(s.latency.count, where).toBe(s.faults);
       expect(s.checksumOk, where).toBe(true);
-      if (s.mode === 'floor') expect(s.messages, where).toBe(0);
+      if (s.mode.startsWith('floor')) expect([s.messages, s.colocated], where).toEqual([0, null]);
       else {
-        // Each first touch is one MINOR fault the handler read and answered.
-        expect(s.messages, where).toBeGreaterThanOrEqual(s.faults);
+        // Each first touch is one MINOR fault the handler read and answered (mapAhead: one message maps many).
+        if (s.mode !== 'native-resolver+map-ahead') expect(s.messages, where).toBeGreaterThanOrEqual(s.faults);
         expect(s.resolved, where).toBeGreaterThanOrEqual(s.faults);
+        expect(s.colocated, where).toEqual(expect.any(Number));
+        if (s.placement === 'same') expect(s.colocated, where).toBe(1);
+        if (s.placement === 'diff') expect(s.colocated, where).toBe(0);
+        expect(s.handlerCpuUsPerFault, where).toEqual(expect.any(Number));
       }
       expect(s.allResolved, where).toBe(true);
       for (const key of ['p50', 'p90', 'p99', 'p999', 'max']) expect(s.latency[key], `${where} ${key}`).toEqual(expect.any(Number));
       expect(s.latency.cdf.length, where).toBeGreaterThan(2);
-      expect(Object.keys(s.ratios).sort(), where).toEqual(['p50', 'p99', 'throughput']);
-      if (s.mode === 'c-reference') expect(s.ratios.p50, where).toBe(1);
+      expect(s.ratios, where).toMatchObject({ reference: expect.any(String), pairs: expect.any(Number), unmatched: expect.any(Number) });
+      for (const key of ['p50', 'p99', 'p999', 'throughput', 'perPage'])
+        if (s.ratios[key] !== null) {
+          expect(s.ratios[key], `${where} ${key}`).toMatchObject(INTERVAL);
+          expect(s.ratios[key].lo, `${where} ${key}`).toBeLessThanOrEqual(s.ratios[key].hi);
+        }
+      if (s.mode === s.ratios.reference) expect(s.ratios.p50, where).toMatchObject({ value: 1, lo: 1, hi: 1 });
+      if (s.placement === 'unpinned' && s.mode !== s.ratios.reference && s.colocated !== null) expect(s.byColocation, where).toBeDefined();
     }
 
     const bulk: Record<string, any>[] = report.bulk;
     for (const page of ['4k', '2m'])
       for (const [method, by] of [['continue', 'C'], ['populate-read', 'C'], ['continue', 'library'], ['populate-read', 'library']])
-        expect(bulk.find((b) => b.page === page && b.method === method && b.by === by), `${page} ${method} ${by}`).toMatchObject({ checksOk: true, pagesPerSec: expect.any(Number) });
-    expect(report.targets).toHaveLength(3);
+        expect(bulk.find((b) => b.page === page && b.method === method && b.by === by), `${page} ${method} ${by}`).toMatchObject({ checksOk: true, pagesPerSec: expect.any(Number), vsPopulateRead: INTERVAL });
+    expect(report.targets).toHaveLength(9);
+    for (const t of report.targets) {
+      expect(t, t.name).toMatchObject({ name: expect.any(String), limit: expect.any(Number), atLeast: expect.any(Boolean) });
+      expect([null, 'met', 'missed', 'inconclusive'], t.name).toContain(t.verdict);
+      // Three repetition pairs are too few to judge: a smoke run never says met or missed.
+      for (const c of t.checks) expect([c.verdict, c.n], `${t.name} ${c.row}`).toEqual(['inconclusive', expect.any(Number)]);
+    }
 
-    expect(run.stdout).toMatch(/^\| scenario \| page \| placement \|/m);
+    expect(run.stdout).toMatch(/^\| row \| page \| placement \|/m);
     // A small run must say it is no measurement, before and after the tables.
     expect(run.stderr).toContain('SMOKE TEST, NOT A MEASUREMENT');
     expect(run.stdout).toContain('SMOKE TEST, NOT A MEASUREMENT');
-    expect(run.stdout).toMatch(/\(quick run: not judged/);
+    expect(run.stdout).toMatch(/inconclusive: noise/);
+    expect(run.stdout).toMatch(/p50 ×ref \[95%\]/);
     expect(report.incomplete).toBeUndefined();
+    const ratios = readFileSync(join(reportDir, 'ratios.svg'), 'utf8');
+    expect(ratios).toMatch(/^<svg[^>]*>/);
+    expect(ratios).toContain('native resolver');
     const svg = readFileSync(join(reportDir, 'latency-cdf.svg'), 'utf8');
     expect(svg).toMatch(/^<svg[^>]*>/);
     expect(svg).toContain('C reference');
@@ -106,9 +208,9 @@ describe('bench output files', () => {
       await exited;
     }
     const partial = JSON.parse(readFileSync(jsonPath, 'utf8'));
-    expect(partial.incomplete).toMatch(/^stopped after \d+ of \d+ scenarios$/);
-    expect(partial.scenarios.length).toBeGreaterThanOrEqual(1);
-    for (const s of partial.scenarios) expect([s.id, s.allResolved]).toEqual([s.id, true]);
+    expect(partial.incomplete).toMatch(/^stopped after \d+ of \d+ cells$/);
+    expect(partial.rows.length).toBeGreaterThanOrEqual(1);
+    for (const s of partial.rows) expect([s.id, s.allResolved]).toEqual([s.id, true]);
   }, 90_000);
 
   itWith(['minorShmem', 'threadId'], '--markdown FILE replaces only what stands between the bench markers of a file that has them', async () => {
@@ -124,10 +226,15 @@ describe('bench output files', () => {
     expect(after.startsWith('# Benchmark\n\nintro\n\n<!-- bench:begin')).toBe(true);
     expect(after.endsWith('<!-- bench:end -->\n\noutro\n')).toBe(true);
     expect(after).not.toContain('old table');
-    expect(after).toMatch(/^\| C reference \| 4k \| same \|/m);
+    expect(after).toMatch(/^\| native resolver \| 4k \| same \|/m);
     // A file without markers is written whole, in a directory created for it.
     const fresh = join(dir, 'new', 'dir', 'bench.md');
     expect((await runBench(['--from', jsonPath, '--markdown', fresh])).code).toBe(0);
     expect(readFileSync(fresh, 'utf8')).toMatch(/^> QUICK RUN = SMOKE TEST/);
+    // --compare against itself: every row within noise; --check exits 1 only on a missed target (none in a smoke run).
+    const compared = await runBench(['--from', jsonPath, '--compare', jsonPath, '--check']);
+    expect(compared.code).toBe(0);
+    expect(compared.stdout).toMatch(/compare with .*: 0 worse, 0 better, \d+ within noise/);
+    expect(compared.stdout).toMatch(/4k\/native-resolver\/same\/seq\/1t\s+p50/);
   }, 90_000);
 });
