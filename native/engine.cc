@@ -199,16 +199,24 @@ int Engine::Finish(int rc, const Fault& fault, uint64_t page, uint64_t ps) {
   return rc;
 }
 
-int Engine::ServePresent(const Fault& fault) {
-  Region region;
-  if (!Find(fault.address, &region)) {
+bool Engine::Locate(const Fault& fault, Located* at) {
+  if (!Find(fault.address, &at->region)) {
+    // Outside every view now (unmapped, moved): woken, it faults again if still registered.
     Count(kUntracked);
     Wake(fault.address & ~(page_size_ - 1), page_size_);
-    return -ENOENT;
+    return false;
   }
-  const uint64_t ps = region.page_size;
-  const uint64_t address = fault.address & ~(ps - 1);
-  const uint64_t page = PageOf(region, address);
+  at->ps = at->region.page_size;
+  at->address = fault.address & ~(at->ps - 1);
+  at->page = PageOf(at->region, at->address);
+  return true;
+}
+
+int Engine::ServePresent(const Fault& fault) {
+  Located at;
+  if (!Locate(fault, &at)) return -ENOENT;
+  const Region& region = at.region;
+  const uint64_t ps = at.ps, address = at.address, page = at.page;
   if (!Present(page)) {
     Defer(fault);
     return -EAGAIN;
@@ -226,15 +234,9 @@ int Engine::ServePresent(const Fault& fault) {
 }
 
 int Engine::ServeCopy(const Fault& fault, const uint8_t* bytes) {
-  Region region;
-  if (!Find(fault.address, &region)) {
-    Count(kUntracked);
-    Wake(fault.address & ~(page_size_ - 1), page_size_);
-    return -ENOENT;
-  }
-  const uint64_t ps = region.page_size;
-  const uint64_t address = fault.address & ~(ps - 1);
-  const uint64_t page = PageOf(region, address);
+  Located at;
+  if (!Locate(fault, &at)) return -ENOENT;
+  const uint64_t ps = at.ps, address = at.address, page = at.page;
   int rc;
   if (bytes == nullptr && ps == static_cast<uint64_t>(sysconf(_SC_PAGESIZE))) {
     struct uffdio_zeropage z = {};
@@ -368,17 +370,10 @@ void Engine::LoopThreadFault(const Fault& fault, const Region& region, const Gua
 }
 
 void Engine::Serve(const Fault& fault, const Guard& guard, std::vector<double>* out) {
-  Region region;
-  if (!Find(fault.address, &region)) {
-    // Unmapped or moved since the fault was raised: woken, it faults again
-    // with a fresh address if the range is still registered.
-    Count(kUntracked);
-    Wake(fault.address & ~(page_size_ - 1), page_size_);
-    return;
-  }
-  const uint64_t ps = region.page_size;
-  const uint64_t address = fault.address & ~(ps - 1);
-  const uint64_t page = PageOf(region, address);
+  Located at;
+  if (!Locate(fault, &at)) return;
+  const Region& region = at.region;
+  const uint64_t ps = at.ps, address = at.address, page = at.page;
   if (Present(page)) {
     int rc = ServePresent(fault);
     // Counted once per fault that needed no policy, when it is answered (a

@@ -164,6 +164,13 @@ class Engine {
 
  private:
   bool Find(uint64_t address, Region* out);
+  // Where a fault lands: its view, the view's page size, the page's address
+  // and bitmap index. False (and the faulter woken) when no view holds it.
+  struct Located {
+    Region region;
+    uint64_t ps, address, page;
+  };
+  bool Locate(const Fault& fault, Located* at);
   void Serve(const Fault& fault, const Guard& guard, std::vector<double>* out);
   // CONTINUE [start, end) with EEXIST pages skipped, partial progress
   // resumed, and one WAKE owed for whatever DONTWAKE left asleep. Returns 0
