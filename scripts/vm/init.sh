@@ -12,6 +12,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 echo "UFFD-VM: init $(uname -r) $(uname -m)"
+# Loopback: tests serve and connect on 127.0.0.1 (migration source, sockets).
+ifconfig lo 127.0.0.1 up 2>/dev/null || ip link set lo up 2>/dev/null || echo "UFFD-VM: loopback not up"
 
 while read -r m; do
   insmod "/modules/$m" 2>/dev/null || echo "UFFD-VM: insmod $m failed"

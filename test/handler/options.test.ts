@@ -4,6 +4,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { FaultHandler, Memfd, MigrationDestination, PAGE_SIZE, Userfaultfd } from '../../lib/index';
+import { itWith } from '../helpers';
 import { cleanupAfterEach } from './util';
 
 const { open } = cleanupAfterEach();
@@ -29,7 +30,7 @@ describe('renamed options are refused, naming the replacement', () => {
     expect([handler.present.has(0), handler.present.has(1)]).toEqual([false, true]);
   });
 
-  it("an error policy answering 'zero-fill' stops the handler with the rename, not a silent wrong action", async () => {
+  itWith(['minorShmem'], "an error policy answering 'zero-fill' stops the handler with the rename, not a silent wrong action", async () => {
     const { mem, uffd } = fixture();
     mem.write(0, Buffer.alloc(PAGE_SIZE, 1));
     const view = mem.map();
