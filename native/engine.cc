@@ -215,6 +215,10 @@ bool Engine::Locate(const Fault& fault, Located* at) {
 int Engine::ServePresent(const Fault& fault) {
   Located at;
   if (!Locate(fault, &at)) return -ENOENT;
+  return ServeLocated(fault, at);
+}
+
+int Engine::ServeLocated(const Fault& fault, const Located& at) {
   const Region& region = at.region;
   const uint64_t ps = at.ps, address = at.address, page = at.page;
   if (!Present(page)) {
@@ -375,7 +379,7 @@ void Engine::Serve(const Fault& fault, const Guard& guard, std::vector<double>* 
   const Region& region = at.region;
   const uint64_t ps = at.ps, address = at.address, page = at.page;
   if (Present(page)) {
-    int rc = ServePresent(fault);
+    int rc = ServeLocated(fault, at);
     // Counted once per fault that needed no policy, when it is answered (a
     // deferred one is retried, and counted when the retry answers it).
     if (rc == 0 && !fault.fetched) Count(kAlreadyPresent);

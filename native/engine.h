@@ -171,6 +171,8 @@ class Engine {
     uint64_t ps, address, page;
   };
   bool Locate(const Fault& fault, Located* at);
+  // ServePresent for a fault already located (the batch path looked it up once).
+  int ServeLocated(const Fault& fault, const Located& at);
   void Serve(const Fault& fault, const Guard& guard, std::vector<double>* out);
   // CONTINUE [start, end) with EEXIST pages skipped, partial progress
   // resumed, and one WAKE owed for whatever DONTWAKE left asleep. Returns 0
