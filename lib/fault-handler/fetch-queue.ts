@@ -70,8 +70,15 @@ export class FetchQueue {
       fault: { address, offset, page, write: (flags & 1) !== 0, minor: (flags & 4) !== 0, threadId: tid, attempt: 0 },
       waiters: [address, flags, tid, time],
     };
-    this.#waiting.set(page, fresh);
     const shared = this.#present.inflight.get(page);
+    if (shared === undefined && !this.#failing && this.#active < this.#concurrency) {
+      // The common case starts at once, and the page enters the waiting map
+      // only if its fetch turns out asynchronous: a synchronous one is done
+      // before any other fault on the page can be read.
+      this.#start(fresh);
+      return;
+    }
+    this.#waiting.set(page, fresh);
     if (shared !== undefined) {
       // Another handler over the same memfd is fetching this page.
       this.#active++;
@@ -149,27 +156,44 @@ export class FetchQueue {
   #start(p: Pending): void {
     this.#active++;
     const page = p.fault.page;
-    const fetching = (async () => this.#fetch(p.fault, this.#context))();
-    const settled = fetching.then(() => undefined);
+    let result: void | Promise<void>;
+    try {
+      result = this.#fetch(p.fault, this.#context);
+    } catch (err) {
+      this.#waiting.set(page, p);
+      this.#settled(p, () => void this.#failed(p, err));
+      return;
+    }
+    if (!isThenable(result)) {
+      // A synchronous fetch (content already at hand) is served at once: no
+      // promise, no closure, nothing for the collector, and no other handler
+      // could have looked for it in flight meanwhile.
+      if (!this.#abandoned) this.#fetched(p);
+      return;
+    }
+    this.#waiting.set(page, p);
+    const settled = Promise.resolve(result).then(() => undefined);
     this.#present.inflight.set(page, settled);
     settled.catch(() => {});
     const forget = () => {
       if (this.#present.inflight.get(page) === settled) this.#present.inflight.delete(page);
     };
-    fetching.then(
+    settled.then(
       () => {
         forget();
-        this.#settled(p, () => {
-          this.#counts.fetched++;
-          this.#present.markPage(page);
-          this.#done(p);
-        });
+        this.#settled(p, () => this.#fetched(p));
       },
       (err: unknown) => {
         forget();
         this.#settled(p, () => void this.#failed(p, err));
       },
     );
+  }
+
+  #fetched(p: Pending): void {
+    this.#counts.fetched++;
+    this.#present.markPage(p.fault.page);
+    this.#done(p);
   }
 
   /** The page is present: hand it to the handler, free the slot. */
@@ -230,4 +254,8 @@ export class FetchQueue {
         this.#pump();
     }
   }
+}
+
+function isThenable(value: unknown): value is PromiseLike<void> {
+  return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof (value as PromiseLike<void>).then === 'function';
 }

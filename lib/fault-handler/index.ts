@@ -236,6 +236,7 @@ export class FaultHandler implements AsyncDisposable {
     }
     if (this.present.has(page)) {
       // Made present since the engine looked (a fetch finished meanwhile).
+      this.#counts.presentOnArrival++;
       this.#serve(address, flags, tid, time);
       return;
     }

@@ -13,6 +13,8 @@ const BUCKETS = LAYOUT.buckets.linear + LAYOUT.buckets.log;
 export interface PolicyCounts {
   fetched: number;
   duplicatesMerged: number;
+  /** Faults the engine handed over as absent whose page a fetch made present before the policy looked. */
+  presentOnArrival: number;
   errors: number;
   zeroFilled: number;
   remove: number;
@@ -22,7 +24,7 @@ export interface PolicyCounts {
 }
 
 export function newPolicyCounts(): PolicyCounts {
-  return { fetched: 0, duplicatesMerged: 0, errors: 0, zeroFilled: 0, remove: 0, unmap: 0, remap: 0, fork: 0 };
+  return { fetched: 0, duplicatesMerged: 0, presentOnArrival: 0, errors: 0, zeroFilled: 0, remove: 0, unmap: 0, remap: 0, fork: 0 };
 }
 
 /** Lowest latency (µs) bucket `b` holds: one µs per bucket, then powers of two. */
@@ -70,7 +72,7 @@ export function handlerStats(engine: Float64Array, counts: PolicyCounts, nativeM
     resolved: engine[STAT.resolved],
     fetched: counts.fetched,
     duplicatesMerged: counts.duplicatesMerged,
-    alreadyPresent: engine[STAT.alreadyPresent],
+    alreadyPresent: engine[STAT.alreadyPresent] + counts.presentOnArrival,
     mapAheadPages: engine[STAT.mapAheadPages],
     errors: counts.errors,
     zeroFilled: counts.zeroFilled,

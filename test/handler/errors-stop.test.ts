@@ -51,6 +51,38 @@ for (const mode of ['event-loop', 'native'] as const) {
       expectPages(new Uint8Array(guest.buffer), all(pages));
     });
 
+    itWith(['minorShmem', 'threadId'], 'synchronous and asynchronous fetches mix: each page fetched once, throws retried, duplicates merged', async () => {
+      // A fetch that returns (not a promise) is served on the spot, without the
+      // waiting map; one that returns a promise goes the long way. Both must
+      // keep one fetch per page while three threads fault the same pages and
+      // only two fetches may run at once.
+      const pages = 384;
+      const { mem, uffd, guest } = setup(pages);
+      const calls = new Map<number, number[]>();
+      const handler = new FaultHandler(uffd, {
+        memfd: mem, mode, concurrency: 2,
+        fetch(f) {
+          calls.set(f.page, [...(calls.get(f.page) ?? []), f.attempt]);
+          if (f.page % 7 === 2 && f.attempt === 0) throw new Error(`synchronous failure ${f.page}`);
+          if (f.page % 5 === 1) return delay(1).then(() => { mem.write(f.offset, pageContent(f.page)); });
+          mem.write(f.offset, pageContent(f.page));
+          return undefined;
+        },
+        onError: () => 'retry' as const,
+      });
+      handlers.push(handler);
+      handler.attach(guest).start();
+      await Promise.all([1, 2, 3].map((s) => touchPages(guest, shuffled(pages, rng(s)))));
+      for (const p of all(pages)) expect(calls.get(p), `page ${p}`).toEqual(p % 7 === 2 ? [0, 1] : [0]);
+      const stats = await settledStats(handler);
+      expect(stats.fetched).toBe(pages);
+      expect(stats.errors).toBe(all(pages).filter((p) => p % 7 === 2).length);
+      expect(stats.resolved).toBe(stats.faults);
+      expect(stats.faults).toBe(pages + stats.duplicatesMerged + stats.alreadyPresent);
+      expect(handler.present.inflight.size).toBe(0);
+      expectPages(new Uint8Array(guest.buffer), all(pages));
+    });
+
     itWith(['minorShmem', 'threadId'], "'zero' maps zeros for the failed page only", async () => {
       const pages = 64;
       const { mem, uffd, guest } = setup(pages);
