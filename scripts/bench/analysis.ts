@@ -52,6 +52,8 @@ export interface RowResult {
   /** Repetitions during which the library's handler thread changed CPU. */
   handlerMoved: number;
   handlerUs?: { p50: number; p99: number };
+  /** Event-loop rows: collections of the handler's isolate while it served, all repetitions together. */
+  handlerGc?: { collections: number; perThousandFaults: number; pauseMs: number; maxPauseMs: number };
   ratios: RowRatios | null;
   /** Spinning rows: against the spinning C reference. */
   vsSpin?: RowRatios | null;
@@ -131,6 +133,8 @@ export function cellRows(cell: Cell, pageSize: number, reps: Map<Mode, Rep[]>, e
     const colocated = list.filter((r) => r.colocated !== null).map((r) => r.colocated!);
     const notes = [...new Set(list.map((r) => r.note).filter(Boolean))];
     const withHandler = list.filter((r) => r.handlerUs);
+    const withGc = list.filter((r) => r.gc);
+    const gcFaults = withGc.reduce((n, r) => n + r.faults, 0);
     const row: RowResult = {
       id: rowId(cell, mode), cell: cell.id, kind: cell.kind, mode, page: cell.page, placement: cell.placement, order: cell.order,
       threads: cell.threads, handlers: cell.handlers, pageSize, pagesPerRep: cell.pages, reps: list.length,
@@ -144,6 +148,14 @@ export function cellRows(cell: Cell, pageSize: number, reps: Map<Mode, Rep[]>, e
       colocated: colocated.length ? colocated.reduce((a, b) => a + b, 0) / colocated.length : null,
       handlerMoved: list.filter((r) => r.handlerMoved).length,
       ...(withHandler.length ? { handlerUs: { p50: median(withHandler.map((r) => r.handlerUs!.p50)), p99: median(withHandler.map((r) => r.handlerUs!.p99)) } } : {}),
+      ...(withGc.length ? {
+        handlerGc: {
+          collections: withGc.reduce((n, r) => n + r.gc!.count, 0),
+          perThousandFaults: gcFaults ? (1000 * withGc.reduce((n, r) => n + r.gc!.count, 0)) / gcFaults : 0,
+          pauseMs: withGc.reduce((n, r) => n + r.gc!.ms, 0),
+          maxPauseMs: Math.max(...withGc.map((r) => r.gc!.maxMs)),
+        },
+      } : {}),
       ratios: list.length && ref.length ? pairRatios(list, ref, cell.reference, seed) : null,
       ...(notes.length ? { note: notes.join('; ') } : {}),
       ...(errors.has(mode) ? { error: errors.get(mode) } : {}),

@@ -162,6 +162,19 @@ function placementLine(): string {
   return `placement: same = ${PLACEMENT_TEXT.same}; diff = ${PLACEMENT_TEXT.diff}; unpinned = ${PLACEMENT_TEXT.unpinned}`;
 }
 
+/** Event-loop rows: what the collector did while the handler's loop served, the first suspect for their tails. */
+function gcLines(report: BenchReport): string[] {
+  const rows = report.rows.filter((r) => r.handlerGc);
+  if (!rows.length) return [];
+  return [
+    'garbage collections of the event-loop handler\'s isolate while it served (a collection pauses the loop):',
+    ...rows.map((r) => {
+      const g = r.handlerGc!;
+      return `    ${r.id}: ${g.collections} in ${r.faults} faults (${g.perThousandFaults.toFixed(2)} per 1000), pause ${g.pauseMs.toFixed(1)} ms in all, longest ${g.maxPauseMs.toFixed(2)} ms; p99.9 ${us(r.latency.p999)} µs`;
+    }),
+  ];
+}
+
 export function textReport(report: BenchReport): string {
   return [
     ...caveats(report),
@@ -174,6 +187,8 @@ export function textReport(report: BenchReport): string {
     renderText(latencyTable(report)),
     '',
     ...colocationLines(report),
+    '',
+    ...gcLines(report),
     '',
     renderText(bulkTable(report)),
     '',
@@ -196,6 +211,8 @@ export function markdownReport(report: BenchReport): string {
     renderMarkdown(latencyTable(report)),
     '',
     ...colocationLines(report).map((l) => `- ${l}`),
+    '',
+    ...gcLines(report).map((l) => (l.startsWith('    ') ? `  - ${l.trim()}` : `- ${l}`)),
     '',
     renderMarkdown(bulkTable(report)),
     '',

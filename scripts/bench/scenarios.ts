@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 
 import { FaultHandler, Memfd, PAGE_SIZE, Userfaultfd } from '../../lib/index';
+import { type GcCounts, GcWatch } from './gc-watch';
 import { bench, pageByte, unwrap } from './native';
 
 export type Mode =
@@ -89,6 +90,8 @@ export interface Rep {
   handlerCpuNs: number | null;
   /** Library rows: message read to CONTINUE done (FaultHandler.stats().latencyUs), µs. */
   handlerUs?: { p50: number; p99: number };
+  /** Event-loop rows: garbage collections of the handler's isolate during the repetition. */
+  gc?: GcCounts;
   note?: string;
 }
 
@@ -218,7 +221,7 @@ const expectedSum = (orders: Uint32Array[]) => orders.reduce((sum, o) => sum + o
 
 function rep(orders: Uint32Array[], r: {
   latencyNs: Float64Array[]; touchCpus: Int32Array[]; checksum: number; wallNs: number; messages: number; resolved: number;
-  colocated: number | null; handlerCpuNs: number | null; handlerMoved?: boolean; handlerUs?: { p50: number; p99: number }; note?: string;
+  colocated: number | null; handlerCpuNs: number | null; handlerMoved?: boolean; handlerUs?: { p50: number; p99: number }; gc?: GcCounts; note?: string;
 }, needsHandler: boolean): Rep {
   const faults = orders.reduce((n, o) => n + o.length, 0);
   const touched = r.latencyNs.reduce((n, l) => n + l.length, 0);
@@ -226,7 +229,7 @@ function rep(orders: Uint32Array[], r: {
     latencyNs: r.latencyNs, touchCpus: r.touchCpus, colocated: r.colocated, ...(r.handlerMoved ? { handlerMoved: true } : {}),
     wallNs: r.wallNs, faults, touched, messages: r.messages, resolved: needsHandler ? r.resolved : faults,
     checksumOk: r.checksum === expectedSum(orders), handlerCpuNs: r.handlerCpuNs,
-    ...(r.handlerUs ? { handlerUs: r.handlerUs } : {}), ...(r.note ? { note: r.note } : {}),
+    ...(r.handlerUs ? { handlerUs: r.handlerUs } : {}), ...(r.gc ? { gc: r.gc } : {}), ...(r.note ? { note: r.note } : {}),
   };
 }
 
@@ -290,8 +293,10 @@ async function nativeTouchers(mode: Mode, cell: Cell, mem: Memfd, uffd: Userfaul
       handler.start();
     }
     const watch = new HandlerWatch(tids);
+    const gcWatch = isNative ? undefined : new GcWatch();
     const r = await bench.touch(view.buffer, pageSize, orders, cpus.touchers);
     const h = watch.end();
+    const gc = gcWatch?.end();
     // The resolver counts a fault after its CONTINUE has already woken the
     // toucher: read the counters once the thread has been joined.
     await handler.stop();
@@ -301,7 +306,7 @@ async function nativeTouchers(mode: Mode, cell: Cell, mem: Memfd, uffd: Userfaul
     const resolved = stats.resolved + stats.mapAheadPages;
     return rep(orders, {
       ...r, messages: stats.faults, resolved, colocated: colocatedFraction(orders, r.touchCpus, () => h.cpus[0]), handlerMoved: h.moved,
-      handlerCpuNs: h.cpuNs, handlerUs: { p50: stats.latencyUs.p50, p99: stats.latencyUs.p99 }, note: notes.join('; ') || undefined,
+      handlerCpuNs: h.cpuNs, handlerUs: { p50: stats.latencyUs.p50, p99: stats.latencyUs.p99 }, gc, note: notes.join('; ') || undefined,
     }, true);
   } finally {
     bench.pinSelf(-1);
@@ -329,15 +334,17 @@ async function workerToucher(mem: Memfd, uffd: Userfaultfd, orders: Uint32Array[
     handler.start();
     const done = nextMessage<TouchDone>(worker);
     const watch = new HandlerWatch([process.pid]);
+    const gcWatch = new GcWatch();
     worker.postMessage({ order: orders[0], cpu: cpus.touchers[0] });
     const r = await done;
     const h = watch.end();
+    const gc = gcWatch.end();
     await handler.stop();
     const stats = handler.stats();
     return rep(orders, {
       latencyNs: [r.latencyNs], touchCpus: [r.touchCpus], checksum: r.checksum, wallNs: r.wallNs, messages: stats.faults, resolved: stats.resolved,
       colocated: colocatedFraction(orders, [r.touchCpus], () => h.cpus[0]), handlerMoved: h.moved, handlerCpuNs: h.cpuNs,
-      handlerUs: { p50: stats.latencyUs.p50, p99: stats.latencyUs.p99 },
+      handlerUs: { p50: stats.latencyUs.p50, p99: stats.latencyUs.p99 }, gc,
     }, true);
   } finally {
     bench.pinSelf(-1);
@@ -363,13 +370,13 @@ async function workerHandler(mem: Memfd, orders: Uint32Array[], cpus: { handler:
     const r = bench.touchHere(view.buffer, pageSize, orders[0]);
     const h = watch.end();
     bench.pinSelf(-1);
-    const stopped = nextMessage<{ faults: number; resolved: number; errors: number; p50: number; p99: number }>(worker);
+    const stopped = nextMessage<{ faults: number; resolved: number; errors: number; p50: number; p99: number; gc: GcCounts }>(worker);
     worker.postMessage('stop');
     const stats = await stopped;
     return rep(orders, {
       latencyNs: [r.latencyNs], touchCpus: [r.touchCpus], checksum: r.checksum, wallNs: r.wallNs, messages: stats.faults, resolved: stats.resolved,
       colocated: colocatedFraction(orders, [r.touchCpus], () => h.cpus[0]), handlerMoved: h.moved, handlerCpuNs: h.cpuNs,
-      handlerUs: { p50: stats.p50, p99: stats.p99 }, note: stats.errors ? `${stats.errors} fetch errors` : undefined,
+      handlerUs: { p50: stats.p50, p99: stats.p99 }, gc: stats.gc, note: stats.errors ? `${stats.errors} fetch errors` : undefined,
     }, true);
   } finally {
     bench.pinSelf(-1);

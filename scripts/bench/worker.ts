@@ -5,6 +5,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 
 import { FaultHandler, Memfd, Userfaultfd } from '../../lib/index';
+import { GcWatch } from './gc-watch';
 import { bench } from './native';
 
 interface HandlerData {
@@ -43,13 +44,15 @@ if (data.role === 'handler') {
     // The main thread sleeps in its faults while this loop serves them; if
     // something went wrong, closing the uffd wakes it rather than hanging.
     const watchdog = setTimeout(() => uffd.close(), 120_000);
+    const gcWatch = new GcWatch();
     port.once('message', async () => {
       clearTimeout(watchdog);
+      const gc = gcWatch.end();
       await handler.stop();
       const stats = handler.stats();
       uffd.close();
       mem.close();
-      port.postMessage({ faults: stats.faults, resolved: stats.resolved, errors: stats.errors, p50: stats.latencyUs.p50, p99: stats.latencyUs.p99 });
+      port.postMessage({ faults: stats.faults, resolved: stats.resolved, errors: stats.errors, p50: stats.latencyUs.p50, p99: stats.latencyUs.p99, gc });
     });
     port.postMessage({ ready: true, tid: bench.gettid() });
   } catch (err) {
