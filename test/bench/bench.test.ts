@@ -161,6 +161,11 @@ describe('npm run bench -- --smoke', () => {
           expect(s.ratios[key].lo, `${where} ${key}`).toBeLessThanOrEqual(s.ratios[key].hi);
         }
       if (s.mode === s.ratios.reference) expect(s.ratios.p50, where).toMatchObject({ value: 1, lo: 1, hi: 1 });
+      // Event-loop handlers: what their isolate's collector did while serving, the first suspect for their tails.
+      if (/event-loop|worker-handler/.test(s.mode)) {
+        expect(s.handlerGc, where).toMatchObject({ collections: expect.any(Number), perThousandFaults: expect.any(Number), pauseMs: expect.any(Number), maxPauseMs: expect.any(Number) });
+        expect(s.handlerGc.maxPauseMs, where).toBeLessThanOrEqual(s.handlerGc.pauseMs);
+      } else expect(s.handlerGc, where).toBeUndefined();
       if (s.placement === 'unpinned' && s.mode !== s.ratios.reference && s.colocated !== null) expect(s.byColocation, where).toBeDefined();
     }
 
