@@ -3,13 +3,13 @@
 // native side (native/snapshot.cc) protects every page, then a copier thread
 // saves the pages while the wp-sync reader thread saves first any page a
 // writer faults on, then lets that writer go on. See docs/snapshot.md.
-import { closeSync, ftruncateSync, openSync, unlinkSync } from 'node:fs';
+import { closeSync, constants as fsConstants, fstatSync, ftruncateSync, openSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { release } from 'node:os';
 
 import { checkOverlap, checkViews, openOwnUffd, trackedView } from './dirty-tracker';
 import { DIRTY_METHOD_SINCE, dirtyMethods } from './dirty-methods';
-import { abortError, argTypeError, stateError, UffdError } from './errors';
+import { abortError, argTypeError, argValueError, stateError, UffdError } from './errors';
 import { trace } from './debug';
 import { Mapping } from './memfd';
 import { SnapshotHandle, native } from './native';
@@ -156,13 +156,22 @@ function start(views: readonly Mapping[], file: string, options?: SnapshotOption
 }
 
 function openFile(path: string): number {
+  let fd: number;
   try {
-    return openSync(path, 'w', 0o600);
+    // Not O_TRUNC yet: a device must be refused untouched (a failed snapshot
+    // removes its file). Not O_APPEND either: pages go to their offsets.
+    fd = openSync(path, fsConstants.O_WRONLY | fsConstants.O_CREAT, 0o600);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     const hint = e.code === 'ENOENT' ? `the directory ${dirname(path)} does not exist` : 'creating the snapshot file';
     throw new UffdError(e.errno ?? -5, 'open', { path, hint });
   }
+  if (!fstatSync(fd).isFile()) {
+    closeSync(fd);
+    throw argValueError('file', 'must name a regular file (or none yet)', path);
+  }
+  ftruncateSync(fd, 0);
+  return fd;
 }
 
 function removeQuietly(path: string): void {

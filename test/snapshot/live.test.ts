@@ -132,6 +132,9 @@ describe('snapshotLive', () => {
       await expect((snapshotLive as (...a: unknown[]) => Promise<unknown>)(...args), JSON.stringify(code)).rejects.toMatchObject({ code });
       expect(existsSync(file)).toBe(false);
     }
+    // Not a regular file: refused untouched, and never removed.
+    await expect(snapshotLive([view], '/dev/null')).rejects.toMatchObject({ code: 'ERR_INVALID_ARG_VALUE' });
+    expect(existsSync('/dev/null')).toBe(true);
     // A view another userfaultfd holds.
     const tracker = new DirtyTracker([view], { method: 'wp-sync' });
     open.push(tracker);
