@@ -119,9 +119,9 @@ function start(views: readonly Mapping[], file: string, options?: SnapshotOption
     }
     const regions = new Float64Array(tracked.flatMap((view) => [view.address, view.length, view.firstPage]));
     let settle: (error: number, stats: Float64Array | undefined) => void = () => {};
+    const onAbort = (): void => settle(-1, undefined);
     const result = new Promise<SnapshotStats>((resolve, reject) => {
       let settled = false;
-      const onAbort = (): void => settle(-1, undefined);
       settle = (error, stats) => {
         if (settled) return;
         settled = true;
@@ -139,12 +139,12 @@ function start(views: readonly Mapping[], file: string, options?: SnapshotOption
         if (error === -1) reject(abortError('snapshotLive() was aborted; the file was removed', signal?.reason));
         else reject(new UffdError(error, 'pwrite', { path, hint: 'saving the snapshot; every page was un-protected and the file removed' }));
       };
-      signal?.addEventListener('abort', onAbort, { once: true });
     });
     const started = native.snapshotStart(uffd.fd, pageSize, regions, fd, (error, stats) => settle(error, stats));
     if (typeof started === 'number')
       throw new UffdError(started, 'ioctl', { operation: 'UFFDIO_WRITEPROTECT', fd: uffd.fd, hint: 'protecting the views for the snapshot' });
     handle = started;
+    signal?.addEventListener('abort', onAbort, { once: true });
     trace('snapshot of %d views, %d pages to %s: protected', tracked.length, firstPage, path);
     return result;
   } catch (err) {
