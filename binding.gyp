@@ -19,7 +19,9 @@
         "native/resolver.cc",
         "native/watchdog.cc",
         "native/pagemap.cc",
-        "native/wp_sync.cc"
+        "native/wp_sync.cc",
+        "native/snapshot.cc",
+        "native/gen_writers.cc"
       ],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api"],
       "defines": ["NAPI_VERSION=8", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],

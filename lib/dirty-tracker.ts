@@ -373,13 +373,15 @@ export class DirtyTracker implements Disposable {
   }
 }
 
-function checkViews(views: unknown): DirtyView[] {
+/** @internal */
+export function checkViews(views: unknown): DirtyView[] {
   if (!Array.isArray(views)) throw argTypeError('views', 'an array of Mappings or { pid, address, length } ranges', views);
   if (views.length === 0) throw argValueError('views', 'must name at least one view', views);
   return views as DirtyView[];
 }
 
-function trackedView(view: DirtyView, i: number, pageSize: number, pid: number, firstPage: number): TrackedView {
+/** @internal */
+export function trackedView(view: DirtyView, i: number, pageSize: number, pid: number, firstPage: number): TrackedView {
   const name = `views[${i}]`;
   if (view instanceof Mapping) {
     if (view.closed) throw stateError('ERR_UFFD_CLOSED', `${name}: the mapping is unmapped`);
@@ -394,7 +396,8 @@ function trackedView(view: DirtyView, i: number, pageSize: number, pid: number, 
   return { address: r.address, length: r.length, firstPage, pages: r.length / pageSize };
 }
 
-function checkOverlap(views: readonly TrackedView[]): void {
+/** @internal */
+export function checkOverlap(views: readonly TrackedView[]): void {
   const sorted = [...views].sort((a, b) => a.address - b.address);
   for (let i = 1; i < sorted.length; i++)
     if (sorted[i].address < sorted[i - 1].address + sorted[i - 1].length)
@@ -420,7 +423,8 @@ function chooseMethod(wanted: 'auto' | DirtyMethod, given: Userfaultfd | undefin
   return method;
 }
 
-function openOwnUffd(method: DirtyMethod): Userfaultfd {
+/** @internal */
+export function openOwnUffd(method: DirtyMethod): Userfaultfd {
   // wpUnpopulated is left out of wp-sync: it would make unpopulated anonymous
   // pages fault while no reader runs. Kernel-mode writes (read(2) into a
   // tracked page) fault too in wp-sync, and a user-mode-only uffd would fail

@@ -127,6 +127,14 @@ export const closedError = (what: string): Error =>
 
 export const stateError = (code: string, message: string): Error => coded(Error, code, message);
 
+/** An operation stopped by its AbortSignal, as Node's own: name `AbortError`, code `ABORT_ERR`, the signal's reason as `cause`. */
+export function abortError(message: string, reason?: unknown): Error {
+  const err = coded<Error & { cause?: unknown }>(Error, 'ABORT_ERR', message);
+  err.name = 'AbortError';
+  if (reason !== undefined) err.cause = reason;
+  return err;
+}
+
 /**
  * The call would block this thread in the kernel until a userfaultfd event is
  * read, and the only reader of that event is this same thread.

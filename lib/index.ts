@@ -24,6 +24,8 @@ export { DirtyTracker } from './dirty-tracker';
 export type { DirtyView, RemoteRange, DirtyTrackerOptions, CollectOptions, DirtyPages, DirtyRun, TrackedView, DirtyMethod } from './dirty-tracker';
 export { DIRTY_METHOD_SINCE } from './dirty-methods';
 export type { DirtyMethodSupport } from './dirty-methods';
+export { snapshotLive } from './snapshot';
+export type { SnapshotOptions, SnapshotStats } from './snapshot';
 export { MigrationSource, servePages } from './migration/source';
 export type { SourceOptions, SourceStats } from './migration/source';
 export type { ImageSource } from './migration/image';

@@ -110,6 +110,24 @@ export interface NativeBinding {
   /** Stops and joins the reader thread. Idempotent. */
   wpSyncStop(handle: WpSyncHandle): void;
 
+  /** Positions of the stats a live snapshot's completion reports (native/snapshot.cc). */
+  snapshotLayout: SnapshotLayout;
+  /**
+   * Write-protects every region (views registered WP with `uffd`, which must have no
+   * other reader), then saves them to `fileFd` at `firstPage * pageSize`: a copier
+   * thread in chunks, the wp-sync reader thread for a page a writer faults on first.
+   */
+  snapshotStart(uffd: number, pageSize: number, regions: Float64Array, fileFd: number, done: (error: number, stats: Float64Array) => void): SysResult | SnapshotHandle;
+  /** Cancels (callback: ECANCELED) or releases; lifts every protection and joins both threads. Idempotent. */
+  snapshotStop(handle: SnapshotHandle): void;
+
+  /** Test writers: `threads` native threads writing pages in one global order (native/gen_writers.cc). */
+  genWritersStart(mapping: ArrayBuffer, pageSize: number, threads: number, stride: number): SysResult | GenWritersHandle;
+  /** [writes started, writes completed]. */
+  genWritersProgress(handle: GenWritersHandle): [number, number];
+  /** Stops and joins the writers; the number of writes completed. Idempotent. */
+  genWritersStop(handle: GenWritersHandle): number;
+
   socketPair(): SysResult | [number, number];
   unixListen(path: string, backlog: number): SysResult;
   unixAccept(fd: number): SysResult;
@@ -134,6 +152,21 @@ export interface EngineHandle {
 /** Opaque handle of a wp-sync dirty tracking thread. */
 export interface WpSyncHandle {
   readonly __wpSync: unique symbol;
+}
+
+/** Opaque handle of a live snapshot. */
+export interface SnapshotHandle {
+  readonly __snapshot: unique symbol;
+}
+
+/** Opaque handle of test generation writers. */
+export interface GenWritersHandle {
+  readonly __genWriters: unique symbol;
+}
+
+export interface SnapshotLayout {
+  pages: number; bytes: number; savedByFault: number; writeFaults: number;
+  blockedTotalNs: number; blockedMaxNs: number; protectNs: number; copyNs: number; count: number;
 }
 
 /** The engine's contract with TypeScript, defined once in native/engine.h and exported at load. */

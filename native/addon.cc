@@ -52,6 +52,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitEngine(env, exports);
   InitWatchdog(env, exports);
   InitDirtyTracking(env, exports);
+  InitSnapshot(env, exports);
+  InitGenWriters(env, exports);
   return exports;
 }
 

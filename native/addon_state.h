@@ -88,4 +88,6 @@ void InitFdPassing(Napi::Env env, Napi::Object exports);
 void InitEngine(Napi::Env env, Napi::Object exports);
 void InitWatchdog(Napi::Env env, Napi::Object exports);
 void InitDirtyTracking(Napi::Env env, Napi::Object exports);
+void InitSnapshot(Napi::Env env, Napi::Object exports);
+void InitGenWriters(Napi::Env env, Napi::Object exports);
 void CleanupMappings(AddonState* state);

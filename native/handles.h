@@ -16,6 +16,8 @@ constexpr uint64_t kAddonTag = 0x75666664'6e6f6465ull;  // "uffdnode"
 inline constexpr napi_type_tag kPoller = {kAddonTag, 1};
 inline constexpr napi_type_tag kEngine = {kAddonTag, 2};
 inline constexpr napi_type_tag kWpSync = {kAddonTag, 3};
+inline constexpr napi_type_tag kSnapshot = {kAddonTag, 4};
+inline constexpr napi_type_tag kGenWriters = {kAddonTag, 5};
 
 // Wraps `data` in an External tagged `tag`; `finalize` runs when JavaScript
 // drops the last reference.

@@ -12,11 +12,9 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include <atomic>
+#include <time.h>
+
 #include <memory>
-#include <mutex>
-#include <thread>
-#include <vector>
 
 #include "addon_state.h"
 #include "args.h"
@@ -27,47 +25,22 @@
 namespace wp_sync {
 namespace {
 
-// Slots of the status array (Int32Array over a SharedArrayBuffer).
 // A collect protects a whole region again in one ioctl rather than run by run
 // when it has more than one run per this many pages (measured: one run's
 // ioctl and a 1 GiB walk cost the same at a few hundred runs).
 constexpr uint64_t kRunsPerWholeProtect = 512;
 
-enum Status { kFailure = 0, kFaults = 1, kForeign = 2, kStatusSlots = 3 };
+// The page's bit, or UINT64_MAX outside every region.
+uint64_t BitOf(const Tracker* t, uint64_t page) {
+  for (const Region& r : t->regions)
+    if (page >= r.address && page - r.address < r.length) return r.first_bit + (page - r.address) / t->page_size;
+  return UINT64_MAX;
+}
 
-struct Region {
-  uint64_t address;
-  uint64_t length;
-  uint64_t first_bit;  // bit of the region's first page in the bitmap
-};
-
-struct Tracker {
-  int uffd = -1;
-  int stop_fd = -1;
-  uint64_t page_size = 0;
-  std::vector<Region> regions;
-  uint32_t* bitmap = nullptr;
-  uint64_t bits = 0;
-  int32_t* status = nullptr;
-  std::thread thread;
-  bool stopped = false;
-  // Held by the thread from marking a page to un-protecting it, and by a
-  // collect from taking the bits to protecting those pages again, so that
-  // neither sees half of the other (see Collect).
-  std::mutex lock;
-  AddonState* state = nullptr;
-  // The SharedArrayBuffers stay referenced while the thread may write them.
-  Napi::Reference<Napi::Value> bitmap_ref;
-  Napi::Reference<Napi::Value> status_ref;
-};
-
-void Mark(Tracker* t, uint64_t page) {
-  for (const Region& r : t->regions) {
-    if (page < r.address || page - r.address >= r.length) continue;
-    uint64_t bit = r.first_bit + (page - r.address) / t->page_size;
-    if (bit < t->bits) __atomic_fetch_or(&t->bitmap[bit / 32], 1u << (bit % 32), __ATOMIC_SEQ_CST);
-    return;
-  }
+uint64_t NowNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
 void Bump(Tracker* t, Status slot) { __atomic_fetch_add(&t->status[slot], 1, __ATOMIC_SEQ_CST); }
@@ -93,6 +66,7 @@ void Run(Tracker* t) {
       __atomic_store_n(&t->status[kFailure], errno, __ATOMIC_SEQ_CST);
       return;
     }
+    const uint64_t read_at = NowNs();
     for (size_t i = 0; i < static_cast<size_t>(n) / sizeof(struct uffd_msg); i++) {
       const struct uffd_msg& m = msgs[i];
       if (m.event != UFFD_EVENT_PAGEFAULT || !(m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)) {
@@ -103,18 +77,28 @@ void Run(Tracker* t) {
       const uint64_t page = m.arg.pagefault.address & ~(t->page_size - 1);
       Bump(t, kFaults);
       std::lock_guard<std::mutex> hold(t->lock);
+      const uint64_t bit = BitOf(t, page);
+      if (t->before_unprotect && bit != UINT64_MAX && !Marked(t, bit))
+        if (int err = t->before_unprotect(page, bit)) __atomic_store_n(&t->status[kFailure], err, __ATOMIC_SEQ_CST);
       // Marked before the writer can go on: a write that has completed is
       // always in the bitmap.
-      Mark(t, page);
+      if (bit != UINT64_MAX) MarkBit(t, bit);
       struct uffdio_writeprotect wp = {};
       wp.range.start = page;
       wp.range.len = t->page_size;
       wp.mode = 0;  // clear the protection and wake the writer
       if (ioctl(t->uffd, uffd_abi::kWriteprotect, &wp) != 0 && errno != ENOENT)
         __atomic_store_n(&t->status[kFailure], errno, __ATOMIC_SEQ_CST);
+      const uint64_t waited = NowNs() - read_at;
+      t->served_ns_total.fetch_add(waited);
+      uint64_t max = t->served_ns_max.load();
+      while (waited > max && !t->served_ns_max.compare_exchange_weak(max, waited)) {
+      }
     }
   }
 }
+
+}  // namespace
 
 // `unprotect`: lift the protection of every region first, which wakes any
 // writer waiting on it. JavaScript's stop() does that itself; a tracker that
@@ -142,6 +126,24 @@ void Stop(Tracker* t, bool unprotect) {
   if (t->state) t->state->RemoveStopper(t);
 }
 
+int Launch(Tracker* t, int uffd) {
+  // A descriptor of its own: JavaScript may close its uffd (and the number
+  // be reused) while the thread still polls it, or before a finalizer runs.
+  t->uffd = fcntl(uffd, F_DUPFD_CLOEXEC, 3);
+  if (t->uffd < 0) return errno;
+  t->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (t->stop_fd < 0) {
+    int err = errno;
+    close(t->uffd);
+    t->uffd = -1;
+    return err;
+  }
+  t->thread = std::thread(Run, t);
+  return 0;
+}
+
+namespace {
+
 bool SharedInt32(Napi::Env env, Napi::Value v, size_t min_length) {
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) return false;
   if (v.As<Napi::TypedArray>().ElementLength() < min_length) return false;
@@ -167,10 +169,6 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
   if (!SharedInt32(env, info[3], 1)) return args::Fail(info, "expected the bitmap as an Int32Array over a SharedArrayBuffer"), env.Undefined();
   if (!SharedInt32(env, info[4], kStatusSlots)) return args::Fail(info, "expected the status as an Int32Array over a SharedArrayBuffer"), env.Undefined();
   auto t = std::make_unique<Tracker>();
-  // A descriptor of its own: JavaScript may close its uffd (and the number
-  // be reused) while the thread still polls it, or before a finalizer runs.
-  t->uffd = fcntl(uffd, F_DUPFD_CLOEXEC, 3);
-  if (t->uffd < 0) return args::Result(env, -errno);
   t->page_size = page_size;
   Napi::Float64Array regions = info[2].As<Napi::Float64Array>();
   for (size_t i = 0; i + 2 < regions.ElementLength(); i += 3)
@@ -181,15 +179,9 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
   t->status = info[4].As<Napi::Int32Array>().Data();
   t->bitmap_ref = Napi::Persistent(info[3]);
   t->status_ref = Napi::Persistent(info[4]);
-  t->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (t->stop_fd < 0) {
-    int err = errno;
-    close(t->uffd);
-    return args::Result(env, -err);
-  }
+  if (int err = Launch(t.get(), uffd)) return args::Result(env, -err);
   t->state = AddonState::Of(env);
   Tracker* raw = t.release();
-  raw->thread = std::thread(Run, raw);
   // At environment teardown the thread is joined before the uffd is closed.
   raw->state->AddStopper(raw, [raw] {
     raw->state = nullptr;
