@@ -27,23 +27,27 @@ writeWorkingSet(b, setOf([...Array(100).keys()].map((p) => p * 2)));
 writeWorkingSet(c, setOf([1003, 0, 2, 4]));
 
 describe('userfaultfd working-set', () => {
-  it('answers --help on every level, and bad arguments with the usage and exit 2', () => {
-    for (const args of [['working-set', '--help'], ['working-set', 'show', '--help'], ['working-set', 'merge', '-h']]) {
+  for (const args of [['working-set', '--help'], ['working-set', 'show', '--help'], ['working-set', 'merge', '-h']])
+    it(`${args.join(' ')}: the usage, exit 0`, () => {
       const r = run(...args);
-      expect(r.status, args.join(' ')).toBe(0);
+      expect(r.status).toBe(0);
       expect(r.stdout).toMatch(/^Usage: userfaultfd working-set show FILE/);
-    }
+    });
+
+  it('the top-level usage names working-set', () => {
     expect(run('--help').stdout).toContain('working-set');
-    for (const args of [['working-set'], ['working-set', 'frob'], ['working-set', 'show'], ['working-set', 'show', a, b], ['working-set', 'show', a, '--bogus'],
-      ['working-set', 'merge', join(dir, 'out.wset')], ['working-set', 'merge', join(dir, 'out.wset'), a, '--min-runs'],
-      ['working-set', 'merge', join(dir, 'out.wset'), a, b, '--min-runs', '0'], ['working-set', 'merge', join(dir, 'out.wset'), a, b, '--min-runs', '3'],
-      ['working-set', 'merge', join(dir, 'out.wset'), a, b, '--min-runs', 'x']]) {
+  });
+
+  for (const args of [['working-set'], ['working-set', 'frob'], ['working-set', 'show'], ['working-set', 'show', a, b], ['working-set', 'show', a, '--bogus'],
+    ['working-set', 'merge', join(dir, 'out.wset')], ['working-set', 'merge', join(dir, 'out.wset'), a, '--min-runs'],
+    ['working-set', 'merge', join(dir, 'out.wset'), a, b, '--min-runs', '0'], ['working-set', 'merge', join(dir, 'out.wset'), a, b, '--min-runs', '3'],
+    ['working-set', 'merge', join(dir, 'out.wset'), a, b, '--min-runs', 'x']])
+    it(`${args.map((x) => x.replace(dir, '…')).join(' ')}: the usage on stderr, exit 2`, () => {
       const r = run(...args);
-      expect(r.status, args.join(' ')).toBe(2);
+      expect(r.status).toBe(2);
       expect(r.stderr).toMatch(/^Usage: userfaultfd working-set/);
       expect(r.stdout).toBe('');
-    }
-  });
+    });
 
   it('show: sizes, entries, write share and a picture of page offset against touch order', () => {
     const r = run('working-set', 'show', a);
