@@ -373,7 +373,7 @@ export class FirecrackerSession implements Disposable {
     const offset = req.offset - (req.offset % pageSize);
     if (!this.regions.some((r) => offset >= r.offset && offset < r.offset + r.size))
       throw stateError('ERR_FIRECRACKER_PROTOCOL', `fault request for offset ${req.offset}, outside every region`);
-    this.#record(offset / pageSize, false);
+    this.#record(offset / pageSize, false, -1);
     const zero = this.#populate(offset / pageSize);
     this.#counts.faultRequests++;
     const reply = { vcpu: req.vcpu ?? null, offset, len: pageSize, flags: req.flags ?? 0, token: req.token ?? null, zero };
@@ -404,7 +404,7 @@ export class FirecrackerSession implements Disposable {
   /** A fault on a page not in guest memory yet: snapshot bytes, or zeros where the balloon took the page. */
   #serve(address: number, flags: number, tid: number, time: number, page: number, ps: number): void {
     if (this.#settled) return;
-    this.#record(page, (flags & PAGEFAULT_FLAG.write) !== 0);
+    this.#record(page, (flags & PAGEFAULT_FLAG.write) !== 0, this.#engine.epochMs + time / 1e6);
     let result: number;
     let zero = false;
     if (this.#memory) {
@@ -427,12 +427,12 @@ export class FirecrackerSession implements Disposable {
   }
 
   /** A first touch for the working set: the region is looked up only for a page not recorded yet. */
-  #record(page: number, write: boolean): void {
+  #record(page: number, write: boolean, atMs: number): void {
     const recorder = this.#recorder;
     if (!recorder?.recording || recorder.has(page)) return;
     const offset = page * this.#pageSize;
     const region = this.regions.findIndex((r) => offset >= r.offset && offset < r.offset + r.size);
-    recorder.recordFault(page, write, region < 0 ? 0 : region);
+    recorder.recordFault(page, write, region < 0 ? 0 : region, atMs);
   }
 
   /** Writes the recorded working set; returns the error instead of throwing it. */
