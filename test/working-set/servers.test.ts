@@ -87,6 +87,9 @@ describe('recording a working set', () => {
   it('Firecracker: a record file in a directory that does not exist is refused at listen', () => {
     expect(() => FirecrackerPageServer.listen(join(dir, `x-${n++}.sock`), { snapshot: Buffer.alloc(PAGE_SIZE), workingSet: { record: join(dir, 'nowhere', 'x.wset') } }))
       .toThrow(expect.objectContaining({ code: 'ERR_WORKING_SET_NO_DIR' }));
+    // So is a bad stop rule: found at a session's start, it would cost that session.
+    expect(() => FirecrackerPageServer.listen(join(dir, `x-${n++}.sock`), { snapshot: Buffer.alloc(PAGE_SIZE), workingSet: { record: { file: join(dir, 'x.wset'), budgetMs: -1 } } }))
+      .toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
   });
 
   for (const mode of ['event-loop', 'native'] as const)
