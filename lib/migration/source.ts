@@ -19,7 +19,6 @@ import { CheckedLive, LiveSourceOptions, LiveStats, LiveTracker, checkLive, paus
 import { CheckedAuth, MigrationAuth, authError, checkAuth, createServer, nonce, proof, proofHolds } from './auth';
 import { Frame, FrameDecoder, PRIORITY, encodeBatch, encodeChallenge, encodeDone, encodeError, encodeHello, encodeProof, encodeRound, encodeSwitchover, protocolError } from './protocol';
 
-export type { LiveSourceOptions, LiveStats } from './live';
 
 /** Options of {@link servePages} and {@link MigrationSource.listen}. */
 export interface SourceOptions extends MigrationAuth {
