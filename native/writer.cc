@@ -100,6 +100,21 @@ void Run(std::shared_ptr<WriterJob> job) {
       continue;
     }
     __atomic_store_n(&ctl[kPaused], 0, __ATOMIC_SEQ_CST);
+    if (job->writes_per_second > 0) {
+      double due_ns = static_cast<double>(since_start) / job->writes_per_second * 1e9;
+      double elapsed_ns = static_cast<double>(NowNs() - started);
+      if (due_ns > elapsed_ns) {
+        // Short naps, so a pause or stop is seen within a millisecond.
+        SleepNs(static_cast<uint64_t>(due_ns - elapsed_ns < 1e6 ? due_ns - elapsed_ns : 1e6));
+        continue;
+      }
+      // Behind by more than 10 ms (a write waited on a fault): the rate is
+      // a cap, not a debt, so a stalled writer does not burst to catch up.
+      if (elapsed_ns > due_ns + 1e7) {
+        since_start = 0;
+        started = NowNs();
+      }
+    }
     uint32_t page;
     if (static_cast<double>(next()) / 4294967296.0 < job->hot_share)
       page = static_cast<uint32_t>((static_cast<uint64_t>(next() % job->hot_pages) * 40503u) % job->pages);
@@ -110,12 +125,6 @@ void Run(std::shared_ptr<WriterJob> job) {
     job->writes++;
     since_start++;
     __atomic_store_n(&ctl[kWrites], static_cast<int32_t>(job->writes), __ATOMIC_RELAXED);
-    if (job->writes_per_second > 0 && (since_start & 15) == 0) {
-      double due_ns = static_cast<double>(since_start) / job->writes_per_second * 1e9;
-      double elapsed_ns = static_cast<double>(NowNs() - started);
-      // Short naps, so a pause or stop is seen within a millisecond.
-      if (due_ns > elapsed_ns) SleepNs(static_cast<uint64_t>(due_ns - elapsed_ns < 1e6 ? due_ns - elapsed_ns : 1e6));
-    }
   }
   {
     std::lock_guard<std::mutex> lock(job->mu);

@@ -59,6 +59,8 @@ export interface LiveStats {
   rounds: number;
   /** Pages sent in each round. */
   pagesPerRound: number[];
+  /** Milliseconds each round took (round 0, every page at full speed, is what stop-and-copy of the whole image would cost). */
+  msPerRound: number[];
   /** Stop-and-copy: pages sent while paused. Hybrid and post-copy: pages missing at the destination at the switch-over. */
   pagesAfterPause: number;
   /** Hybrid: pages the destination dropped at the switch-over (sent, then written). */

@@ -147,6 +147,7 @@ class SourceConnection {
   #queued = new Uint8Array(0);
   #queuedCursor = 0;
   #round = 0;
+  #roundStarted = 0;
   #lastDirty = Infinity;
   #pausedAt = 0;
   #finish: (err?: Error) => void = () => {};
@@ -160,7 +161,7 @@ class SourceConnection {
     this.#sent = new Uint8Array(this.#pageCount);
     this.#stats = { pageCount: this.#pageCount, pagesOnDemand: 0, pagesPushed: 0, requestsReceived: 0, bytesSent: 0, durationMs: 0 };
     if (opts.live) {
-      this.#stats.live = { mode: opts.live.mode, rounds: 0, pagesPerRound: [], pagesAfterPause: 0, pagesStale: 0, downtimeMs: 0 };
+      this.#stats.live = { mode: opts.live.mode, rounds: 0, pagesPerRound: [], msPerRound: [], pagesAfterPause: 0, pagesStale: 0, downtimeMs: 0 };
       this.#queued = new Uint8Array(this.#pageCount);
     }
   }
@@ -242,6 +243,7 @@ class SourceConnection {
     this.#phase = 'rounds';
     this.#queuedCursor = 0;
     this.#stats.live!.pagesPerRound.push(pages);
+    this.#roundStarted = performance.now();
     this.#write(encodeRound(this.#round, pages));
     trace('migration source: round %d, %d pages', this.#round, pages);
   }
@@ -251,6 +253,7 @@ class SourceConnection {
     const live = this.#opts.live!;
     const stats = this.#stats.live!;
     stats.rounds = ++this.#round;
+    stats.msPerRound.push(performance.now() - this.#roundStarted);
     const dirty = this.#tracker!.collectInto(this.#queued);
     const converged = dirty <= live.stopBelowPages || dirty >= this.#lastDirty;
     this.#lastDirty = dirty;
@@ -265,6 +268,7 @@ class SourceConnection {
     this.#pausedAt = performance.now();
     trace('migration source: pausing the guest (%s)', live.mode);
     pauseGuest(live).then(() => {
+      trace('migration source: guest paused in %d ms', performance.now() - this.#pausedAt);
       if (this.#socket.destroyed) return;
       const stats = this.#stats.live!;
       let last = 0;
@@ -442,7 +446,8 @@ class SourceConnection {
   /** Pushes the next run of queued pages (update batches after round 0); false when none is left or no credit. */
   #sendQueued(): boolean {
     while (this.#queuedCursor < this.#pageCount && !this.#queued[this.#queuedCursor]) this.#queuedCursor++;
-    if (this.#queuedCursor === this.#pageCount || this.#credit === 0 || this.#throttled()) return false;
+    // The stop-and-copy is all downtime: the push cap (there to share the link with a running guest) no longer applies.
+    if (this.#queuedCursor === this.#pageCount || this.#credit === 0 || (this.#phase === 'rounds' && this.#throttled())) return false;
     const first = this.#queuedCursor;
     let end = first;
     while (end < this.#pageCount && end - first < this.#opts.batchPages && this.#queued[end]) end++;

@@ -85,7 +85,7 @@ describe('hybrid migration of a running guest', () => {
     const stats = await dest.done;
     await read;
     const live = (await run.source.connections[0]).live!;
-    expect(live).toMatchObject({ mode: 'postcopy', rounds: 0, pagesPerRound: [], pagesAfterPause: pages, pagesStale: 0 });
+    expect(live).toMatchObject({ mode: 'postcopy', rounds: 0, pagesPerRound: [], msPerRound: [], pagesAfterPause: pages, pagesStale: 0 });
     expect(stats.rounds).toBe(0);
     expect(differingPages(run.src, run.dst, pages)).toEqual([]);
   });
