@@ -135,14 +135,23 @@ export class LiveTracker {
   }
 }
 
-/** @internal Calls the user's pause; rejects with ERR_MIGRATION_PAUSE when it throws, rejects or outlasts the timeout. */
-export function pauseGuest(live: CheckedLive): Promise<void> {
+/**
+ * @internal Calls the user's pause; rejects with ERR_MIGRATION_PAUSE when it
+ * throws, rejects or outlasts the timeout. A pause that succeeds after the
+ * timeout calls `late` (the migration has given up: the guest must go on).
+ */
+export function pauseGuest(live: CheckedLive, late: () => void): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
+  let timedOut = false;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(stateError('ERR_MIGRATION_PAUSE', `migration source: pause() did not settle within ${live.pauseTimeoutMs} ms`)), live.pauseTimeoutMs);
+    timer = setTimeout(() => {
+      timedOut = true;
+      reject(stateError('ERR_MIGRATION_PAUSE', `migration source: pause() did not settle within ${live.pauseTimeoutMs} ms`));
+    }, live.pauseTimeoutMs);
   });
   const paused = (async () => live.pause())().catch((err: Error) => {
     throw Object.assign(stateError('ERR_MIGRATION_PAUSE', `migration source: pause() failed: ${err?.message ?? String(err)}`), { cause: err });
   });
+  paused.then(() => timedOut && late(), () => {});
   return Promise.race([paused, timeout]).finally(() => clearTimeout(timer));
 }

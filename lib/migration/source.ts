@@ -150,6 +150,8 @@ class SourceConnection {
   #roundStarted = 0;
   #lastDirty = Infinity;
   #pausedAt = 0;
+  /** The connection's outcome is settled (finish ran). */
+  #ended = false;
   #finish: (err?: Error) => void = () => {};
 
   constructor(socket: net.Socket, image: PageImage, opts: Options, tracker?: LiveTracker) {
@@ -175,13 +177,14 @@ class SourceConnection {
       const finish = (err?: Error) => {
         if (settled) return;
         settled = true;
+        this.#ended = true;
         clearTimeout(this.#timer);
         clearTimeout(authTimer);
         this.#opts.signal?.removeEventListener('abort', onAbort);
         this.#stats.durationMs = Date.now() - this.#started;
         if (err) {
           // Paused for a migration that failed: the guest goes on here.
-          if (this.#pausedAt) this.#opts.live!.resume?.();
+          if (this.#pausedAt) this.#resumeGuest();
           if (!socket.destroyed) socket.end(encodeError((err as { code?: string }).code ?? 'ERR_MIGRATION_SOURCE', err.message));
           socket.destroy();
           reject(err);
@@ -267,9 +270,10 @@ class SourceConnection {
     this.#phase = 'pausing';
     this.#pausedAt = performance.now();
     trace('migration source: pausing the guest (%s)', live.mode);
-    pauseGuest(live).then(() => {
+    pauseGuest(live, () => this.#resumeGuest()).then(() => {
       trace('migration source: guest paused in %d ms', performance.now() - this.#pausedAt);
-      if (this.#socket.destroyed) return;
+      // The migration ended while pause() ran: its resume() came too early, so again.
+      if (this.#ended) return this.#resumeGuest();
       const stats = this.#stats.live!;
       let last = 0;
       if (this.#tracker) {
@@ -313,6 +317,15 @@ class SourceConnection {
   }
 
   #onDoneFlushed: ((err?: Error | null) => void) | undefined;
+
+  /** The user's resume(), whose failure must not stop the failure path. */
+  #resumeGuest(): void {
+    try {
+      this.#opts.live!.resume?.();
+    } catch (err) {
+      trace('migration source: resume() threw: %s', (err as Error).message);
+    }
+  }
 
   #pausing(): boolean {
     return this.#phase === 'pausing';

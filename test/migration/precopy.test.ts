@@ -2,14 +2,15 @@
 // generation counters while rounds send what it wrote; after the pause and
 // the stop-and-copy the destination holds the source's memory at the pause,
 // byte for byte.
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import * as net from 'node:net';
 import { afterEach, describe, expect } from 'vitest';
 
-import { Memfd, MigrationDestination, PAGE_SIZE, Userfaultfd } from '../../lib/index';
+import { FdSocket, Memfd, MigrationDestination, MigrationSource, PAGE_SIZE, Userfaultfd } from '../../lib/index';
 import { FrameDecoder, PROTOCOL_VERSION, encodeBatch, encodeError, encodeHello, encodeRound, encodeSwitchover } from '../../lib/migration/protocol';
-import { itWith, scaled } from '../helpers';
+import { distEntry, fixture, itWith, scaled, waitFor } from '../helpers';
 import { LiveRun, connect, differingPages, liveSource, openFds } from './live-guest';
 
 const FEATURES = ['minorShmem', 'missingShmem', 'threadId', 'wpHugetlbfsShmem'] as const;
@@ -57,6 +58,49 @@ describe('pre-copy migration of a running guest', () => {
     expect(Buffer.from(run.dstView.buffer).equals(run.src.read(0, pages * PAGE_SIZE))).toBe(true);
   });
 
+  itWith([...FEATURES, 'wpAsync'], 'a guest in another process: its writes during round 0 are tracked through the uffd it sent, and re-sent', async () => {
+    const pages = 64;
+    const mem = Memfd.create(pages * PAGE_SIZE);
+    mem.write(0, randomBytes(pages * PAGE_SIZE));
+    cleanups.push(() => mem.close());
+    const [parentEnd, childEnd] = FdSocket.pair();
+    cleanups.push(() => parentEnd.close());
+    const child = spawn(process.execPath, [fixture('dirty-child.js'), distEntry, 'wpAsync,wpUnpopulated,wpHugetlbfsShmem'], {
+      stdio: ['ignore', 'inherit', 'inherit', childEnd.fd, mem.fd], timeout: 25_000,
+    });
+    childEnd.close();
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    cleanups.push(() => child.kill('SIGKILL'));
+    const hello = await parentEnd.receive();
+    const range = JSON.parse(hello.data.toString()) as { pid: number; address: number; length: number };
+    const guestUffd = Userfaultfd.fromFd(hello.fds[0]);
+    cleanups.push(() => guestUffd.close());
+    let paused = 0;
+    // Round 0 takes about a second: the guest writes while it runs.
+    const source = await MigrationSource.listen(mem, {
+      batchPages: 8, pushBytesPerSecond: pages * PAGE_SIZE,
+      live: { mode: 'precopy', views: [{ ...range, offset: 0 }], uffd: guestUffd, pause: () => void paused++, stopBelowPages: 0 },
+    });
+    cleanups.push(() => source.close());
+    const dst = Memfd.create(pages * PAGE_SIZE);
+    const dstView = dst.map();
+    const uffd = Userfaultfd.open({ features: ['minorShmem', 'missingShmem'] });
+    uffd.register(dstView, { missing: true, minor: true });
+    cleanups.push(() => dst.close(), () => uffd.close());
+    const dest = await MigrationDestination.connect({ uffd, memfd: dst, views: [dstView], port: source.address.port });
+    // Pages 0-7 are on their way (the first batch) when the guest writes them.
+    await waitFor(() => dest.stats.pagesPushed >= 8, scaled(5000), 'the first batch');
+    parentEnd.send(JSON.stringify({ op: 'write', pages: [1, 2, 3, 60], value: 0xab }));
+    await parentEnd.receive();
+    const stats = await dest.done;
+    expect(paused).toBe(1);
+    expect(stats.pagesUpdated).toBeGreaterThanOrEqual(3);
+    expect(dst.read(2 * PAGE_SIZE, 1)[0]).toBe(0xab);
+    expect(differingPages(mem, dst, pages)).toEqual([]);
+    parentEnd.send(JSON.stringify({ op: 'exit' }));
+    expect(await exited).toBe(0);
+  });
+
   itWith([...FEATURES], 'a source with a token still migrates a live guest (auth over protocol 3)', async () => {
     const token = randomBytes(32);
     const run = await start(256, { mode: 'precopy' }, { token }, 200);
@@ -89,6 +133,33 @@ describe('pre-copy migration of a running guest', () => {
     expect(run.writer.writes).toBeGreaterThan(writes);
     await runs.pop()!.close();
     expect(openFds()).toBe(fdsBefore);
+  });
+
+  itWith([...FEATURES], 'a pause() that settles after the timeout: the migration has failed, so the guest is resumed again and keeps writing', async () => {
+    let resumed = 0;
+    let pausedLate = false;
+    const holder: { run?: LiveRun } = {};
+    const run = await start(256, {
+      mode: 'precopy', maxRounds: 1, pauseTimeoutMs: 200,
+      pause: async () => {
+        await new Promise((r) => setTimeout(r, 600));
+        await holder.run!.writer.pause();
+        pausedLate = true;
+      },
+      resume: () => {
+        resumed++;
+        holder.run!.writer.resume();
+      },
+    }, {}, 200);
+    holder.run = run;
+    const dest = await connect(run);
+    await expect(run.source.connections[0]).rejects.toMatchObject({ code: 'ERR_MIGRATION_PAUSE' });
+    await expect(dest.done).rejects.toMatchObject({ code: 'ERR_MIGRATION_PAUSE' });
+    expect(resumed).toBe(1);
+    await waitFor(() => pausedLate && resumed === 2, scaled(5000), 'the late pause and the second resume');
+    const writes = run.writer.writes;
+    await new Promise((r) => setTimeout(r, 50));
+    expect(run.writer.writes).toBeGreaterThan(writes);
   });
 
   itWith([...FEATURES], `protocol ${PROTOCOL_VERSION}: a version 2 peer is refused with ERR_MIGRATION_VERSION either way, before the guest is paused`, async () => {
