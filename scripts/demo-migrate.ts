@@ -342,7 +342,7 @@ async function orchestrate(argv: string[]): Promise<void> {
     process.stdout.write(USAGE);
     return;
   }
-  if (opts.modes.length > 1 || opts.modes[0] !== 'postcopy') return orchestrateLive(opts);
+  if (opts.modes.length > 1 || opts.modes[0] !== 'postcopy') return orchestrateLive(opts, argv);
   const dir = mkdtempSync(join(tmpdir(), 'demo-migrate-'));
   const socketPath = join(dir, 'handoff.sock');
   const optArgs = ['--opts', JSON.stringify(opts)];
@@ -404,7 +404,7 @@ function liveOptions(opts: Options, mode: LiveMode): LiveOptions {
   };
 }
 
-async function orchestrateLive(opts: Options): Promise<void> {
+async function orchestrateLive(opts: Options, argv: string[]): Promise<void> {
   const procs: ChildProcess[] = [];
   const watchdog = setTimeout(() => {
     console.error('demo: no result after 120 s per mode, stopping');
@@ -436,7 +436,7 @@ ${table}
       const start = doc.indexOf(DOCS_START);
       const end = doc.indexOf(DOCS_END);
       if (start < 0 || end < start) throw new Error(`${path}: markers ${DOCS_START} ... ${DOCS_END} not found`);
-      const body = [`Written by \`npm run demo:migrate -- --modes all --docs\` (${new Date().toISOString().slice(0, 10)}, ${opts.sizeMiB} MiB): ${setting}.`, '', table, '', ...liveTargets(results).map((l) => `- ${l}`)].join('\n');
+      const body = [`Written by \`npm run demo:migrate -- ${argv.join(' ')}\` (${new Date().toISOString().slice(0, 10)}, ${opts.sizeMiB} MiB): ${setting}.`, '', table, '', ...liveTargets(results).map((l) => `- ${l}`)].join('\n');
       writeFileSync(path, `${doc.slice(0, start + DOCS_START.length)}\n${body}\n${doc.slice(end)}`);
       console.log(`\nwrote the table into ${path}`);
     }
