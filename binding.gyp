@@ -13,6 +13,7 @@
         "native/memfd.cc",
         "native/poller.cc",
         "native/toucher.cc",
+        "native/writer.cc",
         "native/fd_passing.cc",
         "native/engine.cc",
         "native/engine_napi.cc",

@@ -29,6 +29,7 @@ export type { SnapshotOptions, SnapshotStats } from './snapshot';
 export { MigrationSource, servePages } from './migration/source';
 export type { SourceOptions, SourceStats } from './migration/source';
 export type { ImageSource } from './migration/image';
+export type { LiveMode, LiveRange, LiveSourceOptions, LiveStats } from './migration/live';
 export { MigrationDestination } from './migration/destination';
 export type { DestinationOptions, DestinationStats, GuestView, FailurePolicy } from './migration/destination';
 export { PROTOCOL_VERSION, crc32 } from './migration/protocol';

@@ -12,6 +12,11 @@ export interface TouchReport {
   checksum: number;
 }
 
+export interface WriterReport {
+  threadId: number;
+  writes: number;
+}
+
 export interface NativeBinding {
   /** [0] bytes done by the last progress ioctl, [1] syscall errno, [2] device errno of the last open. */
   scratch: Float64Array;
@@ -61,6 +66,10 @@ export interface NativeBinding {
     cpu: number,
     done: (report: TouchReport) => void,
   ): SysResult;
+
+  writerStart(mapping: ArrayBuffer, pageSize: number, params: Float64Array, control: Int32Array, done: (report: WriterReport) => void): SysResult;
+  /** Slots and commands of a writer's control array (native/writer.cc). */
+  writerControlLayout: { command: number; paused: number; writes: number; slots: number; run: number; pause: number; stop: number };
 
   /** Names and positions the engine's records, counters and histogram use (native/engine.h). */
   engineLayout: EngineLayout;

@@ -24,6 +24,13 @@ export function integer(name: string, value: unknown, min = 0, max = MAX_SAFE): 
   return value;
 }
 
+/** A finite number in [min, max] (rates, shares). */
+export function number(name: string, value: unknown, min = -Infinity, max = Infinity): number {
+  if (typeof value !== 'number') throw argTypeError(name, 'of type number', value);
+  if (!Number.isFinite(value) || value < min || value > max) throw argRangeError(name, `a finite number >= ${min} and <= ${max}`, value);
+  return value;
+}
+
 export function aligned(name: string, value: number, alignment: number): number {
   if (value % alignment !== 0) throw argValueError(name, `must be a multiple of the page size (${alignment})`, value);
   return value;

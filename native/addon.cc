@@ -48,6 +48,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitMemfd(env, exports);
   InitPoller(env, exports);
   InitThreads(env, exports);
+  InitWriter(env, exports);
   InitFdPassing(env, exports);
   InitEngine(env, exports);
   InitWatchdog(env, exports);

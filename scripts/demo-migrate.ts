@@ -1,6 +1,11 @@
-// npm run demo:migrate -- [--size MiB] [--workers N] ... (--help lists every option)
+// npm run demo:migrate -- [--mode M | --modes all] [--size MiB] ... (--help lists every option)
 //
-// Post-copy migration of a running guest, three processes on loopback:
+// --mode precopy|hybrid, and --modes all, run the live demo
+// (demo-migrate/live.ts): the guest's native writer threads run at the
+// source while its memory moves, and resume at the destination.
+//
+// --mode postcopy (the default): post-copy migration of a running guest,
+// three processes on loopback:
 //   source       serves the memory image over TCP (MigrationSource)
 //   destination  receives the guest's uffd + memfd over a Unix socket and
 //                fills the memfd from the source (MigrationDestination)
@@ -10,15 +15,17 @@
 // its own writes applied), and the demo prints what happened.
 import { ChildProcess, fork } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 
 import {
   FdServer, FdSocket, Memfd, MigrationDestination, MigrationSource, PAGE_SIZE, Userfaultfd, crc32, receiveGuestMemory, sendGuestMemory,
 } from '../lib/index';
+import type { LiveMode } from '../lib/index';
+import { LiveOptions, LiveResult, liveTable, liveTargets, migrateLive, runLiveDestination, runLiveSource } from './demo-migrate/live';
 
 interface Options {
   sizeMiB: number;
@@ -32,7 +39,18 @@ interface Options {
   prefetch: number;
   /** 0: event-loop fault handler, 1: native resolver thread. */
   native: number;
+  /** Live modes: share of memory the guest dirties per second at most. */
+  dirtyRate: number;
+  maxRounds: number;
+  hybridRounds: number;
+  stopBelowPages: number;
+  /** The modes to run: postcopy alone is the three-process demo of a static image; anything else runs the live demo. */
+  modes: LiveMode[];
+  /** Write the live table into docs/migration.md. */
+  docs: boolean;
 }
+
+const MODES: readonly LiveMode[] = ['precopy', 'postcopy', 'hybrid'];
 
 const STAMP = 0xfeedf00d;
 
@@ -51,6 +69,18 @@ destination, guest); every page is checked against the image at the end.
   --after-seconds S     how long the guest runs after the migration (default 3)
   --prefetch N          pages requested after each demand fault (default 0)
   --native 0|1          1: native resolver thread instead of the event loop (default 0)
+  --mode M              postcopy (default: this demo), precopy or hybrid (the live demo)
+  --modes all           the live demo in all three modes, one table side by side
+  --docs                with --modes all: write the table into docs/migration.md
+
+Live demo (--mode precopy|hybrid, --modes all): the guest is native writer
+threads writing counters into its pages, first at the source (its memory is
+served live, pre-copy rounds send what it writes), then at the destination.
+
+  --dirty-rate F        most memory the guest dirties per second, as a share (default 0.05)
+  --max-rounds N        pre-copy: most rounds before stop-and-copy (default 8)
+  --hybrid-rounds N     hybrid: pre-copy rounds before the switch to post-copy (default 2)
+  --stop-below N        switch over once a round leaves at most N written pages (default 64)
   --help                this text
 `;
 
@@ -58,19 +88,38 @@ destination, guest); every page is checked against the image at the end.
 class UsageError extends Error {}
 
 function parseOptions(argv: string[]): Options | 'help' {
-  const opts: Options = { sizeMiB: 256, workers: 2, hotFraction: 0.05, hotShare: 0.8, writeShare: 0.05, pushRateMiB: 64, batchPages: 16, afterSeconds: 3, prefetch: 0, native: 0 };
+  const opts: Options = {
+    sizeMiB: 256, workers: 2, hotFraction: 0.05, hotShare: 0.8, writeShare: 0.05, pushRateMiB: 64, batchPages: 16, afterSeconds: 3, prefetch: 0, native: 0,
+    dirtyRate: 0.05, maxRounds: 8, hybridRounds: 2, stopBelowPages: 64, modes: ['postcopy'], docs: false,
+  };
   const names: Record<string, keyof Options> = {
     '--size': 'sizeMiB', '--workers': 'workers', '--hot-fraction': 'hotFraction', '--hot-share': 'hotShare', '--write-share': 'writeShare',
     '--push-rate': 'pushRateMiB', '--batch-pages': 'batchPages', '--after-seconds': 'afterSeconds', '--prefetch': 'prefetch', '--native': 'native',
+    '--dirty-rate': 'dirtyRate', '--max-rounds': 'maxRounds', '--hybrid-rounds': 'hybridRounds', '--stop-below': 'stopBelowPages',
   };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--help' || argv[i] === '-h') return 'help';
+    if (argv[i] === '--docs') {
+      opts.docs = true;
+      continue;
+    }
+    if (argv[i] === '--mode' || argv[i] === '--modes') {
+      const value = argv[++i];
+      if (argv[i - 1] === '--modes' && value === 'all') opts.modes = [...MODES];
+      else if (MODES.includes(value as LiveMode)) opts.modes = [value as LiveMode];
+      else throw new UsageError(`${argv[i - 1]} ${value ?? ''}: must be ${argv[i - 1] === '--modes' ? 'all' : MODES.join(', ')}`);
+      continue;
+    }
     const key = names[argv[i]];
     const value = Number(argv[i + 1]);
     if (!key || argv[i + 1] === undefined || !Number.isFinite(value)) throw new UsageError(`unknown option or bad value: ${argv[i]} ${argv[i + 1] ?? ''}`);
-    opts[key] = value;
+    (opts as unknown as Record<string, number>)[key] = value;
     i++;
   }
+  if (!(opts.dirtyRate > 0 && opts.dirtyRate <= 1)) throw new UsageError(`--dirty-rate ${opts.dirtyRate}: must be > 0 and <= 1`);
+  for (const [flag, n] of [['--max-rounds', opts.maxRounds], ['--hybrid-rounds', opts.hybridRounds]] as const)
+    if (!(Number.isInteger(n) && n >= 1)) throw new UsageError(`${flag} ${n}: must be a whole number >= 1`);
+  if (opts.docs && opts.modes.length !== MODES.length) throw new UsageError('--docs: needs --modes all');
   if (!((opts.sizeMiB * 1024 * 1024) % PAGE_SIZE === 0 && opts.sizeMiB > 0)) throw new UsageError(`--size ${opts.sizeMiB}: must be a positive number of MiB that is a whole number of pages`);
   if (!(Number.isInteger(opts.workers) && opts.workers >= 1)) throw new UsageError(`--workers ${opts.workers}: must be a whole number >= 1`);
   return opts;
@@ -293,6 +342,7 @@ async function orchestrate(argv: string[]): Promise<void> {
     process.stdout.write(USAGE);
     return;
   }
+  if (opts.modes.length > 1 || opts.modes[0] !== 'postcopy') return orchestrateLive(opts, argv);
   const dir = mkdtempSync(join(tmpdir(), 'demo-migrate-'));
   const socketPath = join(dir, 'handoff.sock');
   const optArgs = ['--opts', JSON.stringify(opts)];
@@ -342,6 +392,60 @@ async function orchestrate(argv: string[]): Promise<void> {
   }
 }
 
+// ---------------------------------------------------------------- live modes
+const DOCS_START = '<!-- demo-migrate:modes:start -->';
+const DOCS_END = '<!-- demo-migrate:modes:end -->';
+
+function liveOptions(opts: Options, mode: LiveMode): LiveOptions {
+  return {
+    sizeMiB: opts.sizeMiB, workers: opts.workers, dirtyRate: opts.dirtyRate, hotFraction: Math.min(opts.hotFraction, opts.dirtyRate / 2),
+    pushRateMiB: opts.pushRateMiB, batchPages: opts.batchPages, afterSeconds: opts.afterSeconds,
+    maxRounds: mode === 'hybrid' ? opts.hybridRounds : opts.maxRounds, stopBelowPages: opts.stopBelowPages, native: opts.native,
+  };
+}
+
+async function orchestrateLive(opts: Options, argv: string[]): Promise<void> {
+  const procs: ChildProcess[] = [];
+  const watchdog = setTimeout(() => {
+    console.error('demo: no result after 120 s per mode, stopping');
+    for (const p of procs) p.kill('SIGKILL');
+    process.exit(1);
+  }, 120_000 * opts.modes.length);
+  const setting = `${opts.sizeMiB} MiB guest, ${opts.workers} native writer threads dirtying at most ${opts.dirtyRate * 100}% of memory per second ` +
+    `(hot set ${(Math.min(opts.hotFraction, opts.dirtyRate / 2) * 100).toFixed(1)}% of pages taking 90% of writes), ${opts.native ? 'native' : 'event-loop'} fault handler, ` +
+    `push ${opts.pushRateMiB > 0 ? `capped at ${opts.pushRateMiB} MiB/s` : 'uncapped'}, ${opts.batchPages} pages per batch, pre-copy at most ${opts.maxRounds} rounds, hybrid after ${opts.hybridRounds}, stop below ${opts.stopBelowPages} pages`;
+  console.log(`userfaultfd live migration demo: ${setting}`);
+  const results: LiveResult[] = [];
+  try {
+    for (const mode of opts.modes) {
+      const r = await migrateLive(__filename, liveOptions(opts, mode), mode, next, procs);
+      results.push(r);
+      console.log(`${mode.padEnd(9)} ${r.pages - r.badPages} of ${r.pages} pages verified (CRC-32 of every page against the source at the pause), ${(r.totalMs / 1000).toFixed(2)} s, downtime ${r.downtimeMs.toFixed(1)} ms`);
+      await Promise.all(procs.map((p) => (p.exitCode === null && p.signalCode === null ? once(p, 'exit') : undefined)));
+    }
+    const table = liveTable(results);
+    console.log(`
+${table}
+`);
+    for (const line of liveTargets(results)) console.log(line);
+    const bad = results.filter((r) => r.badPages > 0);
+    if (bad.length) throw new Error(`${bad.map((r) => `${r.mode}: ${r.badPages} pages`).join(', ')} do not match the source`);
+    if (opts.docs) {
+      const path = resolve(__dirname, '..', '..', 'docs', 'migration.md');
+      const doc = readFileSync(path, 'utf8');
+      const start = doc.indexOf(DOCS_START);
+      const end = doc.indexOf(DOCS_END);
+      if (start < 0 || end < start) throw new Error(`${path}: markers ${DOCS_START} ... ${DOCS_END} not found`);
+      const body = [`Written by \`npm run demo:migrate -- ${argv.join(' ')}\` (${new Date().toISOString().slice(0, 10)}, ${opts.sizeMiB} MiB): ${setting}.`, '', table, '', ...liveTargets(results).map((l) => `- ${l}`)].join('\n');
+      writeFileSync(path, `${doc.slice(0, start + DOCS_START.length)}\n${body}\n${doc.slice(end)}`);
+      console.log(`\nwrote the table into ${path}`);
+    }
+  } finally {
+    clearTimeout(watchdog);
+    for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
+  }
+}
+
 // ---------------------------------------------------------------- entry
 function optsFrom(args: string[]): Options {
   const at = args.indexOf('--opts');
@@ -361,6 +465,8 @@ if (!isMainThread) {
     process.exit(1);
   };
   if (role === 'source') runSource(optsFrom(rest)).catch(fail);
+  else if (role === 'live-source') runLiveSource(optsFrom(rest) as unknown as LiveOptions, rest[0] as LiveMode).catch(fail);
+  else if (role === 'live-destination') runLiveDestination(optsFrom(rest) as unknown as LiveOptions, Number(rest[0])).then(() => process.exit(0), fail);
   else if (role === 'destination') runDestination(rest[0], Number(rest[1]), optsFrom(rest)).then(() => process.exit(0), fail);
   else if (role === 'guest') runGuest(rest[0], optsFrom(rest)).then(() => process.exit(0), fail);
   else orchestrate(process.argv.slice(2)).catch(fail);

@@ -9,6 +9,16 @@
 // when the page has arrived; pages the handler finds present are mapped
 // without asking (in native mode by its resolver thread, without JavaScript).
 //
+// From a live source (protocol 3), pages arrive before the guest may run
+// here: pre-copy rounds, and update batches that replace pages the guest
+// wrote at the source after they were sent. Until the switch-over the fault
+// handler does not run and nothing is mapped, so a replaced page was never
+// seen by anyone; a guest that runs too early just waits in its first fault.
+// At a hybrid switch-over the pages written since they were sent are marked
+// absent again (they were never mapped, so no view holds the stale copy) and
+// are fetched like any other missing page. After the switch-over an update is
+// a protocol error: only absent pages are ever written again.
+//
 // A page the guest drops comes back the way the kernel says: MADV_DONTNEED
 // on shared memory keeps the page cache, so the page stays present and its
 // next fault is a MINOR one mapped without asking the source; MADV_REMOVE
@@ -114,6 +124,12 @@ export interface DestinationStats {
   pagesPushed: number;
   /** Pages that arrived while already present (ignored; never written). */
   pagesIgnored: number;
+  /** Live sources: pre-copy rounds received. */
+  rounds: number;
+  /** Live sources: pages replaced by update batches before the guest ran here. */
+  pagesUpdated: number;
+  /** Hybrid: pages dropped at the switch-over (written at the source after they were sent), fetched again. */
+  pagesStale: number;
   /** Pagefault events read. */
   faults: number;
   /** Pages the fault handler had to fetch (each one waited for the network). */
@@ -144,6 +160,17 @@ const { ESRCH } = NEGATIVE_ERRNO;
 export class MigrationDestination implements Disposable {
   /** Resolves with the stats once every page is present; rejects with a coded error on failure. */
   readonly done: Promise<DestinationStats>;
+  /**
+   * Resolves when the guest may run here: at once for a static image, at the
+   * switch-over from a live hybrid or post-copy source, at done after
+   * stop-and-copy. Rejects as `done` does when the migration fails first.
+   */
+  readonly resumable: Promise<void>;
+  #resolveResumable!: () => void;
+  /** The source is live and the guest may not run here yet. */
+  #beforeSwitchover = false;
+  /** A stop-and-copy switch-over was announced: updates go on until done. */
+  #stopAndCopy = false;
   readonly #uffd: Userfaultfd;
   readonly #memfd: Memfd;
   readonly #views: View[];
@@ -202,7 +229,7 @@ export class MigrationDestination implements Disposable {
     this.#pageSize = opts.memfd.pageSize;
     this.#signal = opts.signal;
     this.#stats = {
-      pageCount: 0, pageSize: this.#pageSize, pagesOnDemand: 0, pagesPushed: 0, pagesIgnored: 0, faults: 0, demandFaults: 0,
+      pageCount: 0, pageSize: this.#pageSize, pagesOnDemand: 0, pagesPushed: 0, pagesIgnored: 0, rounds: 0, pagesUpdated: 0, pagesStale: 0, faults: 0, demandFaults: 0,
       faultLatencyMs: [], bytesReceived: 0, durationMs: 0,
     };
     this.done = new Promise<DestinationStats>((resolve, reject) => {
@@ -214,6 +241,11 @@ export class MigrationDestination implements Disposable {
       this.#recordFile = opts.record.file;
       this.#recorder = recorderFor(opts.record, this.#pageSize, opts.memfd.size);
     }
+    this.resumable = new Promise<void>((resolve, reject) => {
+      this.#resolveResumable = resolve;
+      this.done.catch(reject);
+    });
+    this.resumable.catch(() => {});
     // The views were registered MISSING|MINOR by the guest; the handler only serves them.
     this.#handler = new FaultHandler(opts.uffd, {
       memfd: opts.memfd,
@@ -390,13 +422,63 @@ export class MigrationDestination implements Disposable {
     this.#requested = new Uint8Array(hello.pageCount);
     this.#received = new Uint8Array(hello.pageCount);
     this.#started = performance.now();
+    if (hello.live) this.#beforeSwitchover = true;
+    else this.#startGuest();
+    this.#socket.write(encodeCredit(this.#pushWindow));
+    trace('migration destination: %d pages of %d bytes, %d views%s', hello.pageCount, hello.pageSize, this.#views.length, hello.live ? ', live source' : '');
+  }
+
+  /** The guest may run here: serve its faults, map what is present, say so. */
+  #startGuest(): void {
+    this.#beforeSwitchover = false;
     this.#handler.start();
     this.#handlerStarted = true;
     void this.#handler.finished.then((err) => {
       if (err) this.#fail(stateError('ERR_MIGRATION_FAULT_HANDLER', `migration destination: the fault handler stopped: ${err.message}`));
     });
-    this.#socket.write(encodeCredit(this.#pushWindow));
-    trace('migration destination: %d pages of %d bytes, %d views', hello.pageCount, hello.pageSize, this.#views.length);
+    if (this.#mapReceived && this.#present.count() > 0) this.#resolveRun(0, this.#pageCount);
+    this.#resolveResumable();
+  }
+
+  /** The switch-over frame: the guest is paused at the source. */
+  #onSwitchover(postcopy: boolean, stale: [number, number][]): void {
+    if (!this.#beforeSwitchover || this.#stopAndCopy) throw protocolError('ERR_MIGRATION_BAD_FRAME', 'a switch-over frame from a source that is not live, or a second one');
+    if (!postcopy) {
+      if (stale.length) throw protocolError('ERR_MIGRATION_BAD_FRAME', 'a stop-and-copy switch-over with stale pages');
+      this.#stopAndCopy = true;
+      return;
+    }
+    const ps = this.#pageSize;
+    for (const [first, count] of stale) {
+      if (count === 0 || first + count > this.#pageCount)
+        throw protocolError('ERR_MIGRATION_BAD_FRAME', `stale pages ${first}+${count} outside the image's ${this.#pageCount} pages`);
+      // Never mapped (nothing is before the switch-over): clearing the bit is enough for the next touch to fetch.
+      this.#present.clear(first * ps, count * ps);
+      for (let p = first; p < first + count; p++) {
+        if (!this.#received[p]) continue;
+        this.#received[p] = 0;
+        this.#receivedCount--;
+        this.#stats.pagesStale++;
+      }
+    }
+    this.#startGuest();
+  }
+
+  /** An update batch: pages written at the source since they were sent replace this side's copy. */
+  #onUpdate(first: number, count: number, data: Buffer): void {
+    if (!this.#beforeSwitchover)
+      throw protocolError('ERR_MIGRATION_BAD_FRAME', `update of pages ${first}+${count} after the guest may run here: a page it may have seen cannot be replaced`);
+    const ps = this.#pageSize;
+    this.#memfd.write(first * ps, data);
+    this.#present.mark(first * ps, count * ps);
+    for (let p = first; p < first + count; p++) {
+      if (this.#received[p]) this.#stats.pagesUpdated++;
+      else {
+        this.#received[p] = 1;
+        this.#receivedCount++;
+        this.#stats.pagesPushed++;
+      }
+    }
   }
 
   #onFrame(frame: Frame): void {
@@ -404,12 +486,24 @@ export class MigrationDestination implements Disposable {
       case 'batch':
         if (frame.firstPage + frame.pageCount > this.#pageCount)
           throw protocolError('ERR_MIGRATION_BAD_FRAME', `batch of pages ${frame.firstPage}+${frame.pageCount} outside the image's ${this.#pageCount} pages`);
-        this.#onBatch(frame.firstPage, frame.pageCount, frame.data, frame.demand);
+        if (frame.update) this.#onUpdate(frame.firstPage, frame.pageCount, frame.data);
+        else this.#onBatch(frame.firstPage, frame.pageCount, frame.data, frame.demand);
         if (!frame.demand) this.#creditOwed++;
+        return;
+      case 'round':
+        if (!this.#beforeSwitchover || this.#stopAndCopy) throw protocolError('ERR_MIGRATION_BAD_FRAME', `round ${frame.round} frame from a source that is not live, or after the switch-over`);
+        this.#stats.rounds = frame.round + 1;
+        return;
+      case 'switchover':
+        this.#onSwitchover(frame.postcopy, frame.stale);
         return;
       case 'done':
         if (this.#receivedCount !== this.#pageCount)
           throw protocolError('ERR_MIGRATION_INCOMPLETE', `the source says done after ${frame.pagesSent} pages, but ${this.#pageCount - this.#receivedCount} pages never arrived`);
+        if (this.#beforeSwitchover) {
+          if (!this.#stopAndCopy) throw protocolError('ERR_MIGRATION_BAD_FRAME', 'a live source said done without a switch-over: its guest may still be running');
+          this.#startGuest();
+        }
         // Pages lost and asked for again are still on their way: done when they are in.
         if (this.#pending.size > 0) this.#doneSeen = true;
         else this.#complete();
@@ -525,6 +619,7 @@ export class MigrationDestination implements Disposable {
   /** Maps newly present pages [p, q) and wakes whoever waits on them. */
   #resolveRun(p: number, q: number): void {
     const ps = this.#pageSize;
+    if (this.#beforeSwitchover) return;
     if (this.#mapReceived) {
       const r = this.#handler.mapPresent(p * ps, (q - p) * ps);
       if (r === ESRCH) throw stateError('ERR_MIGRATION_GUEST_EXITED', 'migration destination: the guest process exited');

@@ -1,6 +1,7 @@
-// The post-copy wire protocol: length-prefixed binary frames over one TCP
+// The migration wire protocol: length-prefixed binary frames over one TCP
 // stream. Small on purpose: a hello, page requests, page batches with a
-// CRC-32 each, done, and error. docs-migrate.md documents the layout.
+// CRC-32 each, pre-copy rounds and the switch-over, done, and error.
+// docs/migration.md documents the layout.
 import { crc32 } from '../crc32';
 import { stateError } from '../errors';
 
@@ -10,8 +11,10 @@ export { crc32 };
  * Protocol version carried in the hello frame. A destination refuses any
  * other. Version 2 added `refetch` requests (a page the destination lost)
  * and the token handshake (challenge, auth, proof) before the hello.
+ * Version 3 added live sources: pre-copy rounds, update batches (pages sent
+ * again because the guest wrote them since) and the switch-over frame.
  */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 /** Bytes of every frame header: u32 payload length, u8 type, u8 flags, u16 reserved. */
 export const FRAME_HEADER = 8;
@@ -20,7 +23,7 @@ export const FRAME_HEADER = 8;
 export const MAX_PAYLOAD = 64 * 1024 * 1024 + 64;
 
 /** Frame types. */
-export const FRAME = { hello: 1, request: 2, batch: 3, done: 4, error: 5, credit: 6, challenge: 7, auth: 8, proof: 9 } as const;
+export const FRAME = { hello: 1, request: 2, batch: 3, done: 4, error: 5, credit: 6, challenge: 7, auth: 8, proof: 9, round: 10, switchover: 11 } as const;
 
 /**
  * Request priorities: a faulting thread waits on `demand`; `prefetch` is a
@@ -30,12 +33,35 @@ export const FRAME = { hello: 1, request: 2, batch: 3, done: 4, error: 5, credit
  */
 export const PRIORITY = { demand: 0, prefetch: 1, refetch: 2 } as const;
 
-/** Batch flags: whether the pages answer a demand request or were pushed. */
-export const BATCH_FLAG = { demand: 1 } as const;
+/**
+ * Batch flags: `demand`, the pages answer a request (else pushed); `update`,
+ * pages sent before and written by the guest since: they replace the copy the
+ * destination holds (allowed only before the guest may run there).
+ */
+export const BATCH_FLAG = { demand: 1, update: 2 } as const;
 
-export interface HelloFrame { type: 'hello'; version: number; pageSize: number; imageSize: number; pageCount: number }
+/** Hello flags: `live`, the guest still runs at the source: rounds and a switch-over frame follow. */
+export const HELLO_FLAG = { live: 1 } as const;
+
+/**
+ * Switch-over flags: `postcopy`, the guest may run at the destination as
+ * soon as the stale pages are dropped, and the missing pages follow by
+ * post-copy (hybrid); clear, stop-and-copy: the last update batches follow,
+ * then done, and the guest runs only after done.
+ */
+export const SWITCHOVER_FLAG = { postcopy: 1 } as const;
+
+export interface HelloFrame { type: 'hello'; version: number; pageSize: number; imageSize: number; pageCount: number; live: boolean }
 export interface RequestFrame { type: 'request'; priority: number; firstPage: number; pageCount: number }
-export interface BatchFrame { type: 'batch'; demand: boolean; firstPage: number; pageCount: number; data: Buffer }
+export interface BatchFrame { type: 'batch'; demand: boolean; update: boolean; firstPage: number; pageCount: number; data: Buffer }
+/** Source to destination: pre-copy round `round` begins and sends `pageCount` pages. */
+export interface RoundFrame { type: 'round'; round: number; pageCount: number }
+/**
+ * Source to destination: the guest is paused at the source. `stale` lists the
+ * runs [firstPage, pageCount] sent before and written since: the destination
+ * drops them (with `postcopy`) and fetches them again.
+ */
+export interface SwitchoverFrame { type: 'switchover'; postcopy: boolean; stale: [number, number][] }
 export interface DoneFrame { type: 'done'; pagesSent: number }
 export interface ErrorFrame { type: 'error'; code: string; message: string }
 export interface CreditFrame { type: 'credit'; batches: number }
@@ -45,7 +71,7 @@ export interface ChallengeFrame { type: 'challenge'; nonce: Buffer }
 export interface AuthFrame { type: 'auth'; mac: Buffer; nonce: Buffer }
 /** Source to destination: its proof for the destination's nonce; the hello follows. */
 export interface ProofFrame { type: 'proof'; mac: Buffer }
-export type Frame = HelloFrame | RequestFrame | BatchFrame | DoneFrame | ErrorFrame | CreditFrame | ChallengeFrame | AuthFrame | ProofFrame;
+export type Frame = HelloFrame | RequestFrame | BatchFrame | DoneFrame | ErrorFrame | CreditFrame | ChallengeFrame | AuthFrame | ProofFrame | RoundFrame | SwitchoverFrame;
 
 /** A protocol violation: a bad frame, a checksum mismatch, a version the peer does not speak. */
 export function protocolError(code: string, message: string): Error {
@@ -62,8 +88,10 @@ function header(type: number, payloadLength: number, flags = 0, inline = payload
   return b;
 }
 
-export function encodeHello(pageSize: number, imageSize: number): Buffer {
-  const b = header(FRAME.hello, 16);
+export function encodeHello(pageSize: number, imageSize: number, live = false): Buffer {
+  // Flags in the header, not the payload: a version 2 peer still reads the
+  // version and refuses it with a version error rather than a size error.
+  const b = header(FRAME.hello, 16, live ? HELLO_FLAG.live : 0);
   b.writeUInt32LE(PROTOCOL_VERSION, 8);
   b.writeUInt32LE(pageSize, 12);
   b.writeBigUInt64LE(BigInt(imageSize), 16);
@@ -84,8 +112,8 @@ export function encodeRequest(priority: number, firstPage: number, pageCount: nu
  * wrong index is caught as well as flipped bits. Returns the header and the
  * page bytes separately so the pages are not copied again.
  */
-export function encodeBatch(demand: boolean, firstPage: number, pageCount: number, pages: Uint8Array): [Buffer, Uint8Array] {
-  const head = header(FRAME.batch, 12 + pages.byteLength, demand ? BATCH_FLAG.demand : 0, 12);
+export function encodeBatch(demand: boolean, firstPage: number, pageCount: number, pages: Uint8Array, update = false): [Buffer, Uint8Array] {
+  const head = header(FRAME.batch, 12 + pages.byteLength, (demand ? BATCH_FLAG.demand : 0) | (update ? BATCH_FLAG.update : 0), 12);
   head.writeUInt32LE(firstPage, 12);
   head.writeUInt32LE(pageCount, 16);
   head.writeUInt32LE(crc32(pages, crc32(head.subarray(12, 20))), 8);
@@ -100,6 +128,24 @@ export function encodeBatch(demand: boolean, firstPage: number, pageCount: numbe
 export function encodeCredit(batches: number): Buffer {
   const b = header(FRAME.credit, 4);
   b.writeUInt32LE(batches, 8);
+  return b;
+}
+
+export function encodeRound(round: number, pageCount: number): Buffer {
+  const b = header(FRAME.round, 8);
+  b.writeUInt32LE(round, 8);
+  b.writeUInt32LE(pageCount, 12);
+  return b;
+}
+
+/** Payload: u32 run count, then per run u32 first page, u32 page count. */
+export function encodeSwitchover(postcopy: boolean, stale: readonly (readonly [number, number])[]): Buffer {
+  const b = header(FRAME.switchover, 4 + 8 * stale.length, postcopy ? SWITCHOVER_FLAG.postcopy : 0);
+  b.writeUInt32LE(stale.length, 8);
+  stale.forEach(([first, count], i) => {
+    b.writeUInt32LE(first, 12 + 8 * i);
+    b.writeUInt32LE(count, 16 + 8 * i);
+  });
   return b;
 }
 
@@ -182,7 +228,7 @@ export class FrameDecoder {
         const imageSize = Number(payload.readBigUInt64LE(8));
         const pageSize = payload.readUInt32LE(4);
         if (pageSize === 0 || (pageSize & (pageSize - 1)) !== 0) throw protocolError('ERR_MIGRATION_BAD_FRAME', `hello announces page size ${pageSize}`);
-        return { type: 'hello', version: payload.readUInt32LE(0), pageSize, imageSize, pageCount: Math.ceil(imageSize / pageSize) };
+        return { type: 'hello', version: payload.readUInt32LE(0), pageSize, imageSize, pageCount: Math.ceil(imageSize / pageSize), live: (flags & HELLO_FLAG.live) !== 0 };
       }
       case FRAME.request:
         need(12, 'request');
@@ -198,7 +244,18 @@ export class FrameDecoder {
         const actual = crc32(data, crc32(payload.subarray(4, 12)));
         if (actual !== expected)
           throw protocolError('ERR_MIGRATION_BAD_CHECKSUM', `batch of pages ${payload.readUInt32LE(4)}+${pageCount} has CRC-32 0x${actual.toString(16)}, frame says 0x${expected.toString(16)}`);
-        return { type: 'batch', demand: (flags & BATCH_FLAG.demand) !== 0, firstPage: payload.readUInt32LE(4), pageCount, data };
+        return { type: 'batch', demand: (flags & BATCH_FLAG.demand) !== 0, update: (flags & BATCH_FLAG.update) !== 0, firstPage: payload.readUInt32LE(4), pageCount, data };
+      }
+      case FRAME.round:
+        need(8, 'round');
+        return { type: 'round', round: payload.readUInt32LE(0), pageCount: payload.readUInt32LE(4) };
+      case FRAME.switchover: {
+        if (payload.length < 4) throw protocolError('ERR_MIGRATION_BAD_FRAME', `switchover frame of ${payload.length} bytes is shorter than its header`);
+        const runs = payload.readUInt32LE(0);
+        need(4 + 8 * runs, 'switchover');
+        const stale: [number, number][] = [];
+        for (let i = 0; i < runs; i++) stale.push([payload.readUInt32LE(4 + 8 * i), payload.readUInt32LE(8 + 8 * i)]);
+        return { type: 'switchover', postcopy: (flags & SWITCHOVER_FLAG.postcopy) !== 0, stale };
       }
       case FRAME.credit:
         need(4, 'credit');

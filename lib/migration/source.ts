@@ -1,18 +1,24 @@
-// The page source of a post-copy migration: serves a memory image over TCP,
-// demand requests first, everything else pushed in the background in large
-// batches. Each page is sent at most once per connection: a page the
+// The page source of a migration: serves a memory image over TCP, demand
+// requests first, everything else pushed in the background in large
+// batches. A live source serves a memfd whose guest keeps running: pre-copy
+// rounds send what the guest wrote meanwhile (live.ts decides when to stop),
+// then the guest is paused and the rest goes by stop-and-copy or post-copy. Each page is sent at most once per connection: a page the
 // destination asks for after it was pushed is already on the wire ahead of
 // the request's answer (TCP keeps order), so it is not sent twice, unless
 // the destination asks again with a refetch request (it lost the page).
 import { once } from 'node:events';
 import * as net from 'node:net';
+import { performance } from 'node:perf_hooks';
 
 import { trace } from '../debug';
 import { argValueError, stateError } from '../errors';
 import * as v from '../validate';
+import { Memfd } from '../memfd';
 import { DEFAULT_PAGE_SIZE, ImageSource, PageImage, openImage } from './image';
+import { CheckedLive, LiveSourceOptions, LiveStats, LiveTracker, checkLive, pauseGuest } from './live';
 import { CheckedAuth, MigrationAuth, authError, checkAuth, createServer, nonce, proof, proofHolds } from './auth';
-import { Frame, FrameDecoder, PRIORITY, encodeBatch, encodeChallenge, encodeDone, encodeError, encodeHello, encodeProof, protocolError } from './protocol';
+import { Frame, FrameDecoder, PRIORITY, encodeBatch, encodeChallenge, encodeDone, encodeError, encodeHello, encodeProof, encodeRound, encodeSwitchover, protocolError } from './protocol';
+
 
 /** Options of {@link servePages} and {@link MigrationSource.listen}. */
 export interface SourceOptions extends MigrationAuth {
@@ -31,6 +37,12 @@ export interface SourceOptions extends MigrationAuth {
   pushBytesPerSecond?: number;
   /** Stops serving: the connection is closed with an error frame. */
   signal?: AbortSignal;
+  /**
+   * Serve a running guest: the image must be the guest's Memfd. Pre-copy
+   * rounds, then a pause and stop-and-copy or post-copy (see
+   * {@link LiveSourceOptions}). A live source serves one destination.
+   */
+  live?: LiveSourceOptions;
 }
 
 /** What one served connection did. */
@@ -42,8 +54,10 @@ export interface SourceStats {
   pagesPushed: number;
   requestsReceived: number;
   bytesSent: number;
-  /** Milliseconds from hello to done. */
+  /** Milliseconds from the connection to its end (the whole migration). */
   durationMs: number;
+  /** With `live`: rounds, pages per round, downtime. */
+  live?: LiveStats;
 }
 
 interface Options {
@@ -54,6 +68,7 @@ interface Options {
   push: boolean;
   pushBytesPerSecond: number;
   signal?: AbortSignal;
+  live?: CheckedLive;
 }
 
 function readOptions(options: SourceOptions | undefined): Options {
@@ -65,7 +80,8 @@ function readOptions(options: SourceOptions | undefined): Options {
   const pushBytesPerSecond = opts.pushBytesPerSecond === undefined ? Infinity : v.integer('options.pushBytesPerSecond', opts.pushBytesPerSecond, 1);
   const auth = checkAuth(opts);
   const authTimeoutMs = v.integer('options.authTimeoutMs', opts.authTimeoutMs ?? 10_000, 1, 3_600_000);
-  return { auth, authTimeoutMs, pageSize, batchPages, push: v.boolean('options.push', opts.push, true), pushBytesPerSecond, signal: opts.signal };
+  const live = opts.live === undefined ? undefined : checkLive(opts.live);
+  return { auth, authTimeoutMs, pageSize, batchPages, push: v.boolean('options.push', opts.push, true), pushBytesPerSecond, signal: opts.signal, live };
 }
 
 /**
@@ -75,11 +91,27 @@ function readOptions(options: SourceOptions | undefined): Options {
  * connection before the end, or an abort (the socket is destroyed then).
  */
 export async function servePages(socket: net.Socket, image: ImageSource, options?: SourceOptions): Promise<SourceStats> {
-  const opts = readOptions(options);
-  const img = openImage(image);
+  let opts: Options;
+  let img: PageImage;
+  let tracker: LiveTracker | undefined;
   try {
-    return await new SourceConnection(socket, img, opts).run();
+    opts = readOptions(options);
+    if (opts.live && !(image instanceof Memfd)) throw argValueError('image', 'must be the guest\'s Memfd for a live source', image);
+    img = openImage(image);
+    try {
+      if (opts.live && opts.live.mode !== 'postcopy') tracker = new LiveTracker(opts.live, opts.pageSize);
+    } catch (err) {
+      img.close();
+      throw err;
+    }
+  } catch (err) {
+    socket.destroy();
+    throw err;
+  }
+  try {
+    return await new SourceConnection(socket, img, opts, tracker).run();
   } finally {
+    tracker?.close();
     img.close();
   }
 }
@@ -104,14 +136,36 @@ class SourceConnection {
   #credit = 0;
   readonly #stats: SourceStats;
   readonly #started = Date.now();
+  /**
+   * Live sources only. `rounds`: sending the pages queued for this round;
+   * `pausing`: waiting for the guest to stop; `final`: stop-and-copy of the
+   * last written pages; `serve`: post-copy (also every static source).
+   */
+  #phase: 'rounds' | 'pausing' | 'final' | 'serve' = 'serve';
+  readonly #tracker: LiveTracker | undefined;
+  /** Per page: queued to be sent in this round (or the stop-and-copy). */
+  #queued = new Uint8Array(0);
+  #queuedCursor = 0;
+  #round = 0;
+  #roundStarted = 0;
+  #lastDirty = Infinity;
+  #pausedAt = 0;
+  /** The connection's outcome is settled (finish ran). */
+  #ended = false;
+  #finish: (err?: Error) => void = () => {};
 
-  constructor(socket: net.Socket, image: PageImage, opts: Options) {
+  constructor(socket: net.Socket, image: PageImage, opts: Options, tracker?: LiveTracker) {
     this.#socket = socket;
     this.#image = image;
     this.#opts = opts;
+    this.#tracker = tracker;
     this.#pageCount = Math.ceil(image.size / opts.pageSize);
     this.#sent = new Uint8Array(this.#pageCount);
     this.#stats = { pageCount: this.#pageCount, pagesOnDemand: 0, pagesPushed: 0, requestsReceived: 0, bytesSent: 0, durationMs: 0 };
+    if (opts.live) {
+      this.#stats.live = { mode: opts.live.mode, rounds: 0, pagesPerRound: [], msPerRound: [], pagesAfterPause: 0, pagesStale: 0, downtimeMs: 0 };
+      this.#queued = new Uint8Array(this.#pageCount);
+    }
   }
 
   run(): Promise<SourceStats> {
@@ -123,16 +177,20 @@ class SourceConnection {
       const finish = (err?: Error) => {
         if (settled) return;
         settled = true;
+        this.#ended = true;
         clearTimeout(this.#timer);
         clearTimeout(authTimer);
         this.#opts.signal?.removeEventListener('abort', onAbort);
         this.#stats.durationMs = Date.now() - this.#started;
         if (err) {
+          // Paused for a migration that failed: the guest goes on here.
+          if (this.#pausedAt) this.#resumeGuest();
           if (!socket.destroyed) socket.end(encodeError((err as { code?: string }).code ?? 'ERR_MIGRATION_SOURCE', err.message));
           socket.destroy();
           reject(err);
         } else resolve(this.#stats);
       };
+      this.#finish = finish;
       const onAbort = () => finish(stateError('ERR_MIGRATION_ABORTED', 'migration source aborted'));
       let authTimer: NodeJS.Timeout | undefined;
       if (this.#opts.signal?.aborted) return onAbort();
@@ -157,7 +215,7 @@ class SourceConnection {
       socket.on('close', () => {
         // The destination may hang up as soon as it holds every page, before
         // the done frame left this side's buffer.
-        if (this.#doneSent || this.#sentCount === this.#pageCount) finish();
+        if (this.#doneSent || (!this.#opts.live && this.#sentCount === this.#pageCount)) finish();
         else finish(stateError('ERR_MIGRATION_CONNECTION_LOST', `migration source: destination closed the connection after ${this.#sentCount} of ${this.#pageCount} pages`));
       });
       socket.on('end', () => socket.end());
@@ -173,8 +231,104 @@ class SourceConnection {
   }
 
   #hello(): void {
-    this.#write(encodeHello(this.#opts.pageSize, this.#image.size));
-    trace('migration source: serving %d pages of %d bytes', this.#pageCount, this.#opts.pageSize);
+    const live = this.#opts.live;
+    this.#write(encodeHello(this.#opts.pageSize, this.#image.size, live !== undefined));
+    trace('migration source: serving %d pages of %d bytes%s', this.#pageCount, this.#opts.pageSize, live ? ` live, ${live.mode}` : '');
+    if (!live) return;
+    if (live.mode === 'postcopy') return this.#switchOver();
+    // Protect before the first read: a write after a page was read is seen.
+    this.#tracker!.start();
+    this.#queued.fill(1);
+    this.#beginRound(this.#pageCount);
+  }
+
+  #beginRound(pages: number): void {
+    this.#phase = 'rounds';
+    this.#queuedCursor = 0;
+    this.#stats.live!.pagesPerRound.push(pages);
+    this.#roundStarted = performance.now();
+    this.#write(encodeRound(this.#round, pages));
+    trace('migration source: round %d, %d pages', this.#round, pages);
+  }
+
+  /** The round's pages are on their way: another round, or the switch-over. */
+  #endRound(): void {
+    const live = this.#opts.live!;
+    const stats = this.#stats.live!;
+    stats.rounds = ++this.#round;
+    stats.msPerRound.push(performance.now() - this.#roundStarted);
+    const dirty = this.#tracker!.collectInto(this.#queued);
+    const converged = dirty <= live.stopBelowPages || dirty >= this.#lastDirty;
+    this.#lastDirty = dirty;
+    if (this.#round >= live.maxRounds || converged) this.#switchOver();
+    else this.#beginRound(dirty);
+  }
+
+  /** Pauses the guest, then stop-and-copy (pre-copy) or the switch to post-copy. */
+  #switchOver(): void {
+    const live = this.#opts.live!;
+    this.#phase = 'pausing';
+    this.#pausedAt = performance.now();
+    trace('migration source: pausing the guest (%s)', live.mode);
+    pauseGuest(live, () => this.#resumeGuest()).then(() => {
+      trace('migration source: guest paused in %d ms', performance.now() - this.#pausedAt);
+      // The migration ended while pause() ran: its resume() came too early, so again.
+      if (this.#ended) return this.#resumeGuest();
+      const stats = this.#stats.live!;
+      let last = 0;
+      if (this.#tracker) {
+        last = this.#tracker.collectInto(this.#queued);
+        this.#tracker.close();
+      }
+      const flushed = (what: string) => (err?: Error | null) => {
+        if (err) return;
+        stats.downtimeMs = performance.now() - this.#pausedAt;
+        trace('migration source: %s flushed, downtime %d ms', what, stats.downtimeMs);
+      };
+      if (live.mode === 'precopy') {
+        let pages = 0;
+        for (let p = 0; p < this.#pageCount; p++) pages += this.#queued[p];
+        stats.pagesAfterPause = pages;
+        this.#write(encodeSwitchover(false, []));
+        this.#phase = 'final';
+        this.#queuedCursor = 0;
+        this.#onDoneFlushed = flushed('done');
+      } else {
+        // Sent, then written: the destination drops its copy and fetches the page again.
+        const stale: [number, number][] = [];
+        for (let p = 0; p < this.#pageCount; p++) {
+          if (!this.#queued[p]) continue;
+          let q = p;
+          while (q < this.#pageCount && this.#queued[q]) q++;
+          this.#queued.fill(0, p, q);
+          stale.push([p, q - p]);
+          for (let r = p; r < q; r++) if (this.#sent[r]) this.#sent[r] = 0, this.#sentCount--;
+          stats.pagesStale += q - p;
+          p = q;
+        }
+        this.#cursor = 0;
+        stats.pagesAfterPause = this.#pageCount - this.#sentCount;
+        this.#phase = 'serve';
+        this.#write(encodeSwitchover(true, stale), flushed('switchover'));
+      }
+      trace('migration source: switch-over after %d rounds, %d pages written during the pause check', stats.rounds, last);
+      this.#pump();
+    }).catch((err: Error) => this.#finish(err));
+  }
+
+  #onDoneFlushed: ((err?: Error | null) => void) | undefined;
+
+  /** The user's resume(), whose failure must not stop the failure path. */
+  #resumeGuest(): void {
+    try {
+      this.#opts.live!.resume?.();
+    } catch (err) {
+      trace('migration source: resume() threw: %s', (err as Error).message);
+    }
+  }
+
+  #pausing(): boolean {
+    return this.#phase === 'pausing';
   }
 
   #onFrame(frame: Frame): void {
@@ -192,6 +346,8 @@ class SourceConnection {
     switch (frame.type) {
       case 'request': {
         const { firstPage, pageCount } = frame;
+        if (this.#phase !== 'serve')
+          throw protocolError('ERR_MIGRATION_BAD_FRAME', `request for pages ${firstPage}+${pageCount} before the switch-over: the guest must not run at the destination yet`);
         if (pageCount === 0 || firstPage + pageCount > this.#pageCount)
           throw protocolError('ERR_MIGRATION_BAD_FRAME', `request for pages ${firstPage}+${pageCount} outside the image's ${this.#pageCount} pages`);
         this.#stats.requestsReceived++;
@@ -211,8 +367,21 @@ class SourceConnection {
 
   /** Writes as long as the socket takes data: requests first, then the background push. */
   #pump(): void {
-    if (this.#challenge) return;
-    while (!this.#waitingDrain && !this.#socket.destroyed) {
+    if (this.#challenge || this.#phase === 'pausing') return;
+    // #endRound() may start the pause: the loop condition looks again.
+    while (!this.#waitingDrain && !this.#socket.destroyed && !this.#pausing()) {
+      if (this.#phase === 'rounds' || this.#phase === 'final') {
+        if (this.#sendQueued()) continue;
+        if (this.#queuedCursor < this.#pageCount) return;
+        if (this.#phase === 'rounds') {
+          this.#endRound();
+          continue;
+        }
+        this.#doneSent = true;
+        this.#write(encodeDone(this.#sentCount), this.#onDoneFlushed);
+        trace('migration source: stop-and-copy done');
+        return;
+      }
       if (this.#serveRefetch() || this.#serveQueue(this.#demand, true) || this.#serveQueue(this.#prefetch, true)) continue;
       if (this.#sentCount === this.#pageCount) {
         if (!this.#doneSent) {
@@ -287,6 +456,30 @@ class SourceConnection {
     return true;
   }
 
+  /** Pushes the next run of queued pages (update batches after round 0); false when none is left or no credit. */
+  #sendQueued(): boolean {
+    while (this.#queuedCursor < this.#pageCount && !this.#queued[this.#queuedCursor]) this.#queuedCursor++;
+    // The stop-and-copy is all downtime: the push cap (there to share the link with a running guest) no longer applies.
+    if (this.#queuedCursor === this.#pageCount || this.#credit === 0 || (this.#phase === 'rounds' && this.#throttled())) return false;
+    const first = this.#queuedCursor;
+    let end = first;
+    while (end < this.#pageCount && end - first < this.#opts.batchPages && this.#queued[end]) end++;
+    let unsent = 0;
+    for (let p = first; p < end; p++) if (!this.#sent[p]) unsent++;
+    const update = unsent === 0;
+    const pages = this.#image.read(first * this.#opts.pageSize, (end - first) * this.#opts.pageSize);
+    const [head, body] = encodeBatch(false, first, end - first, pages, update);
+    this.#queued.fill(0, first, end);
+    this.#sent.fill(1, first, end);
+    this.#sentCount += unsent;
+    this.#credit--;
+    this.#stats.pagesPushed += end - first;
+    this.#queuedCursor = end;
+    this.#write(head);
+    this.#write(body);
+    return true;
+  }
+
   #sendRun(first: number, end: number, demand: boolean): void {
     const count = end - first;
     const pages = this.#image.read(first * this.#opts.pageSize, count * this.#opts.pageSize);
@@ -300,9 +493,9 @@ class SourceConnection {
     this.#write(body);
   }
 
-  #write(bytes: Uint8Array): void {
+  #write(bytes: Uint8Array, flushed?: (err?: Error | null) => void): void {
     this.#stats.bytesSent += bytes.byteLength;
-    if (!this.#socket.write(bytes)) this.#waitingDrain = true;
+    if (!this.#socket.write(bytes, flushed)) this.#waitingDrain = true;
   }
 }
 
@@ -329,11 +522,14 @@ export class MigrationSource implements Disposable {
     const opts = v.options<SourceOptions & { port?: number; host?: string; onConnection?: (r: Promise<SourceStats>) => void }>('options', options);
     const checked = readOptions(opts);
     openImage(image).close();
+    if (checked.live && !(image instanceof Memfd)) throw argValueError('image', 'must be the guest\'s Memfd for a live source', image);
     const port = v.integer('options.port', opts.port ?? 0, 0, 65535);
     const host = opts.host === undefined ? '127.0.0.1' : v.nonEmptyString('options.host', opts.host);
     let source: MigrationSource | undefined;
     const server = createServer(checked.auth, (socket) => {
-      const result = servePages(socket, image, opts);
+      // A running guest migrates once: the first destination gets it.
+    if (checked.live) server.close();
+    const result = servePages(socket, image, opts);
       result.catch(() => {});
       source!.#served.push(result);
       opts.onConnection?.(result);

@@ -38,8 +38,8 @@ describe('exported constants', () => {
     expect(reg.ioctls).toEqual(expect.arrayContaining(['wake', 'copy', 'zeropage', 'continue']));
   });
 
-  it('PROTOCOL_VERSION is what a source says in its hello (version 2: refetch requests)', async () => {
-    expect(PROTOCOL_VERSION).toBe(2);
+  it('PROTOCOL_VERSION is what a source says in its hello (version 3: live sources)', async () => {
+    expect(PROTOCOL_VERSION).toBe(3);
     const image = Buffer.alloc(2 * PAGE_SIZE, 7);
     const server = net.createServer((socket) => void servePages(socket, image).catch(() => {}));
     server.listen(0, '127.0.0.1');
@@ -50,7 +50,7 @@ describe('exported constants', () => {
       socket.destroy();
       const { FrameDecoder } = await import('../../lib/migration/protocol');
       const [hello] = new FrameDecoder(() => PAGE_SIZE).push(first);
-      expect(hello).toMatchObject({ type: 'hello', version: PROTOCOL_VERSION, pageCount: 2 });
+      expect(hello).toMatchObject({ type: 'hello', version: PROTOCOL_VERSION, pageCount: 2, live: false });
     } finally {
       server.close();
     }

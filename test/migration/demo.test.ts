@@ -29,4 +29,14 @@ describe('npm run demo:migrate (quick size)', () => {
       }
     }, 120_000);
   }
+
+  itWith(['minorShmem', 'missingShmem', 'threadId', 'wpHugetlbfsShmem'], 'live modes: pre-copy, post-copy and hybrid of a writing guest, every page verified in each, one table', async () => {
+    const r = await demo(['--modes', 'all', '--size', '8', '--after-seconds', '0.2', '--push-rate', '32']);
+    expect([r.code, r.stderr]).toEqual([0, '']);
+    for (const mode of ['precopy', 'postcopy', 'hybrid']) {
+      expect(r.stdout).toMatch(new RegExp(`^${mode} +(\\d+) of \\1 pages verified`, 'm'));
+      expect(r.stdout).toMatch(new RegExp(`^\\| ${mode} \\| [\\d.]+ s \\| [\\d.]+ ms \\| [\\d.]+ MiB \\| \\d+`, 'm'));
+    }
+    expect(r.stdout).toMatch(/pre-copy downtime [\d.]+ ms = [\d.]+% of stop-and-copy of the whole image/);
+  }, 120_000);
 });

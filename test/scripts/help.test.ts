@@ -9,9 +9,9 @@ import { describe, expect, it } from 'vitest';
 
 import { root } from '../helpers';
 
-// scripts/bench/ holds the benchmark's modules, usage.js the --help helper: neither is run on its own.
+// scripts/bench/ and scripts/demo-migrate/ hold modules of bench.ts and demo-migrate.ts, usage.js the --help helper: none is run on its own.
 const NOT_SCRIPTS = new Set(['scripts/usage.js']);
-const isModuleDir = (dir: string) => dir === 'scripts/bench';
+const isModuleDir = (dir: string) => dir === 'scripts/bench' || dir === 'scripts/demo-migrate';
 
 function scripts(dir = join(root, 'scripts')): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
