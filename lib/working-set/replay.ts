@@ -84,6 +84,13 @@ export interface ReplayStats {
   /** Runs whose content could not be had: their pages were left to demand. */
   failedRuns: number;
   /**
+   * Pages of runs the replay planned but did not make present (a failed
+   * run, or an event such as a balloon's REMOVE pending while the run was
+   * copied): left to their faults. `prefetched + skipped + leftToFaults` is
+   * `planned` once the replay is done.
+   */
+  leftToFaults: number;
+  /**
    * Prefetched pages touched afterwards, counted by the engine at their
    * first (minor) fault. Undefined while runs are mapped ahead
    * (`mapRuns`, the default): a mapped page no longer faults, and nothing
@@ -140,6 +147,20 @@ export function loadReplayPages(spec: string | ReplaySet, expect: { pageSize: nu
   return pages;
 }
 
+/** @internal A session's replay: the set (file or given) and when it starts. */
+export interface SessionReplay {
+  set: string | ReplaySet;
+  start: ReplayStart;
+}
+
+/** @internal Checks the replay half of a session's workingSet option (the set itself is read per session, and only warns). */
+export function sessionReplay(name: string, ws: Partial<WorkingSetReplayOptions>): SessionReplay | undefined {
+  if (ws.replay === undefined) return undefined;
+  if (typeof ws.replay !== 'string' && (typeof ws.replay !== 'object' || ws.replay === null))
+    throw argValueError(`${name}.replay`, 'must be a working-set file path or a working set', ws.replay);
+  return { set: ws.replay, start: v.oneOf(`${name}.start`, ws.start, ['first-fault', 'now'] as const, 'first-fault') };
+}
+
 /** @internal Checks a caller's prefetch source (bad input is an error, unlike a bad file). */
 export function checkPrefetchSource(name: string, value: unknown, pageCount: number): Required<Omit<PrefetchSource, 'read'>> & Pick<PrefetchSource, 'read'> {
   const o = v.options<PrefetchSource>(name, value);
@@ -184,7 +205,7 @@ export class Replayer {
   #startedAt = 0;
   #endedAt = 0;
   #timer: NodeJS.Immediate | undefined;
-  #counts = { prefetched: 0, skipped: 0, runs: 0, failedRuns: 0, demandFaults: 0, outsideSet: 0 };
+  #counts = { prefetched: 0, skipped: 0, runs: 0, failedRuns: 0, leftToFaults: 0, demandFaults: 0, outsideSet: 0 };
   /** Set by the server when the engine counts touches: the count so far. */
   touchedCount: (() => number) | undefined;
   /** Resolves when the replay is done or stopped. */
@@ -295,14 +316,15 @@ export class Replayer {
     } catch (err) {
       return this.#failed(first, count, err);
     }
-    if (typeof result === 'number') return this.#filled(result);
-    result.then((n) => this.#filled(n), (err: unknown) => this.#failed(first, count, err));
+    if (typeof result === 'number') return this.#filled(count, result);
+    result.then((n) => this.#filled(count, n), (err: unknown) => this.#failed(first, count, err));
   }
 
-  #filled(pages: number): void {
+  #filled(count: number, pages: number): void {
     if (this.#state !== 'running') return;
     this.#counts.runs++;
     this.#counts.prefetched += pages;
+    this.#counts.leftToFaults += count - pages;
     this.#schedule();
   }
 
@@ -310,6 +332,7 @@ export class Replayer {
     if (this.#state !== 'running') return;
     // Those pages are left to demand; the faults that joined the run fetch them themselves.
     this.#counts.failedRuns++;
+    this.#counts.leftToFaults += count;
     trace('working set replay: run %d+%d failed: %s', first, count, err);
     this.#schedule();
   }
