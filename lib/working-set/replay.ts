@@ -94,7 +94,7 @@ export interface ReplayStats {
    * Prefetched pages touched afterwards, counted by the engine at their
    * first (minor) fault. Undefined while runs are mapped ahead
    * (`mapRuns`, the default): a mapped page no longer faults, and nothing
-   * else tells a touched page from an untouched one.
+   * userspace can read per page tells a touched page from an untouched one.
    */
   touched: number | undefined;
   /** `prefetched - touched`: pages the replay brought that were never used (so far). Undefined as `touched`. */
