@@ -439,6 +439,7 @@ export class FaultHandler implements AsyncDisposable {
     if (this.#state === 'idle') {
       this.#state = 'stopped';
       this.#error = error;
+      this.#replayer?.stop();
       this.#resolveFinished(error);
       return (this.#stopping = Promise.resolve());
     }
