@@ -1,15 +1,19 @@
 #!/usr/bin/env node
 // `userfaultfd doctor`: probe() as a report a person can read, saying what
-// works on this host and, where something does not, why.
+// works on this host and, where something does not, why. `userfaultfd
+// working-set`: lib/working-set/cli.ts.
 import { readFileSync, statSync } from 'node:fs';
 
 import { FEATURE_SINCE, FeatureName } from './constants';
 import { Capabilities, probe } from './probe';
+import { workingSetMain } from './working-set/cli';
 
 const USAGE = `Usage: userfaultfd doctor [--json]
+       userfaultfd working-set show|merge ... (see userfaultfd working-set --help)
 
   doctor         report what userfaultfd can do on this host, and why not where it cannot
   --json         print probe()'s result as JSON instead
+  working-set    show a working-set file, or merge several (docs/working-set.md)
   --help         show this text
 `;
 
@@ -79,6 +83,7 @@ export function formatReport(caps: Capabilities): string {
 
 /** Runs the command line; returns the exit code. */
 export function main(argv: readonly string[]): number {
+  if (argv[0] === 'working-set') return workingSetMain(argv.slice(1));
   const args = argv.filter((a) => a !== '--json');
   const json = argv.includes('--json');
   if (args.includes('--help') || args.includes('-h')) {

@@ -157,3 +157,20 @@ export function fetchError(cause: unknown, page: number, offset: number, address
   err.address = address;
   return err;
 }
+
+/**
+ * A file the library reads or writes is missing, unreadable or malformed:
+ * `code` says which (e.g. `ERR_WORKING_SET_CHECKSUM`), `path` names the file,
+ * and a failed system call's `errno`, `syscall` and error stay on it (`cause`).
+ */
+export function fileError(code: string, message: string, path: string, cause?: unknown): Error & { path: string } {
+  const err = coded<Error & { path: string; errno?: number; syscall?: string; cause?: unknown }>(Error, code, message);
+  err.path = path;
+  if (cause !== undefined) {
+    err.cause = cause;
+    const sys = cause as { errno?: unknown; syscall?: unknown };
+    if (typeof sys.errno === 'number') err.errno = sys.errno;
+    if (typeof sys.syscall === 'string') err.syscall = sys.syscall;
+  }
+  return err;
+}

@@ -35,3 +35,8 @@ export { sendGuestMemory, receiveGuestMemory } from './migration/handoff';
 export type { GuestMemoryInfo, ReceivedGuestMemory } from './migration/handoff';
 export { FirecrackerPageServer, FirecrackerSession, parseFirecrackerRegions } from './migration/firecracker';
 export type { FirecrackerRegion, FirecrackerServerOptions, FirecrackerStats, FirecrackerFailureAction } from './migration/firecracker';
+export { WorkingSetRecorder, readWorkingSet, writeWorkingSet, encodeWorkingSet, decodeWorkingSet, pageRuns, mergeWorkingSets, similarity, WORKING_SET_VERSION } from './working-set';
+export type {
+  WorkingSet, WorkingSetEntry, WorkingSetRecorderOptions, WorkingSetStopRules, WorkingSetStopReason, TouchKind, MergeOptions, Similarity,
+  HandlerWorkingSetOptions, SessionWorkingSetOptions, WorkingSetRecordTarget,
+} from './working-set';

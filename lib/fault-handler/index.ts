@@ -2,7 +2,7 @@
 // events) on top of the fault engine, which reads the faults, finds the
 // present pages and maps them (lib/engine.ts, native/engine.h). This file is
 // the table of contents; the fetch queue and the counters have files of their own.
-import { EVENT } from '../constants';
+import { EVENT, PAGEFAULT_FLAG } from '../constants';
 import { trace } from '../debug';
 import { FaultEngine } from '../engine';
 import { NEGATIVE_ERRNO } from '../errno';
@@ -12,6 +12,8 @@ import { native } from '../native';
 import { PresentPages } from '../present-pages';
 import { Userfaultfd } from '../userfaultfd';
 import * as v from '../validate';
+import { handlerRecorder } from '../working-set/options';
+import type { WorkingSetRecorder } from '../working-set/recorder';
 import { FetchQueue, Pending } from './fetch-queue';
 import { PolicyCounts, handlerStats, newPolicyCounts } from './stats';
 import type {
@@ -69,6 +71,7 @@ export class FaultHandler implements AsyncDisposable {
   readonly #pageSize: number;
   readonly #fd: number;
   readonly #signal?: AbortSignal;
+  readonly #recorder?: WorkingSetRecorder;
 
   #state: State = 'idle';
   #uffdClosed = false;
@@ -113,6 +116,7 @@ export class FaultHandler implements AsyncDisposable {
     } else {
       this.present = new PresentPages(this.memfd.size, this.#pageSize);
     }
+    this.#recorder = handlerRecorder(opts.workingSet, this.#pageSize, this.present.pageCount * this.#pageSize);
     if (this.mode === 'native' && !uffd.has('threadId'))
       throw stateError('ERR_UFFD_FEATURE_REQUIRED', "mode 'native' needs a Userfaultfd opened with the 'threadId' feature (the deadlock guard compares faulting thread ids)");
     this.#engine = new FaultEngine(uffd, {
@@ -234,6 +238,9 @@ export class FaultHandler implements AsyncDisposable {
       // Read just before stopping: nobody will fetch it, the views are released.
       return;
     }
+    // Every fault that reaches here was on an absent page when the engine
+    // read it: a first touch (the recorder keeps the first of each page).
+    this.#recorder?.recordFault(page, (flags & PAGEFAULT_FLAG.write) !== 0, 0, time);
     if (this.present.has(page)) {
       // Made present since the engine looked (a fetch finished meanwhile).
       this.#serve(address, flags, tid, time);

@@ -3,6 +3,7 @@
 import type { Memfd } from '../memfd';
 import type { PresentPages } from '../present-pages';
 import type { OpenOptions, Userfaultfd, UffdEvent } from '../userfaultfd';
+import type { HandlerWorkingSetOptions } from '../working-set/options';
 
 /** One page that needs content, as the fetch policy sees it. */
 export interface Fault {
@@ -107,6 +108,14 @@ export interface FaultHandlerOptions {
   stopGraceMs?: number;
   /** Share the present bitmap (and in-flight fetches) with other handlers of views of the same memfd. */
   present?: PresentPages;
+  /**
+   * Working sets (docs/working-set.md). `record`: a recorder fed the first
+   * touch of every page that was absent when touched, with its write kind
+   * (region 0: the memfd). A touch of a page already present is no fault
+   * and is not recorded; in native mode present pages are mapped without
+   * JavaScript and absent ones still come to the handler.
+   */
+  workingSet?: HandlerWorkingSetOptions;
 }
 
 /** Options of {@link FaultHandler.attach}. */

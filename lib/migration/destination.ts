@@ -32,6 +32,8 @@ import { Mapping, Memfd } from '../memfd';
 import { PresentPages } from '../present-pages';
 import { Userfaultfd } from '../userfaultfd';
 import * as v from '../validate';
+import { SessionWorkingSetOptions, WorkingSetRecordTarget, recordTarget, recorderFor } from '../working-set/options';
+import type { WorkingSetRecorder } from '../working-set/recorder';
 import { CheckedAuth, MigrationAuth, authError, checkAuth, connect, nonce, proof, proofHolds } from './auth';
 import { Frame, FrameDecoder, PRIORITY, PROTOCOL_VERSION, encodeAuth, encodeCredit, encodeError, encodeRequest, protocolError } from './protocol';
 
@@ -92,6 +94,14 @@ export interface DestinationOptions extends MigrationAuth {
   /** Unregister the views once every page is in, so later touches are plain page faults. Default true. */
   unregisterWhenDone?: boolean;
   signal?: AbortSignal;
+  /**
+   * Working sets (docs/working-set.md). `record`: record the guest's demand
+   * faults (pages it touched before they arrived), first touch first, and
+   * write them to this file when the migration ends, done or failed (page
+   * index = memfd offset / page size, region 0). The directory must exist.
+   * A failure to write it rejects `done` even after a complete migration.
+   */
+  workingSet?: SessionWorkingSetOptions;
 }
 
 /** What a destination did. */
@@ -175,8 +185,10 @@ export class MigrationDestination implements Disposable {
   #reject!: (err: Error) => void;
   readonly #signal?: AbortSignal;
   readonly #onAbort = () => this.#fail(stateError('ERR_MIGRATION_ABORTED', 'migration destination aborted'));
+  readonly #recordFile?: string;
+  readonly #recorder?: WorkingSetRecorder;
 
-  private constructor(opts: Required<Pick<DestinationOptions, 'uffd' | 'memfd'>> & { views: View[]; socket: net.Socket; auth: CheckedAuth; policy: FailurePolicy; mode: 'event-loop' | 'native'; mapReceived: boolean; prefetch: number; pushWindow: number; unregisterWhenDone: boolean; signal?: AbortSignal }) {
+  private constructor(opts: Required<Pick<DestinationOptions, 'uffd' | 'memfd'>> & { views: View[]; socket: net.Socket; auth: CheckedAuth; policy: FailurePolicy; mode: 'event-loop' | 'native'; mapReceived: boolean; prefetch: number; pushWindow: number; unregisterWhenDone: boolean; signal?: AbortSignal; record?: WorkingSetRecordTarget }) {
     this.#uffd = opts.uffd;
     this.#memfd = opts.memfd;
     this.#views = opts.views;
@@ -198,10 +210,15 @@ export class MigrationDestination implements Disposable {
       this.#reject = reject;
     });
     this.done.catch(() => {});
+    if (opts.record) {
+      this.#recordFile = opts.record.file;
+      this.#recorder = recorderFor(opts.record, this.#pageSize, opts.memfd.size);
+    }
     // The views were registered MISSING|MINOR by the guest; the handler only serves them.
     this.#handler = new FaultHandler(opts.uffd, {
       memfd: opts.memfd,
       mode: opts.mode,
+      workingSet: { record: this.#recorder },
       fetch: (fault, context) => this.#fetch(fault, context),
       // Fetches fail only once the migration has failed: apply the policy to their pages.
       onError: () => (this.#policy === 'poison' ? 'poison' : 'zero'),
@@ -231,6 +248,7 @@ export class MigrationDestination implements Disposable {
     });
     if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw argValueError('options.signal', 'must be an AbortSignal', opts.signal);
     opts.signal?.throwIfAborted();
+    const record = recordTarget('options.workingSet.record', v.options<SessionWorkingSetOptions>('options.workingSet', opts.workingSet).record);
     const auth = checkAuth(opts);
     let socket = opts.socket;
     if (socket === undefined) {
@@ -249,6 +267,7 @@ export class MigrationDestination implements Disposable {
       pushWindow: v.integer('options.pushWindow', opts.pushWindow ?? 4, 1, 1 << 20),
       unregisterWhenDone: v.boolean('options.unregisterWhenDone', opts.unregisterWhenDone, true),
       signal: opts.signal,
+      record,
       });
     } catch (err) {
       socket.destroy();
@@ -534,7 +553,9 @@ export class MigrationDestination implements Disposable {
       const handlerStats = this.#handler.stats();
       this.#stats.faults = handlerStats.faults;
       this.#stats.handler = handlerStats;
-      this.#resolve(this.#stats);
+      const saveError = this.#saveWorkingSet();
+      if (saveError) this.#reject(saveError);
+      else this.#resolve(this.#stats);
     })();
   }
 
@@ -565,6 +586,8 @@ export class MigrationDestination implements Disposable {
           }
         }
       }
+      const saveError = this.#saveWorkingSet();
+      if (saveError) problems.push(`the working set was not written: ${saveError.message}`);
       if (problems.length) err.message += `; ${problems.join('; ')}`;
       const handlerStats = this.#handler.stats();
       this.#stats.faults = handlerStats.faults;
@@ -573,6 +596,22 @@ export class MigrationDestination implements Disposable {
       trace('migration destination failed: %s', err.message);
       this.#reject(err);
     })();
+  }
+
+  /** Writes the recorded working set; returns the error instead of throwing it. */
+  #saveWorkingSet(): Error | undefined {
+    const recorder = this.#recorder;
+    if (!recorder || this.#recordFile === undefined) return undefined;
+    recorder.stop();
+    try {
+      recorder.save(this.#recordFile);
+      trace('migration destination: working set of %d pages written to %s', recorder.size, this.#recordFile);
+      return undefined;
+    } catch (err) {
+      return err as Error;
+    } finally {
+      recorder.close();
+    }
   }
 
   #settle(): void {

@@ -19,6 +19,7 @@
 import { trace } from '../debug';
 import { FaultEngine } from '../engine';
 import { NEGATIVE_ERRNO } from '../errno';
+import { PAGEFAULT_FLAG } from '../constants';
 import { argValueError, stateError } from '../errors';
 import { FdServer, FdSocket } from '../fd-socket';
 import { Mapping, Memfd, PAGE_SIZE } from '../memfd';
@@ -26,6 +27,8 @@ import { native } from '../native';
 import { PresentPages } from '../present-pages';
 import { Userfaultfd } from '../userfaultfd';
 import * as v from '../validate';
+import { SessionWorkingSetOptions, WorkingSetRecordTarget, recordTarget, recorderFor } from '../working-set/options';
+import type { WorkingSetRecorder } from '../working-set/recorder';
 import { ImageSource, PageImage, openImage } from './image';
 
 /** One guest memory region as Firecracker describes it (numbers in bytes). */
@@ -52,6 +55,14 @@ export interface FirecrackerServerOptions {
    * never got), `'close'` only closes the uffd and socket.
    */
   onFailure?: FirecrackerFailureAction;
+  /**
+   * Working sets (docs/working-set.md). `record`: each session records the
+   * snapshot pages Firecracker faults on, first touch first (page index =
+   * snapshot offset / the smallest region page size; region = index in the
+   * handshake's region array), and writes them to this file when it ends.
+   * The directory must exist.
+   */
+  workingSet?: SessionWorkingSetOptions;
 }
 
 /** Counters of one {@link FirecrackerSession}. */
@@ -117,12 +128,14 @@ export class FirecrackerPageServer implements Disposable {
   readonly #server: FdServer;
   readonly #snapshot: ImageSource;
   readonly #onFailure: FirecrackerFailureAction;
+  readonly #record?: WorkingSetRecordTarget;
 
-  private constructor(server: FdServer, snapshot: ImageSource, onFailure: FirecrackerFailureAction) {
+  private constructor(server: FdServer, snapshot: ImageSource, onFailure: FirecrackerFailureAction, record?: WorkingSetRecordTarget) {
     this.#server = server;
     this.path = server.path;
     this.#snapshot = snapshot;
     this.#onFailure = onFailure;
+    this.#record = record;
   }
 
   /** Listens at `path` (the `backend_path` given to Firecracker; must not exist yet). */
@@ -131,13 +144,14 @@ export class FirecrackerPageServer implements Disposable {
     if (opts.snapshot === undefined) throw argValueError('options.snapshot', 'is required', opts.snapshot);
     openImage(opts.snapshot).close();
     const onFailure = v.oneOf('options.onFailure', opts.onFailure, ['kill-peer', 'close'] as const, 'kill-peer');
-    return new FirecrackerPageServer(FdServer.listen(path), opts.snapshot, onFailure);
+    const record = recordTarget('options.workingSet.record', v.options<SessionWorkingSetOptions>('options.workingSet', opts.workingSet).record);
+    return new FirecrackerPageServer(FdServer.listen(path), opts.snapshot, onFailure, record);
   }
 
   /** Accepts the next Firecracker connection, reads its handshake and starts serving it. */
   async accept(options?: { signal?: AbortSignal }): Promise<FirecrackerSession> {
     const socket = await this.#server.accept(options);
-    return FirecrackerSession.start(socket, openImage(this.#snapshot), this.#onFailure, options?.signal);
+    return FirecrackerSession.start(socket, openImage(this.#snapshot), this.#onFailure, options?.signal, this.#record);
   }
 
   close(): void {
@@ -180,8 +194,10 @@ export class FirecrackerSession implements Disposable {
   readonly #zeros = new Map<number, Uint8Array>();
   #requestText = '';
   readonly #abort = new AbortController();
+  readonly #recordFile?: string;
+  readonly #recorder?: WorkingSetRecorder;
 
-  private constructor(socket: FdSocket, pid: number, regions: FirecrackerRegion[], uffd: Userfaultfd, image: PageImage, onFailure: FirecrackerFailureAction, memory?: Memfd, bitmapView?: Mapping) {
+  private constructor(socket: FdSocket, pid: number, regions: FirecrackerRegion[], uffd: Userfaultfd, image: PageImage, onFailure: FirecrackerFailureAction, memory?: Memfd, bitmapView?: Mapping, record?: WorkingSetRecordTarget) {
     this.#socket = socket;
     this.pid = pid;
     this.regions = regions;
@@ -194,6 +210,10 @@ export class FirecrackerSession implements Disposable {
     const pages = Math.max(...regions.map((r) => (r.offset + r.size) / pageSize));
     this.#removed = new Uint8Array(pages);
     this.#present = new PresentPages(pages * pageSize, pageSize);
+    if (record) {
+      this.#recordFile = record.file;
+      this.#recorder = recorderFor(record, pageSize, pages * pageSize, regions.length);
+    }
     // Anonymous memory (one fd) is filled by COPY of snapshot bytes; guest_memfd
     // memory (three fds) is written, then mapped by CONTINUE.
     this.#engine = new FaultEngine(uffd, { backingFd: memory ? memory.fd : -1, pageSize, fill: memory ? 'continue' : 'copy', mapAhead: 0, present: this.#present });
@@ -209,7 +229,7 @@ export class FirecrackerSession implements Disposable {
   }
 
   /** @internal Reads the handshake from a connected socket and starts serving. */
-  static async start(socket: FdSocket, image: PageImage, onFailure: FirecrackerFailureAction, signal?: AbortSignal): Promise<FirecrackerSession> {
+  static async start(socket: FdSocket, image: PageImage, onFailure: FirecrackerFailureAction, signal?: AbortSignal, record?: WorkingSetRecordTarget): Promise<FirecrackerSession> {
     const pid = socket.peerCredentials().pid;
     // Every descriptor received is in exactly one place until the session
     // owns it: `fds` (raw) or one of the objects below. A throw anywhere
@@ -256,7 +276,7 @@ export class FirecrackerSession implements Disposable {
         if (bitmapFd.size * 8 < pages) throw stateError('ERR_FIRECRACKER_HANDSHAKE', `the userfault bitmap (${bitmapFd.size} bytes) has fewer bits than the ${pages} pages`);
         bitmapView = bitmapFd.map();
       }
-      session = new FirecrackerSession(socket, pid, regions, uffd, image, onFailure, memory, bitmapView);
+      session = new FirecrackerSession(socket, pid, regions, uffd, image, onFailure, memory, bitmapView, record);
       session.#start(rest);
       trace('firecracker pid %d: %d regions, %s backend', pid, regions.length, session.backend);
       return session;
@@ -353,6 +373,7 @@ export class FirecrackerSession implements Disposable {
     const offset = req.offset - (req.offset % pageSize);
     if (!this.regions.some((r) => offset >= r.offset && offset < r.offset + r.size))
       throw stateError('ERR_FIRECRACKER_PROTOCOL', `fault request for offset ${req.offset}, outside every region`);
+    this.#record(offset / pageSize, false, -1);
     const zero = this.#populate(offset / pageSize);
     this.#counts.faultRequests++;
     const reply = { vcpu: req.vcpu ?? null, offset, len: pageSize, flags: req.flags ?? 0, token: req.token ?? null, zero };
@@ -383,6 +404,7 @@ export class FirecrackerSession implements Disposable {
   /** A fault on a page not in guest memory yet: snapshot bytes, or zeros where the balloon took the page. */
   #serve(address: number, flags: number, tid: number, time: number, page: number, ps: number): void {
     if (this.#settled) return;
+    this.#record(page, (flags & PAGEFAULT_FLAG.write) !== 0, time);
     let result: number;
     let zero = false;
     if (this.#memory) {
@@ -402,6 +424,30 @@ export class FirecrackerSession implements Disposable {
     if (result >= 0 || result === EAGAIN || result === ENOENT) return;
     const ioctl = this.#memory ? 'UFFDIO_CONTINUE' : zero ? 'UFFDIO_ZEROPAGE' : 'UFFDIO_COPY';
     this.#fail(this.#engine.ioctlError(result, ioctl, address, `serving Firecracker pid ${this.pid}`));
+  }
+
+  /** A first touch for the working set: the region is looked up only for a page not recorded yet. */
+  #record(page: number, write: boolean, timeNs: number): void {
+    const recorder = this.#recorder;
+    if (!recorder?.recording || recorder.has(page)) return;
+    const offset = page * this.#pageSize;
+    const region = this.regions.findIndex((r) => offset >= r.offset && offset < r.offset + r.size);
+    recorder.recordFault(page, write, region < 0 ? 0 : region, timeNs);
+  }
+
+  /** Writes the recorded working set; returns the error instead of throwing it. */
+  #saveWorkingSet(): Error | undefined {
+    const recorder = this.#recorder;
+    if (!recorder || this.#recordFile === undefined) return undefined;
+    try {
+      recorder.save(this.#recordFile);
+      trace('firecracker pid %d: working set of %d pages written to %s', this.pid, recorder.size, this.#recordFile);
+      return undefined;
+    } catch (err) {
+      return err as Error;
+    } finally {
+      recorder.close();
+    }
   }
 
   #onEvent(kind: number, a: number, b: number): void {
@@ -431,6 +477,7 @@ export class FirecrackerSession implements Disposable {
 
   #teardown(): void {
     this.#settled = true;
+    this.#recorder?.stop();
     // Stops reading before the uffd is closed (closing it wakes every vCPU).
     this.#engine.stop();
     this.#abort.abort();
@@ -445,7 +492,9 @@ export class FirecrackerSession implements Disposable {
     if (this.#settled) return;
     this.#teardown();
     trace('firecracker pid %d: session over', this.pid);
-    this.#resolve(this.stats);
+    const saveError = this.#saveWorkingSet();
+    if (saveError) this.#reject(saveError);
+    else this.#resolve(this.stats);
   }
 
   #fail(err: Error): void {
@@ -455,6 +504,8 @@ export class FirecrackerSession implements Disposable {
       err.message += ` (Firecracker pid ${this.pid} was killed: it cannot run without its pages)`;
     }
     this.#teardown();
+    const saveError = this.#saveWorkingSet();
+    if (saveError) err.message += `; the working set was not written: ${saveError.message}`;
     this.#reject(err);
   }
 }

@@ -1,9 +1,10 @@
 // The post-copy wire protocol: length-prefixed binary frames over one TCP
 // stream. Small on purpose: a hello, page requests, page batches with a
 // CRC-32 each, done, and error. docs-migrate.md documents the layout.
-import * as zlib from 'node:zlib';
-
+import { crc32 } from '../crc32';
 import { stateError } from '../errors';
+
+export { crc32 };
 
 /**
  * Protocol version carried in the hello frame. A destination refuses any
@@ -45,29 +46,6 @@ export interface AuthFrame { type: 'auth'; mac: Buffer; nonce: Buffer }
 /** Source to destination: its proof for the destination's nonce; the hello follows. */
 export interface ProofFrame { type: 'proof'; mac: Buffer }
 export type Frame = HelloFrame | RequestFrame | BatchFrame | DoneFrame | ErrorFrame | CreditFrame | ChallengeFrame | AuthFrame | ProofFrame;
-
-const crcTable = (() => {
-  const table = new Int32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    table[n] = c;
-  }
-  return table;
-})();
-
-function crc32Table(bytes: Uint8Array, seed = 0): number {
-  let c = ~seed;
-  for (let i = 0; i < bytes.length; i++) c = crcTable[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
-  return ~c >>> 0;
-}
-
-const zlibCrc = (zlib as unknown as { crc32?: (data: Uint8Array, value?: number) => number }).crc32;
-
-/** CRC-32 (IEEE, as zlib), continuing from `seed`. Uses zlib's when Node has it (20.15+). */
-export function crc32(bytes: Uint8Array, seed = 0): number {
-  return zlibCrc ? zlibCrc(bytes, seed) : crc32Table(bytes, seed);
-}
 
 /** A protocol violation: a bad frame, a checksum mismatch, a version the peer does not speak. */
 export function protocolError(code: string, message: string): Error {
