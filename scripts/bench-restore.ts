@@ -10,12 +10,13 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { PAGE_SIZE, probe } from '../lib/index';
+import { readWorkingSet } from '../lib/working-set';
 import { Target, makeTarget } from './bench/analysis';
 import { bench } from './bench/native';
 import { replaceBetweenMarkers, writeFileAtomic } from './bench/output';
 import { Machine, Table, interval, machineLine, renderMarkdown, renderText, targetLines } from './bench/report';
 import {
-  RECORDING_OF, RESTORE_LABEL, RESTORE_MODES, Recording, RecordingName, RestoreEnv, RestoreMode, RestoreRep, prefetchQuality, probeRestoreLibrary, randomImage, runRestore,
+  NOT_AVAILABLE, RECORDING_OF, RESTORE_LABEL, RESTORE_MODES, Recording, RecordingName, RestoreEnv, RestoreMode, RestoreRep, prefetchQuality, probeRestoreLibrary, randomImage, runRestore,
 } from './bench/restore';
 import { TraceSpec, restoreTrace } from './bench/restore-trace';
 import { BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Interval, median, medianInterval } from './bench/stats';
@@ -123,7 +124,7 @@ export interface RestoreReport {
   options: { quick: boolean; smoke: boolean; seed: number; reps: number; imageBytes: number; handlerMode: string; bootstrap: { resamples: number; seed: number; level: number } };
   machine: Machine;
   trace: TraceSpec & { touched: number; fixedPages: number; varyingPages: number };
-  recordings: { name: RecordingName; program: number; run: number; pages: number; by: string; precision: number; recall: number }[];
+  recordings: { name: RecordingName; program: number; run: number; pages: number; precision: number; recall: number }[];
   rows: RestoreRow[];
   ratios: RestoreRatio[];
   targets: Target[];
@@ -141,7 +142,6 @@ const RECORDING_SPECS: Record<RecordingName, TraceSpec> = {
   mismatch: { ...spec, program: seed + 100 },
 };
 
-const NOT_AVAILABLE = 'not available: ';
 
 function rowOf(mode: RestoreMode, list: (RestoreRep | null)[], env: RestoreEnv, error: string | undefined): RestoreRow {
   const got = list.filter((r): r is RestoreRep => r !== null);
@@ -242,7 +242,7 @@ function headerLines(report: RestoreReport): string[] {
       + `guest: a process with ${t.touchers} native toucher threads over a MISSING|MINOR view of a fresh memfd, touching ${t.touched} pages `
       + `(working set ${t.fixedPages} pages = ${Math.round(t.fixed * 100)}%, seed ${t.program}; varying part ${t.varyingPages} = ${Math.round(t.varying * 100)}%, seed ${t.run}), every byte of them checked against the image.`,
     `Time = page server start to the guest's touchers done (CLOCK_MONOTONIC in both processes); ${o.reps} rounds, every scenario once per round in a rotated order; library handler mode ${o.handlerMode}.`,
-    `Recordings: ${report.recordings.map((r) => `${r.name} (program ${r.program}, run ${r.run}: ${r.pages} pages by ${r.by}, precision ${pct(r.precision)}, recall ${pct(r.recall)})`).join('; ')}.`,
+    `Recordings (each from a restore of its own trace, on demand, with the library's WorkingSetRecorder): ${report.recordings.map((r) => `${r.name} (program ${r.program}, run ${r.run}: ${r.pages} pages, precision ${pct(r.precision)}, recall ${pct(r.recall)})`).join('; ')}.`,
     `Ratios: median over the rounds of the per-round ratio; [95%] = percentile bootstrap over the rounds (${o.bootstrap.resamples} resamples, seed ${o.bootstrap.seed}). A target is met when its whole interval is on the right side, MISSED when all of it is on the wrong side, otherwise inconclusive.`,
     `Measured on ${machineLine(report.machine)}, ${report.machine.date.slice(0, 10)}, ${(report.durationMs / 1000).toFixed(0)} s.`,
   ];
@@ -284,7 +284,7 @@ async function main(): Promise<void> {
   const trace = restoreTrace(spec);
   const digest = (s: TraceSpec) => bench.pageDigest(view.buffer, pageSize, restoreTrace(s).order);
   const env: RestoreEnv = {
-    image, imageView: view, spec, trace, expectedDigest: digest(spec), recordings: new Map(), caps: probeRestoreLibrary(), handlerMode: HANDLER_MODE,
+    image, imageView: view, spec, trace, expectedDigest: digest(spec), recordings: new Map(), caps: probeRestoreLibrary(), handlerMode: HANDLER_MODE, dir,
   };
   const reps2 = new Map<RestoreMode, (RestoreRep | null)[]>(RESTORE_MODES.map((m) => [m, []]));
   const errors = new Map<RestoreMode, string>();
@@ -300,7 +300,7 @@ async function main(): Promise<void> {
         hugePages: { available: 0, reason: 'not used' }, node: process.version, loadAverage: loadavg(), date: new Date().toISOString(),
       },
       trace: { ...spec, touched: trace.order.length, fixedPages: trace.fixedPages, varyingPages: trace.varyingPages },
-      recordings: [...env.recordings.values()].map((r) => ({ name: r.name, program: r.spec.program, run: r.spec.run, pages: r.pages.length, by: r.by, ...prefetchQuality(r.pages, trace.order) })),
+      recordings: [...env.recordings.values()].map((r) => ({ name: r.name, program: r.spec.program, run: r.spec.run, pages: r.pages.length, ...prefetchQuality(r.pages, trace.order) })),
       rows, ratios, targets, durationMs: Date.now() - started, ...(incomplete ? { incomplete } : {}),
     };
   };
@@ -315,17 +315,9 @@ async function main(): Promise<void> {
     for (const name of ['match', 'varying', 'mismatch'] as RecordingName[]) {
       const s = RECORDING_SPECS[name];
       const expectedDigest = digest(s);
-      let rep: RestoreRep;
-      let recording: Recording;
-      if (env.caps.record.available && env.caps.readPages) {
-        const file = join(dir, `${name}.ws`);
-        rep = await runRestore('on-demand', env, { spec: s, expectedDigest, recordTo: file });
-        recording = { name, spec: s, pages: env.caps.readPages(file), file, by: 'recorder' };
-      } else {
-        const log: number[] = [];
-        rep = await runRestore('on-demand', env, { spec: s, expectedDigest, log });
-        recording = { name, spec: s, pages: Uint32Array.from(log), by: 'fetch-log' };
-      }
+      const file = join(dir, `${name}.ws`);
+      const rep = await runRestore('on-demand', env, { spec: s, expectedDigest, recordTo: file });
+      const recording: Recording = { name, spec: s, pages: Uint32Array.from(readWorkingSet(file).entries, (e) => e.page), file };
       if (!rep.allResolved) throw new Error(`recording run ${name} did not restore the right bytes: ${JSON.stringify(rep)}`);
       env.recordings.set(name, recording);
     }

@@ -8,7 +8,8 @@ import { spawn } from 'node:child_process';
 import { closeSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { Fault, FaultHandler, FdSocket, Memfd, Mapping, Userfaultfd } from '../../lib/index';
+import { Fault, FaultHandler, FdSocket, Memfd, Mapping, PAGE_SIZE, Userfaultfd } from '../../lib/index';
+import { WorkingSetRecorder } from '../../lib/working-set';
 import { bench, unwrap } from './native';
 import { Trace, TraceSpec } from './restore-trace';
 
@@ -49,10 +50,8 @@ export interface Recording {
   /** The trace it was recorded from. */
   spec: TraceSpec;
   pages: Uint32Array;
-  /** The file the library replays (absent when the library cannot record). */
-  file?: string;
-  /** How it was recorded: the library's recorder, or the benchmark's log of fetch calls. */
-  by: 'recorder' | 'fetch-log';
+  /** The file the library replays (written by its WorkingSetRecorder). */
+  file: string;
 }
 
 /** One restore. */
@@ -90,26 +89,39 @@ export interface RestoreEnv {
   caps: LibraryRestoreCaps;
   /** Library handler mode of every library row. */
   handlerMode: 'event-loop' | 'native';
+  /** Where recordings go. */
+  dir: string;
 }
 
-/** Working-set recording and replay in the library (lib/working-set, FaultHandler workingSet). */
-export interface LibraryRestoreCaps {
-  record: { available: true; start(handler: FaultHandler, file: string): { stop(): Promise<void> | void } } | { available: false; reason: string };
-  readPages: ((file: string) => Uint32Array) | null;
-  replay: { available: true; options(file: string): Record<string, unknown> } | { available: false; reason: string };
-}
+/** Whether this library replays working sets (FaultHandler workingSet.replay). */
+export type LibraryRestoreCaps = { replay: true } | { replay: false; reason: string };
 
 /**
- * What of working-set recording and replay this library has. Until it has
- * them, their rows say "not available" (never a stand-in measured instead).
+ * Whether this library replays a working set. A FaultHandler that knows
+ * `workingSet.replay` reports the replay's counters in its stats; one that
+ * does not ignores the option, and would serve a "replay" row on demand
+ * only: such rows then say "not available" instead.
  */
 export function probeRestoreLibrary(): LibraryRestoreCaps {
-  return {
-    record: { available: false, reason: 'the library has no working-set recorder (lib/working-set)' },
-    readPages: null,
-    replay: { available: false, reason: 'the library has no working-set replay (FaultHandler workingSet.replay)' },
-  };
+  const mem = Memfd.create(PAGE_SIZE, { name: 'restore-probe' });
+  const uffd = Userfaultfd.open({ features: ['minorShmem'] });
+  try {
+    const handler = new FaultHandler(uffd, {
+      memfd: mem, fetch: () => undefined,
+      workingSet: { replay: { pageSize: PAGE_SIZE, memorySize: PAGE_SIZE, entries: [{ page: 0 }] } },
+    } as ConstructorParameters<typeof FaultHandler>[1]);
+    const known = (handler.stats() as { workingSet?: unknown }).workingSet !== undefined;
+    return known ? { replay: true } : { replay: false, reason: 'this library has no working-set replay (FaultHandler workingSet.replay)' };
+  } catch (err) {
+    return { replay: false, reason: `FaultHandler refused workingSet.replay: ${(err as Error).message}` };
+  } finally {
+    uffd.close();
+    mem.close();
+  }
 }
+
+/** The error of a row the library cannot run yet starts so. */
+export const NOT_AVAILABLE = 'not available: ';
 
 const GUEST = join(__dirname, 'restore-guest.js');
 /** A guest that has not finished by then has a fault nobody answered. */
@@ -210,9 +222,9 @@ export function prefetchQuality(recorded: Uint32Array, touched: Uint32Array): { 
 /**
  * One restore of `mode` with the trace `spec` (the benchmark's, or another
  * one when recording). `record`: record with the library's recorder into
- * that file; `log`: collect the pages fetched, in order.
+ * that file.
  */
-export async function runRestore(mode: RestoreMode, env: RestoreEnv, opts: { spec?: TraceSpec; expectedDigest?: string; recordTo?: string; log?: number[] } = {}): Promise<RestoreRep> {
+export async function runRestore(mode: RestoreMode, env: RestoreEnv, opts: { spec?: TraceSpec; expectedDigest?: string; recordTo?: string } = {}): Promise<RestoreRep> {
   const spec = opts.spec ?? env.spec;
   const expectedDigest = opts.expectedDigest ?? env.expectedDigest;
   const size = env.image.size;
@@ -267,32 +279,33 @@ async function cRestore(mode: RestoreMode, env: RestoreEnv, mem: Memfd, guest: G
 }
 
 async function libraryRestore(mode: RestoreMode, env: RestoreEnv, mem: Memfd, guest: Guest, expectedDigest: string,
-  opts: { recordTo?: string; log?: number[] }): Promise<RestoreRep> {
+  opts: { recordTo?: string }): Promise<RestoreRep> {
   const uffd = Userfaultfd.fromFd(guest.uffdFd);
   const image = new Uint8Array(env.imageView.buffer);
   const pageSize = mem.pageSize;
   let fetches = 0;
-  const log = opts.log;
   const fetch = (fault: Fault) => {
     fetches++;
-    log?.push(fault.page);
     mem.write(fault.offset, image.subarray(fault.offset, fault.offset + pageSize));
   };
   const rec = RECORDING_OF[mode];
-  let replayOptions: Record<string, unknown> = {};
+  const workingSet: Record<string, unknown> = {};
   if (rec) {
-    if (!env.caps.replay.available) throw new Error(`not available: ${env.caps.replay.reason}`);
+    if (!env.caps.replay) throw new Error(`${NOT_AVAILABLE}${env.caps.reason}`);
     const file = env.recordings.get(rec)?.file;
-    if (!file) throw new Error(`no ${rec} recording file (the library could not record)`);
-    replayOptions = env.caps.replay.options(file);
+    if (!file) throw new Error(`no ${rec} recording file`);
+    // Replayed from the start, as a restore that resumes the guest at once.
+    workingSet.replay = file;
+    workingSet.start = 'now';
   }
-  const recordTo = mode === 'on-demand+record' ? (opts.recordTo ?? join(process.env.TMPDIR ?? '/tmp', `restore-bench-${process.pid}.ws`)) : opts.recordTo;
-  if (recordTo && !env.caps.record.available) throw new Error(`not available: ${env.caps.record.reason}`);
-  const handler = new FaultHandler(uffd, { memfd: mem, fetch, mode: env.handlerMode, ...replayOptions } as ConstructorParameters<typeof FaultHandler>[1]);
-  let recorder: { stop(): Promise<void> | void } | undefined;
+  const recordTo = mode === 'on-demand+record' ? join(env.dir, 'overhead.ws') : opts.recordTo;
+  const recorder = recordTo ? new WorkingSetRecorder({ pageSize, memorySize: mem.size }) : undefined;
+  if (recorder) workingSet.record = recorder;
+  const handler = new FaultHandler(uffd, {
+    memfd: mem, fetch, mode: env.handlerMode, ...(Object.keys(workingSet).length ? { workingSet } : {}),
+  } as ConstructorParameters<typeof FaultHandler>[1]);
   try {
     handler.attach({ address: guest.address, length: guest.length, offset: 0 }, { missing: true, register: false });
-    if (recordTo && env.caps.record.available) recorder = env.caps.record.start(handler, recordTo);
     const t0 = bench.now();
     let prefetched = 0;
     if (mode === 'eager') {
@@ -305,9 +318,9 @@ async function libraryRestore(mode: RestoreMode, env: RestoreEnv, mem: Memfd, gu
     const goAt = bench.now();
     const done = await guest.go();
     await handler.stop();
-    await recorder?.stop();
-    recorder = undefined;
     const stats = handler.stats();
+    if (rec && !(stats as { workingSet?: unknown }).workingSet) throw new Error(`${NOT_AVAILABLE}the handler ignored workingSet.replay`);
+    if (recorder && recordTo) recorder.save(recordTo);
     await guest.finish();
     // A replay copies its pages through fetch too: the fetches no fault waited for were prefetches.
     const demandFetches = Math.max(0, stats.faults - stats.alreadyPresent - stats.duplicatesMerged - stats.untracked);
@@ -317,8 +330,8 @@ async function libraryRestore(mode: RestoreMode, env: RestoreEnv, mem: Memfd, gu
       resolvedAll: stats.errors === 0 && stats.resolved >= stats.faults - stats.untracked, note: stats.errors ? `${stats.errors} fetch errors` : undefined,
     });
   } finally {
-    await recorder?.stop();
     await handler.stop();
+    recorder?.close();
     uffd.close();
   }
 }
