@@ -79,8 +79,6 @@ export class WorkingSetRecorder implements Disposable {
   #flags: Uint8Array;
   #count = 0;
   readonly #startMs: number;
-  /** The same instant as #startMs on CLOCK_MONOTONIC (ns), the fault engine's clock. */
-  readonly #startNs: number;
   #stopReason: WorkingSetStopReason | undefined;
   #closed = false;
   #resolveDone!: (reason: WorkingSetStopReason) => void;
@@ -116,7 +114,6 @@ export class WorkingSetRecorder implements Disposable {
     this.#regions = new Uint16Array(initial);
     this.#flags = new Uint8Array(initial);
     this.done = new Promise((resolve) => (this.#resolveDone = resolve));
-    this.#startNs = Number(process.hrtime.bigint());
     this.#startMs = performance.now();
     // The timers never keep a process alive: a recording is not a reason to run.
     if (this.#budgetUs !== Infinity) this.#budgetTimer = setTimeout(() => this.#stop('budget'), this.#budgetUs / 1000).unref();
@@ -136,15 +133,11 @@ export class WorkingSetRecorder implements Disposable {
    * this call recorded the page.
    */
   record(page: number, kind?: TouchKind): boolean {
-    return this.recordFault(page, kind?.write === true, kind?.region ?? 0, -1);
+    return this.recordFault(page, kind?.write === true, kind?.region ?? 0);
   }
 
-  /**
-   * @internal The fault path's form of {@link record}: no object, and the
-   * fault's own read time (`timeNs` on CLOCK_MONOTONIC, the fault engine's
-   * clock; negative for now).
-   */
-  recordFault(page: number, write: boolean, region: number, timeNs: number): boolean {
+  /** @internal The fault path's form of {@link record}: no object to build per fault. */
+  recordFault(page: number, write: boolean, region: number): boolean {
     if (!(page >= 0 && page < this.#pageCount && page === Math.floor(page)))
       throw argRangeError('page', `an integer >= 0 and < ${this.#pageCount}`, page);
     if (!(region >= 0 && region < this.regions && region === Math.floor(region)))
@@ -153,7 +146,7 @@ export class WorkingSetRecorder implements Disposable {
     const word = page >>> 5;
     const bit = 1 << (page & 31);
     if ((this.#seen[word] & bit) !== 0) return false;
-    const nowUs = timeNs >= 0 ? (timeNs - this.#startNs) / 1000 : this.#nowUs();
+    const nowUs = this.#nowUs();
     if (nowUs >= this.#budgetUs) {
       this.#stop('budget');
       return false;
