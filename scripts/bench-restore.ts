@@ -288,10 +288,10 @@ async function main(): Promise<void> {
   const env: RestoreEnv = {
     image, imageView: view, spec, trace, expectedDigest: digest(spec), recordings: new Map(), caps: probeRestoreLibrary(), handlerMode: HANDLER_MODE, dir,
   };
-  const reps2 = new Map<RestoreMode, (RestoreRep | null)[]>(RESTORE_MODES.map((m) => [m, []]));
+  const measured = new Map<RestoreMode, (RestoreRep | null)[]>(RESTORE_MODES.map((m) => [m, []]));
   const errors = new Map<RestoreMode, string>();
   const assemble = (incomplete?: string): RestoreReport => {
-    const rows = RESTORE_MODES.map((m) => rowOf(m, reps2.get(m)!, env, errors.get(m)));
+    const rows = RESTORE_MODES.map((m) => rowOf(m, measured.get(m)!, env, errors.get(m)));
     const { ratios, targets } = analyse(rows);
     const cpu = cpus()[0];
     return {
@@ -328,12 +328,12 @@ async function main(): Promise<void> {
       for (const mode of [...RESTORE_MODES.slice(k), ...RESTORE_MODES.slice(0, k)]) {
         if (errors.has(mode)) continue;
         try {
-          reps2.get(mode)![r] = await runRestore(mode, env);
+          measured.get(mode)![r] = await runRestore(mode, env);
         } catch (err) {
           errors.set(mode, (err as Error).message);
         }
       }
-      for (const list of reps2.values()) while (list.length <= r) list.push(null);
+      for (const list of measured.values()) while (list.length <= r) list.push(null);
       process.stderr.write(`round ${r + 1}/${reps}\n`);
       save(`stopped after ${r + 1} of ${reps} rounds`);
     }
@@ -351,7 +351,7 @@ async function main(): Promise<void> {
   if (args.docs && !failure) writeDocs(report);
   process.stdout.write(`${args.markdown === '-' ? restoreMarkdown(report) : restoreText(report)}\n`);
   if (failure) throw failure;
-  const wrong = report.rows.filter((r) => r.reps > 0 && !r.allResolved || (r.error && r.available));
+  const wrong = report.rows.filter((r) => (r.reps > 0 && !r.allResolved) || (r.error && r.available));
   if (wrong.length) {
     for (const r of wrong) process.stderr.write(`did not restore right: ${r.mode}: ${r.error ?? 'bytes or faults wrong'}\n`);
     process.exitCode = 1;
