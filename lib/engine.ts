@@ -4,6 +4,8 @@
 // and every resolving ioctl; this wrapper drives it on the event loop (one
 // native call per batch) or on its native thread, and turns its records
 // into calls on the policy's sink. No policy issues a resolving ioctl itself.
+import { performance } from 'node:perf_hooks';
+
 import { trace } from './debug';
 import { NEGATIVE_ERRNO } from './errno';
 import { UffdError } from './errors';
@@ -66,6 +68,12 @@ export class FaultEngine {
   readonly uffd: Userfaultfd;
   readonly pageSize: number;
   readonly present: PresentPages;
+  /**
+   * The engine clock's zero on `performance.now()`'s scale: a record's
+   * `time` (ns since the engine was made) is `epochMs + time / 1e6` there.
+   * Both clocks are CLOCK_MONOTONIC; the error is the creation call's length.
+   */
+  readonly epochMs: number;
   readonly #handle: EngineHandle;
   readonly #fd: number;
   #sink: EngineSink | undefined;
@@ -82,7 +90,9 @@ export class FaultEngine {
     this.pageSize = options.pageSize;
     this.present = options.present;
     const fill = options.fill === 'copy' ? LAYOUT.fill.copy : LAYOUT.fill.continue;
+    const before = performance.now();
     this.#handle = native.engineCreate(this.#fd, options.backingFd, options.pageSize, fill, options.mapAhead, options.present.words);
+    this.epochMs = (before + performance.now()) / 2;
   }
 
   addRegion(region: EngineRegion): void {

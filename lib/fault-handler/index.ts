@@ -348,7 +348,7 @@ export class FaultHandler implements AsyncDisposable {
     }
     // Every fault that reaches here was on an absent page when the engine
     // read it: a first touch (the recorder keeps the first of each page).
-    this.#recorder?.recordFault(page, (flags & PAGEFAULT_FLAG.write) !== 0, 0);
+    this.#recorder?.recordFault(page, (flags & PAGEFAULT_FLAG.write) !== 0, 0, this.#engine.epochMs + time / 1e6);
     if (this.present.has(page)) {
       // Made present since the engine looked (a fetch finished meanwhile).
       this.#serve(address, flags, tid, time);
@@ -439,6 +439,7 @@ export class FaultHandler implements AsyncDisposable {
     if (this.#state === 'idle') {
       this.#state = 'stopped';
       this.#error = error;
+      this.#replayer?.stop();
       this.#resolveFinished(error);
       return (this.#stopping = Promise.resolve());
     }

@@ -442,7 +442,7 @@ export class FirecrackerSession implements Disposable {
     const offset = req.offset - (req.offset % pageSize);
     if (!this.regions.some((r) => offset >= r.offset && offset < r.offset + r.size))
       throw stateError('ERR_FIRECRACKER_PROTOCOL', `fault request for offset ${req.offset}, outside every region`);
-    this.#record(offset / pageSize, false);
+    this.#record(offset / pageSize, false, -1);
     if (this.#replayer && !this.#present.has(offset / pageSize)) {
       this.#replayer.start();
       this.#replayer.noteDemand(offset / pageSize);
@@ -477,7 +477,7 @@ export class FirecrackerSession implements Disposable {
   /** A fault on a page not in guest memory yet: snapshot bytes, or zeros where the balloon took the page. */
   #serve(address: number, flags: number, tid: number, time: number, page: number, ps: number): void {
     if (this.#settled) return;
-    this.#record(page, (flags & PAGEFAULT_FLAG.write) !== 0);
+    this.#record(page, (flags & PAGEFAULT_FLAG.write) !== 0, this.#engine.epochMs + time / 1e6);
     if (this.#replayer) {
       this.#replayer.start();
       this.#replayer.noteDemand(page);
@@ -504,12 +504,12 @@ export class FirecrackerSession implements Disposable {
   }
 
   /** A first touch for the working set: the region is looked up only for a page not recorded yet. */
-  #record(page: number, write: boolean): void {
+  #record(page: number, write: boolean, atMs: number): void {
     const recorder = this.#recorder;
     if (!recorder?.recording || recorder.has(page)) return;
     const offset = page * this.#pageSize;
     const region = this.regions.findIndex((r) => offset >= r.offset && offset < r.offset + r.size);
-    recorder.recordFault(page, write, region < 0 ? 0 : region);
+    recorder.recordFault(page, write, region < 0 ? 0 : region, atMs);
   }
 
   /** Writes the recorded working set; returns the error instead of throwing it. */

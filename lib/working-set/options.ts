@@ -39,6 +39,9 @@ export function recordTarget(name: string, value: unknown): WorkingSetRecordTarg
     throw fileError('ERR_WORKING_SET_NO_DIR', `cannot record the working set to ${file}: directory ${dir} does not exist`, file, err);
   }
   if (!isDir) throw fileError('ERR_WORKING_SET_NO_DIR', `cannot record the working set to ${file}: ${dir} is not a directory`, file);
+  // The stop rules too: a bad one found when a session starts would cost that session.
+  const { file: _file, ...rules } = target;
+  new WorkingSetRecorder({ ...rules, pageSize: 1, memorySize: 1 }).close();
   return { ...target, file };
 }
 

@@ -136,8 +136,13 @@ export class WorkingSetRecorder implements Disposable {
     return this.recordFault(page, kind?.write === true, kind?.region ?? 0);
   }
 
-  /** @internal The fault path's form of {@link record}: no object to build per fault. */
-  recordFault(page: number, write: boolean, region: number): boolean {
+  /**
+   * @internal The fault path's form of {@link record}: no object to build,
+   * and the time the fault was read (`performance.now()` milliseconds, from
+   * the fault engine's clock) when the server has it: reading a clock costs
+   * more than the rest of a record.
+   */
+  recordFault(page: number, write: boolean, region: number, atMs = -1): boolean {
     if (!(page >= 0 && page < this.#pageCount && page === Math.floor(page)))
       throw argRangeError('page', `an integer >= 0 and < ${this.#pageCount}`, page);
     if (!(region >= 0 && region < this.regions && region === Math.floor(region)))
@@ -146,7 +151,7 @@ export class WorkingSetRecorder implements Disposable {
     const word = page >>> 5;
     const bit = 1 << (page & 31);
     if ((this.#seen[word] & bit) !== 0) return false;
-    const nowUs = this.#nowUs();
+    const nowUs = atMs >= 0 ? (atMs - this.#startMs) * 1000 : this.#nowUs();
     if (nowUs >= this.#budgetUs) {
       this.#stop('budget');
       return false;

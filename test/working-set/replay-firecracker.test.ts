@@ -74,7 +74,7 @@ describe('working-set replay (Firecracker page server)', () => {
     // Second region first, then the first one backwards in runs of 8: first-touch order is not address order.
     const order = [...Array.from({ length: 32 }, (_, i) => 64 + i)];
     for (let s = 56; s >= 0; s -= 8) for (let p = s; p < s + 8; p++) order.push(p);
-    const { replayed, stats, report } = await restore(1, spec, setFor(spec, order), 300);
+    const { replayed, stats, report } = await restore(1, spec, setFor(spec, order), 1000);
     const replay = replayed.workingSet!.replay;
     expect(replay).toMatchObject({ state: 'done', planned: 96, prefetched: 96, skipped: 0, demandFaults: 0 });
     // One run for the second region, then one per stretch of 8 (each ends where the previous run began).
@@ -91,7 +91,7 @@ describe('working-set replay (Firecracker page server)', () => {
     const spec = '4k:48,4k:16';
     const file = join(dir, 'three.uffdws');
     writeWorkingSet(file, setFor(spec, Array.from({ length: 64 }, (_, p) => 63 - p)));
-    const { replayed, stats, report } = await restore(3, spec, file, 300);
+    const { replayed, stats, report } = await restore(3, spec, file, 1000);
     expect(replayed.workingSet!.replay).toMatchObject({ state: 'done', planned: 64, prefetched: 64, demandFaults: 0 });
     // Backwards order: every run is one page (the next page is already taken).
     expect(replayed.workingSet!.replay.runs).toBe(64);

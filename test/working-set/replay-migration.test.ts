@@ -54,7 +54,7 @@ describe('working-set replay (migration destination)', () => {
     const uffd = Userfaultfd.open({ features: ['minorShmem', 'missingShmem'] });
     cleanups.push(() => uffd.close());
     const view = memfd.map();
-    cleanups.push(() => view.close());
+    cleanups.push(() => view.unmap());
     uffd.register(view, { minor: true, missing: true });
     // Three stretches in an order that is not address order (12 again: counted once).
     const order = [...range(100, 32), ...range(10, 10), ...range(200, 16), 12];
@@ -77,6 +77,34 @@ describe('working-set replay (migration destination)', () => {
     const stats = await dest.done;
     expect(stats.pagesIgnored).toBe(58);
     expect(stats.workingSet!.replay.state).toBe('done');
+  });
+
+  itWith(['minorShmem', 'missingShmem'], 'close during a replay the source never answers: done rejects at once, the replay is stopped with its pages left to faults', async () => {
+    const pages = 64;
+    const server = net.createServer((socket) => {
+      socket.on('error', () => {});
+      socket.write(encodeHello(PAGE_SIZE, pages * PAGE_SIZE));
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    cleanups.push(() => server.close());
+    const memfd = Memfd.create(pages * PAGE_SIZE, { name: 'ws-dest-close' });
+    cleanups.push(() => memfd.close());
+    const uffd = Userfaultfd.open({ features: ['minorShmem', 'missingShmem'] });
+    cleanups.push(() => uffd.close());
+    const view = memfd.map();
+    cleanups.push(() => view.unmap());
+    uffd.register(view, { minor: true, missing: true });
+    const dest = await MigrationDestination.connect({
+      uffd, memfd, views: [view], port: (server.address() as net.AddressInfo).port, onFailure: 'zero', workingSet: { replay: asSet(range(0, 40), pages) },
+    });
+    expect(dest.stats.workingSet!.replay.state).toBe('running');
+    const t0 = performance.now();
+    dest.close();
+    await expect(dest.done).rejects.toMatchObject({ code: 'ERR_MIGRATION_ABORTED' });
+    expect(performance.now() - t0).toBeLessThan(scaled(2000));
+    expect(dest.stats.workingSet!.replay).toMatchObject({ state: 'stopped', planned: 40, prefetched: 0, leftToFaults: 40 });
+    dest.close();
   });
 
   itWith(['minorShmem', 'missingShmem', 'threadId'], 'over loopback with a real source and a guest process: the set arrives before it is touched; only pages outside it are demand faults', async () => {

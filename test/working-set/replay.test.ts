@@ -247,6 +247,14 @@ describe('working-set replay (FaultHandler)', () => {
     expect(() => new FaultHandler(uffd, { memfd: mem, fetch: () => {}, prefetch: { pages: [1] }, workingSet: { replay: 'x' } })).toThrow(/cannot be given with/);
   });
 
+  itWith(['minorShmem'], 'a handler stopped before it started ends its replay too', async () => {
+    const { mem, uffd } = setup(8, ['minorShmem']);
+    const handler = new FaultHandler(uffd, { memfd: mem, fetch: () => {}, prefetch: { pages: [1, 2, 3], start: 'now', read: () => expect.fail('never read') } });
+    await handler.stop();
+    await handler.replayFinished;
+    expect(handler.stats().workingSet!.replay).toMatchObject({ state: 'stopped', prefetched: 0 });
+  });
+
   itWith(['minorShmem', 'threadId'], 'stop during a replay whose reader never answers is bounded; the joined fault is woken and nothing stays claimed', async () => {
     const pages = 256;
     const { mem, uffd, guest } = setup(pages);

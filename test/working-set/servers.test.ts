@@ -69,9 +69,27 @@ describe('recording a working set', () => {
     expect(set.entries.every((e) => !e.write)).toBe(true);
   });
 
+  itWith(['eventRemove'], 'Firecracker: a recording that cannot be written rejects the session, after serving it', async () => {
+    const spec = '4k:4';
+    const snapshotPath = join(dir, `snapshot-${n}`);
+    writeFileSync(snapshotPath, randomBytes(4 * PAGE_SIZE));
+    const gone = mkdtempSync(join(dir, 'gone-'));
+    const path = join(dir, `fc-${n++}.sock`);
+    using server = FirecrackerPageServer.listen(path, { snapshot: snapshotPath, workingSet: { record: join(gone, 'x.wset') } });
+    rmSync(gone, { recursive: true });
+    const child = spawn(standin, [path, '1', snapshotPath, spec], { stdio: ['ignore', 'pipe', 'inherit'], timeout: scaled(20_000), killSignal: 'SIGKILL' });
+    const exit = new Promise<number | null>((resolve) => child.once('close', resolve));
+    const session = await server.accept({ signal: AbortSignal.timeout(scaled(10_000)) });
+    expect(await exit).toBe(0);
+    await expect(session.finished).rejects.toThrow(expect.objectContaining({ code: 'ERR_WORKING_SET_NO_DIR' }));
+  });
+
   it('Firecracker: a record file in a directory that does not exist is refused at listen', () => {
     expect(() => FirecrackerPageServer.listen(join(dir, `x-${n++}.sock`), { snapshot: Buffer.alloc(PAGE_SIZE), workingSet: { record: join(dir, 'nowhere', 'x.wset') } }))
       .toThrow(expect.objectContaining({ code: 'ERR_WORKING_SET_NO_DIR' }));
+    // So is a bad stop rule: found at a session's start, it would cost that session.
+    expect(() => FirecrackerPageServer.listen(join(dir, `x-${n++}.sock`), { snapshot: Buffer.alloc(PAGE_SIZE), workingSet: { record: { file: join(dir, 'x.wset'), budgetMs: -1 } } }))
+      .toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
   });
 
   for (const mode of ['event-loop', 'native'] as const)
