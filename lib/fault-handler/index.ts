@@ -181,6 +181,34 @@ export class FaultHandler implements AsyncDisposable {
     const ps = this.#pageSize;
     const offset = first * ps;
     const length = count * ps;
+    const present = (): number => {
+      const watched = this.#watched;
+      if (watched) for (let p = first; p < first + count; p++) Atomics.or(watched, p >>> 5, 1 << (p & 31));
+      // Content first, then the bits: the engine maps whatever is marked.
+      this.present.mark(offset, length);
+      if (mapRuns) {
+        const r = this.#engine.mapPresent(offset, length);
+        if (r < 0) trace('handler uffd %d: mapping prefetched run %d+%d: errno %d (left to fault)', this.#fd, first, count, -r);
+      }
+      return count;
+    };
+    const write = (bytes: Uint8Array): void => {
+      signal.throwIfAborted();
+      if (!(bytes instanceof Uint8Array) || bytes.byteLength !== length)
+        throw argValueError('prefetch.read result', `must be a Uint8Array of ${length} bytes`, bytes);
+      this.memfd.write(offset, bytes);
+    };
+    let pending: Promise<Uint8Array> | undefined;
+    if (read) {
+      const bytes = read(offset, length, { signal });
+      if (!(bytes instanceof Promise)) {
+        // Content at hand: written and mapped before any fault on the run can
+        // be read here, so nothing needs to claim it in flight.
+        write(bytes);
+        return present();
+      }
+      pending = bytes;
+    }
     const claim = claimRun(this.present, first, count);
     // A stop releases the faults that joined this run at once (they fetch, or are woken, as the handler stops).
     const release = (): void => claim.settle(false);
@@ -188,16 +216,9 @@ export class FaultHandler implements AsyncDisposable {
     const finish = (): number => {
       signal.removeEventListener('abort', release);
       signal.throwIfAborted();
-      const watched = this.#watched;
-      if (watched) for (let p = first; p < first + count; p++) Atomics.or(watched, p >>> 5, 1 << (p & 31));
-      // Content first, then the bits: the engine maps whatever is marked.
-      this.present.mark(offset, length);
+      const n = present();
       claim.settle(true);
-      if (mapRuns) {
-        const r = this.#engine.mapPresent(offset, length);
-        if (r < 0) trace('handler uffd %d: mapping prefetched run %d+%d: errno %d (left to fault)', this.#fd, first, count, -r);
-      }
-      return count;
+      return n;
     };
     const fail = (err: unknown): never => {
       signal.removeEventListener('abort', release);
@@ -205,18 +226,10 @@ export class FaultHandler implements AsyncDisposable {
       throw err;
     };
     try {
-      if (read) {
-        const write = (bytes: Uint8Array): number => {
-          signal.throwIfAborted();
-          if (!(bytes instanceof Uint8Array) || bytes.byteLength !== length)
-            throw argValueError('prefetch.read result', `must be a Uint8Array of ${length} bytes`, bytes);
-          this.memfd.write(offset, bytes);
-          return finish();
-        };
-        const bytes = read(offset, length, { signal });
-        if (bytes instanceof Promise) return bytes.then(write).catch(fail);
-        return write(bytes);
-      }
+      if (pending) return pending.then((bytes) => {
+        write(bytes);
+        return finish();
+      }).catch(fail);
       const regions = this.#engine.regions();
       const fetches: Promise<void>[] = [];
       for (let p = first; p < first + count; p++) {

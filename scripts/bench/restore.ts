@@ -8,8 +8,8 @@ import { spawn } from 'node:child_process';
 import { closeSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { Fault, FaultHandler, FdSocket, Memfd, Mapping, PAGE_SIZE, Userfaultfd } from '../../lib/index';
-import { WorkingSetRecorder } from '../../lib/working-set';
+import { Fault, FaultHandler, FdSocket, Memfd, Mapping, PAGE_SIZE, PrefetchSource, Userfaultfd } from '../../lib/index';
+import { WorkingSetRecorder, readWorkingSet } from '../../lib/working-set';
 import { bench, unwrap } from './native';
 import { Trace, TraceSpec } from './restore-trace';
 
@@ -301,20 +301,25 @@ async function libraryRestore(mode: RestoreMode, env: RestoreEnv, mem: Memfd, gu
     mem.write(fault.offset, image.subarray(fault.offset, fault.offset + pageSize));
   };
   const rec = RECORDING_OF[mode];
-  const workingSet: Record<string, unknown> = {};
+  let prefetch: PrefetchSource | undefined;
   if (rec) {
     if (!env.caps.replay) throw new Error(`${NOT_AVAILABLE}${env.caps.reason}`);
     const file = env.recordings.get(rec)?.file;
     if (!file) throw new Error(`no ${rec} recording file`);
-    // Replayed from the start, as a restore that resumes the guest at once.
-    workingSet.replay = file;
-    workingSet.start = 'now';
+    // The content is an image at hand, so the replay reads whole runs from it
+    // (one write and one CONTINUE per run, as the C reference does) instead
+    // of calling fetch per page; replayed from the start, as a restore that
+    // resumes the guest at once.
+    prefetch = {
+      pages: readWorkingSet(file).entries.map((e) => e.page),
+      read: (offset, length) => image.subarray(offset, offset + length),
+      start: 'now',
+    };
   }
   const recordTo = mode === 'on-demand+record' ? join(env.dir, 'overhead.ws') : opts.recordTo;
   const recorder = recordTo ? new WorkingSetRecorder({ pageSize, memorySize: mem.size }) : undefined;
-  if (recorder) workingSet.record = recorder;
   const handler = new FaultHandler(uffd, {
-    memfd: mem, fetch, mode: env.handlerMode, ...(Object.keys(workingSet).length ? { workingSet } : {}),
+    memfd: mem, fetch, mode: env.handlerMode, ...(prefetch ? { prefetch } : {}), ...(recorder ? { workingSet: { record: recorder } } : {}),
   } as ConstructorParameters<typeof FaultHandler>[1]);
   try {
     handler.attach({ address: guest.address, length: guest.length, offset: 0 }, { missing: true, register: false });
@@ -338,11 +343,10 @@ async function libraryRestore(mode: RestoreMode, env: RestoreEnv, mem: Memfd, gu
     if (rec && !stats.workingSet) throw new Error(`${NOT_AVAILABLE}the handler ignored workingSet.replay`);
     if (recorder && recordTo) recorder.save(recordTo);
     await guest.finish();
-    // A replay copies its pages through fetch too: the fetches no fault waited for were prefetches.
-    const demandFetches = Math.max(0, stats.faults - stats.alreadyPresent - stats.duplicatesMerged - stats.untracked);
-    prefetched += Math.max(0, fetches - demandFetches);
+    const demandFetches = fetches;
+    prefetched += stats.workingSet?.replay.prefetched ?? 0;
     return finishRep(done, t0, goAt, expectedDigest, env.trace.order.length, {
-      faults: stats.faults, demandFetches, prefetched, bytesMoved: (fetches + (mode === 'eager' ? mem.size / pageSize : 0)) * pageSize,
+      faults: stats.faults, demandFetches, prefetched, bytesMoved: (fetches + prefetched) * pageSize,
       resolvedAll: stats.errors === 0 && stats.resolved >= stats.faults - stats.untracked, note: stats.errors ? `${stats.errors} fetch errors` : undefined,
     });
   } finally {
