@@ -15,9 +15,9 @@
 // its own writes applied), and the demo prints what happened.
 import { ChildProcess, fork } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 
@@ -48,6 +48,8 @@ interface Options {
   modes: LiveMode[];
   /** Write the live table into docs/migration.md. */
   docs: boolean;
+  /** Live demo: write the setting, the results and the targets as JSON to this file. */
+  json?: string;
 }
 
 const MODES: readonly LiveMode[] = ['precopy', 'postcopy', 'hybrid'];
@@ -72,6 +74,7 @@ destination, guest); every page is checked against the image at the end.
   --mode M              postcopy (default: this demo), precopy or hybrid (the live demo)
   --modes all           the live demo in all three modes, one table side by side
   --docs                with --modes all: write the table into docs/migration.md
+  --json FILE           live demo: the setting, every mode's figures and the targets as JSON
 
 Live demo (--mode precopy|hybrid, --modes all): the guest is native writer
 threads writing counters into its pages, first at the source (its memory is
@@ -103,6 +106,11 @@ function parseOptions(argv: string[]): Options | 'help' {
       opts.docs = true;
       continue;
     }
+    if (argv[i] === '--json') {
+      opts.json = argv[++i];
+      if (!opts.json) throw new UsageError('--json: needs a file');
+      continue;
+    }
     if (argv[i] === '--mode' || argv[i] === '--modes') {
       const value = argv[++i];
       if (argv[i - 1] === '--modes' && value === 'all') opts.modes = [...MODES];
@@ -120,6 +128,7 @@ function parseOptions(argv: string[]): Options | 'help' {
   for (const [flag, n] of [['--max-rounds', opts.maxRounds], ['--hybrid-rounds', opts.hybridRounds]] as const)
     if (!(Number.isInteger(n) && n >= 1)) throw new UsageError(`${flag} ${n}: must be a whole number >= 1`);
   if (opts.docs && opts.modes.length !== MODES.length) throw new UsageError('--docs: needs --modes all');
+  if (opts.json && opts.modes.length === 1 && opts.modes[0] === 'postcopy') throw new UsageError('--json: the live demo only (--mode precopy, --mode hybrid or --modes all)');
   if (!((opts.sizeMiB * 1024 * 1024) % PAGE_SIZE === 0 && opts.sizeMiB > 0)) throw new UsageError(`--size ${opts.sizeMiB}: must be a positive number of MiB that is a whole number of pages`);
   if (!(Number.isInteger(opts.workers) && opts.workers >= 1)) throw new UsageError(`--workers ${opts.workers}: must be a whole number >= 1`);
   return opts;
@@ -428,6 +437,10 @@ async function orchestrateLive(opts: Options, argv: string[]): Promise<void> {
 ${table}
 `);
     for (const line of liveTargets(results)) console.log(line);
+    if (opts.json) {
+      mkdirSync(dirname(resolve(opts.json)), { recursive: true });
+      writeFileSync(opts.json, `${JSON.stringify({ setting, sizeMiB: opts.sizeMiB, results, targets: liveTargets(results) }, null, 2)}\n`);
+    }
     const bad = results.filter((r) => r.badPages > 0);
     if (bad.length) throw new Error(`${bad.map((r) => `${r.mode}: ${r.badPages} pages`).join(', ')} do not match the source`);
     if (opts.docs) {
