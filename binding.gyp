@@ -42,7 +42,8 @@
         "native/bench/floor.cc",
         "native/bench/c_reference.cc",
         "native/bench/bulk.cc",
-        "native/bench/touch.cc"
+        "native/bench/touch.cc",
+        "native/bench/restore.cc"
       ],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api"],
       "defines": ["NAPI_VERSION=8", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],

@@ -163,6 +163,16 @@ export class FaultEngine {
     return native.engineMapPresent(this.#handle, offset, length);
   }
 
+  /** Copy mode: fills backing range [offset, offset + bytes.length) of every view ahead of its faults. Pages copied, or -errno. */
+  copyRun(offset: number, bytes: Uint8Array): number {
+    return native.engineCopyRun(this.#handle, offset, bytes);
+  }
+
+  /** Counts (stats: watchedTouched) the first fault that finds each page of `words` present, clearing its bit. Once per engine. */
+  watch(words: Uint32Array): number {
+    return native.engineWatch(this.#handle, words);
+  }
+
   /** Poisons [address, address + length) of a view: touching it raises SIGBUS. */
   poison(address: number, length: number): number {
     return native.enginePoison(this.#handle, address, length);

@@ -42,4 +42,5 @@ export { WorkingSetRecorder, readWorkingSet, writeWorkingSet, encodeWorkingSet, 
 export type {
   WorkingSet, WorkingSetEntry, WorkingSetRecorderOptions, WorkingSetStopRules, WorkingSetStopReason, TouchKind, MergeOptions, Similarity,
   HandlerWorkingSetOptions, SessionWorkingSetOptions, WorkingSetRecordTarget,
+  PrefetchSource, ReplaySet, ReplayStart, ReplayStats, RunReader, WorkingSetReplayOptions,
 } from './working-set';

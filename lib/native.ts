@@ -86,6 +86,10 @@ export interface NativeBinding {
   engineMapPresent(handle: EngineHandle, offset: number, length: number): SysResult;
   enginePoison(handle: EngineHandle, address: number, length: number): SysResult;
   enginePoisonAbsent(handle: EngineHandle): SysResult;
+  /** Copy mode: COPYs whole pages `bytes` at backing `offset` into every view (DONTWAKE, then one WAKE). Pages copied or -errno. */
+  engineCopyRun(handle: EngineHandle, offset: number, bytes: ArrayBufferView): SysResult;
+  /** Pages (a bitmap over a SharedArrayBuffer) whose first fault finding them present is counted (stats.watchedTouched). Once per engine. */
+  engineWatch(handle: EngineHandle, words: Uint32Array): SysResult;
   engineWake(handle: EngineHandle, address: number, length: number): SysResult;
   /** Unregisters and wakes every view the engine knows. */
   engineReleaseViews(handle: EngineHandle): void;
@@ -188,7 +192,7 @@ export interface EngineLayout {
   };
   stats: {
     faults: number; resolved: number; alreadyPresent: number; mapAheadPages: number; loopThreadFaults: number;
-    deferrals: number; untracked: number; poisoned: number; copied: number; resolverCpuNs: number;
+    deferrals: number; untracked: number; poisoned: number; copied: number; resolverCpuNs: number; watchedTouched: number;
   };
   statCount: number;
   buckets: { linear: number; log: number };

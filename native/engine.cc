@@ -65,6 +65,12 @@ void Engine::ClearPresent(uint64_t page) {
   if (page < bitmap_bits_) __atomic_fetch_and(&bitmap_[page >> 5], ~(1u << (page & 31)), __ATOMIC_RELEASE);
 }
 
+void Engine::Touched(uint64_t page) {
+  if (page >= watch_bits_.load(std::memory_order_acquire)) return;
+  const uint32_t bit = 1u << (page & 31);
+  if (__atomic_fetch_and(&watch_[page >> 5], ~bit, __ATOMIC_ACQ_REL) & bit) Count(kWatchedTouched);
+}
+
 void Engine::AddRegion(const Region& region) {
   std::lock_guard<std::mutex> lock(mu_);
   regions_.push_back(region);
@@ -308,6 +314,42 @@ int Engine::MapPresent(uint64_t offset, uint64_t length) {
   return result;
 }
 
+int64_t Engine::CopyRun(uint64_t offset, const uint8_t* bytes, uint64_t length) {
+  int64_t copied = 0;
+  int first = 0;
+  for (const Region& r : Regions()) {
+    const uint64_t ps = r.page_size;
+    uint64_t s = std::max(offset, r.offset), e = std::min(offset + length, r.offset + r.length);
+    if (s >= e || s % ps != 0 || e % ps != 0) continue;  // a larger page than the run covers: left to fault
+    const uint64_t start = r.address + (s - r.offset), end = r.address + (e - r.offset);
+    uint64_t at = start;
+    while (at < end) {
+      struct uffdio_copy c = {};
+      c.dst = at;
+      c.src = reinterpret_cast<uintptr_t>(bytes + (s - offset) + (at - start));
+      c.len = end - at;
+      c.mode = UFFDIO_COPY_MODE_DONTWAKE;
+      int rc = Ioctl(uffd_, uffd_abi::kCopy, &c);
+      uint64_t done = rc == 0 ? end - at : c.copy > 0 ? static_cast<uint64_t>(c.copy) : 0;
+      for (uint64_t p = at; p < at + done; p += ps) MarkPresent(PageOf(r, p));
+      copied += static_cast<int64_t>(done / ps);
+      at += done;
+      if (rc == 0 || done > 0) continue;
+      if (rc == -EEXIST) {  // filled by a fault meanwhile
+        at += ps;
+        continue;
+      }
+      // EAGAIN (an event is unread), ENOENT, ESRCH...: the rest is left to fault.
+      if (first == 0) first = rc;
+      break;
+    }
+    // DONTWAKE left whoever faulted on the run asleep.
+    if (at > start) Wake(start, at - start);
+  }
+  if (copied > 0) Count(kCopied, static_cast<uint64_t>(copied));
+  return copied > 0 ? copied : first;
+}
+
 int Engine::Poison(uint64_t address, uint64_t length) {
   uffdx_poison p = {};
   p.range.start = address;
@@ -379,6 +421,7 @@ void Engine::Serve(const Fault& fault, const Guard& guard, std::vector<double>* 
   const Region& region = at.region;
   const uint64_t ps = at.ps, address = at.address, page = at.page;
   if (Present(page)) {
+    Touched(page);
     int rc = ServeLocated(fault, at);
     // Counted once per fault that needed no policy, when it is answered (a
     // deferred one is retried, and counted when the retry answers it).

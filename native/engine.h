@@ -65,6 +65,7 @@ enum Stat : int {
   kPoisoned,            // pages poisoned
   kCopied,              // pages filled by COPY or ZEROPAGE
   kResolverCpuNs,       // CPU time the native resolver threads used (spinning included)
+  kWatchedTouched,      // faults that found a watched (prefetched, not yet mapped) page present
   kStatCount,
 };
 
@@ -116,6 +117,14 @@ class Engine {
     bitmap_ = words;
     bitmap_bits_ = bits;
   }
+  // Pages to watch (a prefetcher's, made present but not mapped): the first
+  // fault that finds one present is counted in kWatchedTouched and its bit
+  // cleared. Same lifetime rule as the present bitmap.
+  void SetWatch(uint32_t* words, uint64_t bits) {
+    watch_bits_.store(0, std::memory_order_release);
+    watch_ = words;
+    watch_bits_.store(bits, std::memory_order_release);
+  }
   bool Present(uint64_t page) const;
   void MarkPresent(uint64_t page);
   void ClearPresent(uint64_t page);
@@ -143,6 +152,11 @@ class Engine {
   // Maps the present pages of backing range [offset, offset + length) into
   // every view (a push arrived). Returns 0 or the first failure's -errno.
   int MapPresent(uint64_t offset, uint64_t length);
+  // Fill mode, a run ahead of its faults: COPY `length` bytes of backing
+  // range [offset, offset + length) into every view showing it, DONTWAKE,
+  // then one WAKE per view. Pages filled meanwhile (EEXIST) are skipped.
+  // Returns the pages copied, or the first failure's -errno when none was.
+  int64_t CopyRun(uint64_t offset, const uint8_t* bytes, uint64_t length);
   // Poisons the pages of [address, address + length) (SIGBUS on access).
   int Poison(uint64_t address, uint64_t length);
   // Poisons every absent page of every view (a failed migration's pages).
@@ -195,6 +209,9 @@ class Engine {
   const uint64_t epoch_ns_;
   uint32_t* bitmap_ = nullptr;
   uint64_t bitmap_bits_ = 0;
+  uint32_t* watch_ = nullptr;
+  std::atomic<uint64_t> watch_bits_{0};
+  void Touched(uint64_t page);
   std::vector<uint8_t> zeros_;
 
   std::mutex mu_;  // regions_ and deferred_: the resolver thread and JavaScript share them

@@ -20,6 +20,7 @@ struct Handle {
   std::shared_ptr<engine::Engine> engine;
   std::shared_ptr<resolver::Thread> thread;
   Napi::Reference<Napi::Value> bitmap;  // the SharedArrayBuffer-backed words the engine reads
+  Napi::Reference<Napi::Value> watch;   // the same, for the watched pages (engineWatch)
   std::vector<struct uffd_msg> msgs = std::vector<struct uffd_msg>(engine::kMessages);
   std::vector<double> pending;  // records not yet handed out (more than one call holds)
 };
@@ -43,6 +44,17 @@ Napi::Value Deferring(Handle* h, Napi::Env env, int rc) {
   return args::Result(env, rc);
 }
 
+// A SharedArrayBuffer cannot be detached or transferred away: the memory a
+// native thread reads stays where it is for as long as it is referenced.
+bool OverShared(Napi::Env env, Napi::Uint32Array words) {
+  bool shared = false;
+  napi_value buffer = words.ArrayBuffer();
+  napi_value global_sab;
+  napi_get_named_property(env, env.Global(), "SharedArrayBuffer", &global_sab);
+  napi_instanceof(env, buffer, global_sab, &shared);
+  return shared;
+}
+
 // engineCreate(uffd, backingFd, pageSize, fill, readAhead, presentWords: Uint32Array over a SharedArrayBuffer)
 Napi::Value Create(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -57,14 +69,7 @@ Napi::Value Create(const Napi::CallbackInfo& info) {
   if (!info[5].IsTypedArray() || info[5].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
     return args::Fail(info, "expected the present bitmap as a Uint32Array"), env.Undefined();
   Napi::Uint32Array words = info[5].As<Napi::Uint32Array>();
-  // A SharedArrayBuffer cannot be detached or transferred away: the memory a
-  // native thread reads stays where it is for as long as it is referenced.
-  bool shared = false;
-  napi_value buffer = words.ArrayBuffer();
-  napi_value global_sab;
-  napi_get_named_property(env, env.Global(), "SharedArrayBuffer", &global_sab);
-  napi_instanceof(env, buffer, global_sab, &shared);
-  if (!shared) return args::Fail(info, "expected the present bitmap over a SharedArrayBuffer"), env.Undefined();
+  if (!OverShared(env, words)) return args::Fail(info, "expected the present bitmap over a SharedArrayBuffer"), env.Undefined();
   auto* h = new Handle();
   h->engine = std::make_shared<engine::Engine>(uffd, backing_fd, static_cast<uint64_t>(page_size),
                                                static_cast<engine::Fill>(fill), map_ahead > 0 ? static_cast<uint64_t>(map_ahead) : 0);
@@ -168,6 +173,36 @@ Napi::Value MapPresent(const Napi::CallbackInfo& info) {
   return args::Result(info.Env(), h->engine->MapPresent(offset, length));
 }
 
+// engineCopyRun(h, offset, bytes): COPY a run of backing pages ahead of its faults.
+Napi::Value CopyRun(const Napi::CallbackInfo& info) {
+  Handle* h = Of(info);
+  uint64_t offset;
+  if (!h || !args::U64(info, 1, &offset)) return info.Env().Undefined();
+  if (!info[2].IsTypedArray()) return args::Fail(info, "expected the run's bytes"), info.Env().Undefined();
+  if (h->engine->fill() != engine::Fill::kCopy) return args::Result(info.Env(), -EINVAL);
+  Napi::TypedArray ta = info[2].As<Napi::TypedArray>();
+  const uint64_t ps = h->engine->page_size();
+  if (offset % ps != 0 || ta.ByteLength() == 0 || ta.ByteLength() % ps != 0)
+    return args::Fail(info, "expected a page-aligned offset and whole pages of bytes"), info.Env().Undefined();
+  const uint8_t* bytes = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+  return args::Result(info.Env(), static_cast<double>(h->engine->CopyRun(offset, bytes, ta.ByteLength())));
+}
+
+// engineWatch(h, words: Uint32Array over a SharedArrayBuffer): pages whose first fault is counted.
+Napi::Value Watch(const Napi::CallbackInfo& info) {
+  Handle* h = Of(info);
+  if (!h) return info.Env().Undefined();
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
+      !OverShared(info.Env(), info[1].As<Napi::Uint32Array>()))
+    return args::Fail(info, "expected a Uint32Array over a SharedArrayBuffer"), info.Env().Undefined();
+  Napi::Uint32Array words = info[1].As<Napi::Uint32Array>();
+  // Set once: a resolver thread may be reading the words already set.
+  if (!h->watch.IsEmpty()) return args::Result(info.Env(), -EBUSY);
+  h->watch = Napi::Persistent(info[1]);
+  h->engine->SetWatch(words.Data(), static_cast<uint64_t>(words.ElementLength()) * 32);
+  return args::Result(info.Env(), 0);
+}
+
 // enginePoison(h, address, length)
 Napi::Value Poison(const Napi::CallbackInfo& info) {
   Handle* h = Of(info);
@@ -262,6 +297,7 @@ Napi::Object Layout(Napi::Env env) {
   stats.Set("poisoned", Napi::Number::New(env, static_cast<double>(engine::kPoisoned)));
   stats.Set("copied", Napi::Number::New(env, static_cast<double>(engine::kCopied)));
   stats.Set("resolverCpuNs", Napi::Number::New(env, static_cast<double>(engine::kResolverCpuNs)));
+  stats.Set("watchedTouched", Napi::Number::New(env, static_cast<double>(engine::kWatchedTouched)));
   layout.Set("stats", stats);
   layout.Set("statCount", Napi::Number::New(env, engine::kStatCount));
   Napi::Object buckets = Napi::Object::New(env);
@@ -306,6 +342,8 @@ void InitEngine(Napi::Env env, Napi::Object exports) {
   exports.Set("engineZero", Napi::Function::New(env, Zero, "engineZero"));
   exports.Set("engineMapPresent", Napi::Function::New(env, MapPresent, "engineMapPresent"));
   exports.Set("enginePoison", Napi::Function::New(env, Poison, "enginePoison"));
+  exports.Set("engineCopyRun", Napi::Function::New(env, CopyRun, "engineCopyRun"));
+  exports.Set("engineWatch", Napi::Function::New(env, Watch, "engineWatch"));
   exports.Set("engineWake", Napi::Function::New(env, WakeRange, "engineWake"));
   exports.Set("engineReleaseViews", Napi::Function::New(env, ReleaseViews, "engineReleaseViews"));
   exports.Set("enginePoisonAbsent", Napi::Function::New(env, PoisonAbsent, "enginePoisonAbsent"));

@@ -14,6 +14,7 @@ import { Userfaultfd } from '../userfaultfd';
 import * as v from '../validate';
 import { handlerRecorder } from '../working-set/options';
 import type { WorkingSetRecorder } from '../working-set/recorder';
+import { Replayer, RunReader, checkPrefetchSource, claimRun, loadReplayPages } from '../working-set/replay';
 import { FetchQueue, Pending } from './fetch-queue';
 import { PolicyCounts, handlerStats, newPolicyCounts } from './stats';
 import type {
@@ -72,6 +73,9 @@ export class FaultHandler implements AsyncDisposable {
   readonly #fd: number;
   readonly #signal?: AbortSignal;
   readonly #recorder?: WorkingSetRecorder;
+  readonly #replayer?: Replayer;
+  readonly #replayStartsNow: boolean = false;
+  readonly #fetch: FaultHandlerOptions['fetch'];
 
   #state: State = 'idle';
   #uffdClosed = false;
@@ -80,6 +84,7 @@ export class FaultHandler implements AsyncDisposable {
   #resolveFinished!: (err: Error | undefined) => void;
   #error: Error | undefined;
   #zeroPage: Uint8Array | undefined;
+  #watched: Uint32Array | undefined;
 
   constructor(uffd: Userfaultfd, options: FaultHandlerOptions) {
     if (!(uffd instanceof Userfaultfd)) throw argValueError('uffd', 'must be a Userfaultfd', uffd);
@@ -132,6 +137,101 @@ export class FaultHandler implements AsyncDisposable {
       fail: (error) => void this.#shutdown(error),
     }, this.#counts);
     this.finished = new Promise((resolve) => (this.#resolveFinished = resolve));
+    this.#fetch = fetch;
+    const replay = this.#replayOptions(opts);
+    if (replay) {
+      const { pages, read, mapRuns, maxRunPages } = replay;
+      this.#replayStartsNow = replay.start === 'now';
+      this.#replayer = new Replayer(pages, this.present.pageCount, {
+        taken: (page) => this.present.has(page) || this.present.inflight.has(page),
+        fill: (first, count, signal) => this.#prefetchRun(first, count, signal, read, mapRuns),
+      }, maxRunPages);
+      if (!mapRuns) {
+        // The engine counts the first fault on each page the replay made present.
+        const watched = new Uint32Array(new SharedArrayBuffer(this.present.words.byteLength));
+        this.#watched = watched;
+        this.#engine.watch(watched);
+        this.#replayer.touchedCount = () => this.#engine.stats()[native.engineLayout.stats.watchedTouched];
+      }
+    }
+  }
+
+  /** The replay asked for, if any: `prefetch` is checked like any option, a working-set file only warns. */
+  #replayOptions(opts: Partial<FaultHandlerOptions>): ReturnType<typeof checkPrefetchSource> | undefined {
+    const pageCount = this.present.pageCount;
+    const ws = v.options<NonNullable<FaultHandlerOptions['workingSet']>>('options.workingSet', opts.workingSet);
+    if (opts.prefetch !== undefined) {
+      if (ws.replay !== undefined) throw argValueError('options.prefetch', 'cannot be given with options.workingSet.replay', opts.prefetch);
+      return checkPrefetchSource('options.prefetch', opts.prefetch, pageCount);
+    }
+    if (ws.replay === undefined) return undefined;
+    if (typeof ws.replay !== 'string' && (typeof ws.replay !== 'object' || ws.replay === null))
+      throw argValueError('options.workingSet.replay', 'must be a working-set file path or a working set', ws.replay);
+    const start = v.oneOf('options.workingSet.start', ws.start, ['first-fault', 'now'] as const, 'first-fault');
+    const pages = loadReplayPages(ws.replay, { pageSize: this.#pageSize, memorySize: pageCount * this.#pageSize });
+    return pages && { pages, read: undefined, start, mapRuns: true, maxRunPages: 64 };
+  }
+
+  /**
+   * Makes pages [first, first + count) present ahead of their faults: claims
+   * them (a fault on one joins this run), gets the content (one read and one
+   * write, or one fetch per page), marks them, maps them with one CONTINUE.
+   */
+  #prefetchRun(first: number, count: number, signal: AbortSignal, read: RunReader | undefined, mapRuns: boolean): number | Promise<number> {
+    const ps = this.#pageSize;
+    const offset = first * ps;
+    const length = count * ps;
+    const claim = claimRun(this.present, first, count);
+    // A stop releases the faults that joined this run at once (they fetch, or are woken, as the handler stops).
+    const release = (): void => claim.settle(false);
+    signal.addEventListener('abort', release, { once: true });
+    const finish = (): number => {
+      signal.removeEventListener('abort', release);
+      signal.throwIfAborted();
+      const watched = this.#watched;
+      if (watched) for (let p = first; p < first + count; p++) Atomics.or(watched, p >>> 5, 1 << (p & 31));
+      // Content first, then the bits: the engine maps whatever is marked.
+      this.present.mark(offset, length);
+      claim.settle(true);
+      if (mapRuns) {
+        const r = this.#engine.mapPresent(offset, length);
+        if (r < 0) trace('handler uffd %d: mapping prefetched run %d+%d: errno %d (left to fault)', this.#fd, first, count, -r);
+      }
+      return count;
+    };
+    const fail = (err: unknown): never => {
+      signal.removeEventListener('abort', release);
+      claim.settle(false);
+      throw err;
+    };
+    try {
+      if (read) {
+        const write = (bytes: Uint8Array): number => {
+          signal.throwIfAborted();
+          if (!(bytes instanceof Uint8Array) || bytes.byteLength !== length)
+            throw argValueError('prefetch.read result', `must be a Uint8Array of ${length} bytes`, bytes);
+          this.memfd.write(offset, bytes);
+          return finish();
+        };
+        const bytes = read(offset, length, { signal });
+        if (bytes instanceof Promise) return bytes.then(write).catch(fail);
+        return write(bytes);
+      }
+      const regions = this.#engine.regions();
+      const fetches: Promise<void>[] = [];
+      for (let p = first; p < first + count; p++) {
+        const at = p * ps;
+        const view = regions.find((r) => at >= r.offset && at < r.offset + r.length);
+        const fault = { address: view ? view.address + (at - view.offset) : 0, offset: at, page: p, write: false, minor: false, threadId: 0, attempt: 0 };
+        fetches.push((async () => this.#fetch(fault, { signal }))());
+      }
+      return Promise.all(fetches).then(() => {
+        this.#counts.fetched += count;
+        return finish();
+      }).catch(fail);
+    } catch (err) {
+      return fail(err);
+    }
   }
 
   /**
@@ -198,6 +298,7 @@ export class FaultHandler implements AsyncDisposable {
       void this.#shutdown(undefined);
     });
     this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
+    if (this.#replayStartsNow) this.#replayer?.start();
     trace('handler uffd %d: started (%s, map-ahead %d)', this.#fd, this.mode, this.#mapAhead);
     return this;
   }
@@ -221,7 +322,14 @@ export class FaultHandler implements AsyncDisposable {
 
   /** Counters and latency percentiles (microseconds, from fault read to the faulter's wake-up). */
   stats(): FaultHandlerStats {
-    return handlerStats(this.#engine.stats(), this.#counts, this.mode === 'native');
+    const stats = handlerStats(this.#engine.stats(), this.#counts, this.mode === 'native');
+    if (this.#replayer) stats.workingSet = { replay: this.#replayer.stats() };
+    return stats;
+  }
+
+  /** @internal Resolves when the working-set replay is done or stopped (at once without one). */
+  get replayFinished(): Promise<void> {
+    return this.#replayer?.finished ?? Promise.resolve();
   }
 
   /** `'idle'` before start, `'running'`, `'stopping'` while draining, `'stopped'`. */
@@ -246,6 +354,11 @@ export class FaultHandler implements AsyncDisposable {
       this.#counts.presentOnArrival++;
       this.#serve(address, flags, tid, time);
       return;
+    }
+    const replayer = this.#replayer;
+    if (replayer) {
+      replayer.start();
+      if (!this.present.inflight.has(page)) replayer.noteDemand(page);
     }
     this.#queue.add(address, flags, tid, time, page, page * this.#pageSize);
   }
@@ -327,6 +440,7 @@ export class FaultHandler implements AsyncDisposable {
     if (this.#state === 'idle') {
       this.#state = 'stopped';
       this.#error = error;
+      this.#replayer?.stop();
       this.#resolveFinished(error);
       return (this.#stopping = Promise.resolve());
     }
@@ -334,6 +448,7 @@ export class FaultHandler implements AsyncDisposable {
     this.#state = 'stopping';
     trace('handler uffd %d: stopping%s', this.#fd, error ? ` on error: ${error.message}` : '');
     this.#signal?.removeEventListener('abort', this.#onAbort);
+    this.#replayer?.stop();
     // Joined first (native mode), so no fault is read after this and the last counters are final.
     this.#engine.stop();
     if (error) this.#queue.dropQueued();

@@ -4,6 +4,7 @@ import type { Memfd } from '../memfd';
 import type { PresentPages } from '../present-pages';
 import type { OpenOptions, Userfaultfd, UffdEvent } from '../userfaultfd';
 import type { HandlerWorkingSetOptions } from '../working-set/options';
+import type { PrefetchSource, ReplayStats } from '../working-set/replay';
 
 /** One page that needs content, as the fetch policy sees it. */
 export interface Fault {
@@ -114,8 +115,17 @@ export interface FaultHandlerOptions {
    * (region 0: the memfd). A touch of a page already present is no fault
    * and is not recorded; in native mode present pages are mapped without
    * JavaScript and absent ones still come to the handler.
+   * `replay`: make the pages of a recorded set present ahead of their
+   * faults, first touch first, in contiguous runs (content from `fetch`, one
+   * call per page, each run mapped by one CONTINUE); demand faults go first.
    */
   workingSet?: HandlerWorkingSetOptions;
+  /**
+   * Prefetch pages of your own choosing, as a working-set replay does (not
+   * with `workingSet.replay`): `read`, if given, supplies a whole run's
+   * content at once (one write into the memfd per run).
+   */
+  prefetch?: PrefetchSource;
 }
 
 /** Options of {@link FaultHandler.attach}. */
@@ -183,5 +193,7 @@ export interface FaultHandlerStats {
   /** CONTINUEs answered EAGAIN because a non-cooperative event was unread, retried after reading events. */
   retriedAfterEvents: number;
   latencyUs: LatencyStats;
+  /** With `workingSet.replay` or `prefetch`: the replay's counters. */
+  workingSet?: { replay: ReplayStats };
 }
 

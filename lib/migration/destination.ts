@@ -44,6 +44,7 @@ import { Userfaultfd } from '../userfaultfd';
 import * as v from '../validate';
 import { SessionWorkingSetOptions, WorkingSetRecordTarget, recordTarget, recorderFor } from '../working-set/options';
 import type { WorkingSetRecorder } from '../working-set/recorder';
+import { ReplayStats, RequestedReplay, SessionReplay, loadReplayPages, sessionReplay } from '../working-set/replay';
 import { CheckedAuth, MigrationAuth, authError, checkAuth, connect, nonce, proof, proofHolds } from './auth';
 import { Frame, FrameDecoder, PRIORITY, PROTOCOL_VERSION, encodeAuth, encodeCredit, encodeError, encodeRequest, protocolError } from './protocol';
 
@@ -110,6 +111,11 @@ export interface DestinationOptions extends MigrationAuth {
    * write them to this file when the migration ends, done or failed (page
    * index = memfd offset / page size, region 0). The directory must exist.
    * A failure to write it rejects `done` even after a complete migration.
+   * `replay`: right after the hello (`start: 'now'`, the default here; or
+   * at the first demand fault), ask the source for the pages of this
+   * recorded set, first touch first, in contiguous runs at prefetch
+   * priority: the source answers demand requests before them. A set that
+   * cannot be read or was recorded for another memfd size warns and is ignored.
    */
   workingSet?: SessionWorkingSetOptions;
 }
@@ -141,6 +147,8 @@ export interface DestinationStats {
   bytesReceived: number;
   /** Milliseconds from hello to the last page. */
   durationMs: number;
+  /** With `workingSet.replay`: the replay's counters (`touched` is not measured here). */
+  workingSet?: { replay: ReplayStats };
 }
 
 interface View {
@@ -214,8 +222,11 @@ export class MigrationDestination implements Disposable {
   readonly #onAbort = () => this.#fail(stateError('ERR_MIGRATION_ABORTED', 'migration destination aborted'));
   readonly #recordFile?: string;
   readonly #recorder?: WorkingSetRecorder;
+  readonly #replaySpec?: SessionReplay;
+  #replay?: RequestedReplay;
 
-  private constructor(opts: Required<Pick<DestinationOptions, 'uffd' | 'memfd'>> & { views: View[]; socket: net.Socket; auth: CheckedAuth; policy: FailurePolicy; mode: 'event-loop' | 'native'; mapReceived: boolean; prefetch: number; pushWindow: number; unregisterWhenDone: boolean; signal?: AbortSignal; record?: WorkingSetRecordTarget }) {
+  private constructor(opts: Required<Pick<DestinationOptions, 'uffd' | 'memfd'>> & { views: View[]; socket: net.Socket; auth: CheckedAuth; policy: FailurePolicy; mode: 'event-loop' | 'native'; mapReceived: boolean; prefetch: number; pushWindow: number; unregisterWhenDone: boolean; signal?: AbortSignal; record?: WorkingSetRecordTarget; replay?: SessionReplay }) {
+    this.#replaySpec = opts.replay;
     this.#uffd = opts.uffd;
     this.#memfd = opts.memfd;
     this.#views = opts.views;
@@ -280,7 +291,9 @@ export class MigrationDestination implements Disposable {
     });
     if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw argValueError('options.signal', 'must be an AbortSignal', opts.signal);
     opts.signal?.throwIfAborted();
-    const record = recordTarget('options.workingSet.record', v.options<SessionWorkingSetOptions>('options.workingSet', opts.workingSet).record);
+    const ws = v.options<SessionWorkingSetOptions>('options.workingSet', opts.workingSet);
+    const record = recordTarget('options.workingSet.record', ws.record);
+    const replay = sessionReplay('options.workingSet', ws, 'now');
     const auth = checkAuth(opts);
     let socket = opts.socket;
     if (socket === undefined) {
@@ -300,6 +313,7 @@ export class MigrationDestination implements Disposable {
       unregisterWhenDone: v.boolean('options.unregisterWhenDone', opts.unregisterWhenDone, true),
       signal: opts.signal,
       record,
+      replay,
       });
     } catch (err) {
       socket.destroy();
@@ -311,6 +325,7 @@ export class MigrationDestination implements Disposable {
 
   /** Live counters (the same object `done` resolves with). */
   get stats(): DestinationStats {
+    this.#refreshReplayStats();
     return this.#stats;
   }
 
@@ -425,6 +440,13 @@ export class MigrationDestination implements Disposable {
     if (hello.live) this.#beforeSwitchover = true;
     else this.#startGuest();
     this.#socket.write(encodeCredit(this.#pushWindow));
+    if (this.#replaySpec) {
+      const pages = loadReplayPages(this.#replaySpec.set, { pageSize: this.#pageSize, memorySize: this.#memfd.size });
+      if (pages) {
+        this.#replay = new RequestedReplay(pages, hello.pageCount);
+        if (this.#replaySpec.start === 'now') this.#startReplay();
+      }
+    }
     trace('migration destination: %d pages of %d bytes, %d views%s', hello.pageCount, hello.pageSize, this.#views.length, hello.live ? ', live source' : '');
   }
 
@@ -522,6 +544,10 @@ export class MigrationDestination implements Disposable {
     const page = fault.page;
     if (this.#present.has(page)) return;
     this.#stats.demandFaults++;
+    if (this.#replay) {
+      this.#startReplay();
+      this.#replay.noteDemand(page);
+    }
     const waiting = new Promise<void>((resolve, reject) => {
       const onAbort = () => {
         this.#pending.delete(page);
@@ -611,6 +637,7 @@ export class MigrationDestination implements Disposable {
       }
       if (demand) this.#stats.pagesOnDemand += q - p;
       else this.#stats.pagesPushed += q - p;
+      if (this.#replay) for (let r = p; r < q; r++) this.#replay.arrived(r);
       this.#resolveRun(p, q);
       p = q;
     }
@@ -634,6 +661,19 @@ export class MigrationDestination implements Disposable {
       waiting.resolve();
     }
     if (this.#doneSeen && this.#pending.size === 0) this.#complete();
+  }
+
+  /** Asks the source for the set's runs, first touch first, behind any demand. */
+  #startReplay(): void {
+    const runs = this.#replay!.start((page) => this.#present.has(page) || this.#requested[page] !== 0);
+    for (const { first, count } of runs) {
+      this.#requested.fill(2, first, first + count);
+      this.#socket.write(encodeRequest(PRIORITY.prefetch, first, count));
+    }
+  }
+
+  #refreshReplayStats(): void {
+    if (this.#replay) this.#stats.workingSet = { replay: this.#replay.stats() };
   }
 
   #complete(): void {
@@ -711,6 +751,8 @@ export class MigrationDestination implements Disposable {
 
   #settle(): void {
     this.#settled = true;
+    this.#replay?.stop();
+    this.#refreshReplayStats();
     this.#signal?.removeEventListener('abort', this.#onAbort);
   }
 }

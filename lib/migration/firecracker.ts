@@ -29,6 +29,7 @@ import { Userfaultfd } from '../userfaultfd';
 import * as v from '../validate';
 import { SessionWorkingSetOptions, WorkingSetRecordTarget, recordTarget, recorderFor } from '../working-set/options';
 import type { WorkingSetRecorder } from '../working-set/recorder';
+import { ReplayStats, Replayer, SessionReplay, loadReplayPages, sessionReplay, warnIgnored } from '../working-set/replay';
 import { ImageSource, PageImage, openImage } from './image';
 
 /** One guest memory region as Firecracker describes it (numbers in bytes). */
@@ -61,6 +62,11 @@ export interface FirecrackerServerOptions {
    * snapshot offset / the smallest region page size; region = index in the
    * handshake's region array), and writes them to this file when it ends.
    * The directory must exist.
+   * `replay`: each session makes the pages of this recorded set present
+   * ahead of their faults, first touch first, in contiguous runs: one
+   * write into the memory fd and one CONTINUE per run (three fds), or one
+   * COPY per run and one wake (one fd). Faults go first. A set that cannot
+   * be read or does not match the session's memory warns and is ignored.
    */
   workingSet?: SessionWorkingSetOptions;
 }
@@ -77,6 +83,8 @@ export interface FirecrackerStats {
   faultRequests: number;
   /** Faults whose page was already there (EEXIST): woken. */
   alreadyMapped: number;
+  /** With `workingSet.replay`: the replay's counters (its pages are also in `pagesFromSnapshot`). */
+  workingSet?: { replay: ReplayStats };
 }
 
 const { EAGAIN, ENOENT } = NEGATIVE_ERRNO;
@@ -129,8 +137,10 @@ export class FirecrackerPageServer implements Disposable {
   readonly #snapshot: ImageSource;
   readonly #onFailure: FirecrackerFailureAction;
   readonly #record?: WorkingSetRecordTarget;
+  readonly #replay?: SessionReplay;
 
-  private constructor(server: FdServer, snapshot: ImageSource, onFailure: FirecrackerFailureAction, record?: WorkingSetRecordTarget) {
+  private constructor(server: FdServer, snapshot: ImageSource, onFailure: FirecrackerFailureAction, record?: WorkingSetRecordTarget, replay?: SessionReplay) {
+    this.#replay = replay;
     this.#server = server;
     this.path = server.path;
     this.#snapshot = snapshot;
@@ -144,14 +154,16 @@ export class FirecrackerPageServer implements Disposable {
     if (opts.snapshot === undefined) throw argValueError('options.snapshot', 'is required', opts.snapshot);
     openImage(opts.snapshot).close();
     const onFailure = v.oneOf('options.onFailure', opts.onFailure, ['kill-peer', 'close'] as const, 'kill-peer');
-    const record = recordTarget('options.workingSet.record', v.options<SessionWorkingSetOptions>('options.workingSet', opts.workingSet).record);
-    return new FirecrackerPageServer(FdServer.listen(path), opts.snapshot, onFailure, record);
+    const ws = v.options<SessionWorkingSetOptions>('options.workingSet', opts.workingSet);
+    const record = recordTarget('options.workingSet.record', ws.record);
+    const replay = sessionReplay('options.workingSet', ws);
+    return new FirecrackerPageServer(FdServer.listen(path), opts.snapshot, onFailure, record, replay);
   }
 
   /** Accepts the next Firecracker connection, reads its handshake and starts serving it. */
   async accept(options?: { signal?: AbortSignal }): Promise<FirecrackerSession> {
     const socket = await this.#server.accept(options);
-    return FirecrackerSession.start(socket, openImage(this.#snapshot), this.#onFailure, options?.signal, this.#record);
+    return FirecrackerSession.start(socket, openImage(this.#snapshot), this.#onFailure, options?.signal, this.#record, this.#replay);
   }
 
   close(): void {
@@ -196,6 +208,8 @@ export class FirecrackerSession implements Disposable {
   readonly #abort = new AbortController();
   readonly #recordFile?: string;
   readonly #recorder?: WorkingSetRecorder;
+  #replayer?: Replayer;
+  #replayStartsNow = false;
 
   private constructor(socket: FdSocket, pid: number, regions: FirecrackerRegion[], uffd: Userfaultfd, image: PageImage, onFailure: FirecrackerFailureAction, memory?: Memfd, bitmapView?: Mapping, record?: WorkingSetRecordTarget) {
     this.#socket = socket;
@@ -229,7 +243,7 @@ export class FirecrackerSession implements Disposable {
   }
 
   /** @internal Reads the handshake from a connected socket and starts serving. */
-  static async start(socket: FdSocket, image: PageImage, onFailure: FirecrackerFailureAction, signal?: AbortSignal, record?: WorkingSetRecordTarget): Promise<FirecrackerSession> {
+  static async start(socket: FdSocket, image: PageImage, onFailure: FirecrackerFailureAction, signal?: AbortSignal, record?: WorkingSetRecordTarget, replay?: SessionReplay): Promise<FirecrackerSession> {
     const pid = socket.peerCredentials().pid;
     // Every descriptor received is in exactly one place until the session
     // owns it: `fds` (raw) or one of the objects below. A throw anywhere
@@ -277,6 +291,7 @@ export class FirecrackerSession implements Disposable {
         bitmapView = bitmapFd.map();
       }
       session = new FirecrackerSession(socket, pid, regions, uffd, image, onFailure, memory, bitmapView, record);
+      if (replay) session.#prepareReplay(replay);
       session.#start(rest);
       trace('firecracker pid %d: %d regions, %s backend', pid, regions.length, session.backend);
       return session;
@@ -316,7 +331,60 @@ export class FirecrackerSession implements Disposable {
   /** Counters so far. */
   get stats(): FirecrackerStats {
     const engine = this.#engine.stats();
-    return { faults: engine[STAT.faults], alreadyMapped: engine[STAT.alreadyPresent], ...this.#counts };
+    const stats: FirecrackerStats = { faults: engine[STAT.faults], alreadyMapped: engine[STAT.alreadyPresent], ...this.#counts };
+    if (this.#replayer) stats.workingSet = { replay: this.#replayer.stats() };
+    return stats;
+  }
+
+  /** @internal Resolves when the working-set replay is done or stopped (at once without one). */
+  get replayFinished(): Promise<void> {
+    return this.#replayer?.finished ?? Promise.resolve();
+  }
+
+  #prepareReplay(replay: SessionReplay): void {
+    const ps = this.#pageSize;
+    if (this.regions.some((r) => r.pageSize !== ps)) {
+      warnIgnored(typeof replay.set === 'string' ? replay.set : '(given)', 'the regions mix page sizes; a set replays over one page size');
+      return;
+    }
+    const pages = loadReplayPages(replay.set, { pageSize: ps, memorySize: this.#present.pageCount * ps });
+    if (!pages) return;
+    this.#replayStartsNow = replay.start === 'now';
+    this.#replayer = new Replayer(pages, this.#present.pageCount, {
+      // A page the balloon took stays zeros until the guest touches it.
+      taken: (page) => this.#present.has(page) || this.#removed[page] === 1 || !this.regions.some((r) => page * ps >= r.offset && page * ps < r.offset + r.size),
+      fill: (first, count) => this.#prefetchRun(first, count),
+    });
+  }
+
+  /**
+   * Makes snapshot pages [first, first + count) guest memory ahead of their
+   * faults: three fds, one write into the memory fd (bitmap bits cleared
+   * after the content is in) and one CONTINUE per view; one fd, one COPY
+   * (DONTWAKE) per view and one wake.
+   */
+  #prefetchRun(first: number, count: number): number {
+    if (this.#settled) return 0;
+    const ps = this.#pageSize;
+    const offset = first * ps;
+    const bytes = this.#image.read(offset, count * ps);
+    let filled: number;
+    if (this.#memory) {
+      this.#memory.write(offset, bytes);
+      const bitmap = this.#bitmap!;
+      for (let p = first; p < first + count; p++) bitmap[p >> 3] &= ~(1 << (p & 7));
+      this.#present.mark(offset, count * ps);
+      const r = this.#engine.mapPresent(offset, count * ps);
+      if (r < 0) trace('firecracker pid %d: mapping prefetched run %d+%d: errno %d (left to fault)', this.pid, first, count, -r);
+      filled = count;
+    } else {
+      // Pages a fault filled meanwhile are skipped (EEXIST); an unread event leaves the rest to their faults.
+      const r = this.#engine.copyRun(offset, bytes);
+      filled = r > 0 ? r : 0;
+      if (r < 0) trace('firecracker pid %d: copying prefetched run %d+%d: errno %d (left to fault)', this.pid, first, count, -r);
+    }
+    this.#counts.pagesFromSnapshot += filled;
+    return filled;
   }
 
   #start(rest: string): void {
@@ -325,6 +393,7 @@ export class FirecrackerSession implements Disposable {
       event: (kind, a, b) => this.#onEvent(kind, a, b),
       failed: (error) => this.#fail(error),
     }, 'FirecrackerSession');
+    if (this.#replayStartsNow) this.#replayer?.start();
     if (rest) this.#onRequestText(rest);
     void this.#readSocket();
   }
@@ -374,6 +443,10 @@ export class FirecrackerSession implements Disposable {
     if (!this.regions.some((r) => offset >= r.offset && offset < r.offset + r.size))
       throw stateError('ERR_FIRECRACKER_PROTOCOL', `fault request for offset ${req.offset}, outside every region`);
     this.#record(offset / pageSize, false, -1);
+    if (this.#replayer && !this.#present.has(offset / pageSize)) {
+      this.#replayer.start();
+      this.#replayer.noteDemand(offset / pageSize);
+    }
     const zero = this.#populate(offset / pageSize);
     this.#counts.faultRequests++;
     const reply = { vcpu: req.vcpu ?? null, offset, len: pageSize, flags: req.flags ?? 0, token: req.token ?? null, zero };
@@ -405,6 +478,10 @@ export class FirecrackerSession implements Disposable {
   #serve(address: number, flags: number, tid: number, time: number, page: number, ps: number): void {
     if (this.#settled) return;
     this.#record(page, (flags & PAGEFAULT_FLAG.write) !== 0, this.#engine.epochMs + time / 1e6);
+    if (this.#replayer) {
+      this.#replayer.start();
+      this.#replayer.noteDemand(page);
+    }
     let result: number;
     let zero = false;
     if (this.#memory) {
@@ -477,6 +554,7 @@ export class FirecrackerSession implements Disposable {
 
   #teardown(): void {
     this.#settled = true;
+    this.#replayer?.stop();
     this.#recorder?.stop();
     // Stops reading before the uffd is closed (closing it wakes every vCPU).
     this.#engine.stop();

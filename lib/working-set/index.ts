@@ -7,3 +7,5 @@ export type { WorkingSetRecorderOptions, WorkingSetStopRules, WorkingSetStopReas
 export { mergeWorkingSets, similarity } from './merge';
 export type { MergeOptions, Similarity } from './merge';
 export type { HandlerWorkingSetOptions, SessionWorkingSetOptions, WorkingSetRecordTarget } from './options';
+export { WORKING_SET_IGNORED } from './replay';
+export type { PrefetchSource, ReplaySet, ReplayStart, ReplayStats, RunReader, WorkingSetReplayOptions } from './replay';

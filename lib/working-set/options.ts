@@ -6,6 +6,7 @@ import { dirname } from 'node:path';
 import { argValueError, fileError } from '../errors';
 import * as v from '../validate';
 import { WorkingSetRecorder, WorkingSetStopRules } from './recorder';
+import type { WorkingSetReplayOptions } from './replay';
 
 /** Where a server records its session's working set, and when recording stops (it never stops by default: the whole session). */
 export interface WorkingSetRecordTarget extends WorkingSetStopRules {
@@ -14,13 +15,13 @@ export interface WorkingSetRecordTarget extends WorkingSetStopRules {
 }
 
 /** `FaultHandler`'s `workingSet` option. */
-export interface HandlerWorkingSetOptions {
+export interface HandlerWorkingSetOptions extends WorkingSetReplayOptions {
   /** Feed this recorder every first touch of an absent page. The caller saves and closes it. */
   record?: WorkingSetRecorder;
 }
 
 /** The `workingSet` option of `FirecrackerPageServer.listen` and `MigrationDestination.connect`. */
-export interface SessionWorkingSetOptions {
+export interface SessionWorkingSetOptions extends WorkingSetReplayOptions {
   /** Record the session's first touches and write them to this file (or `{ file, ...stop rules }`) when the session ends. */
   record?: string | WorkingSetRecordTarget;
 }

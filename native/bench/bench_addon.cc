@@ -1,5 +1,6 @@
 // userfaultfd_bench: benchmark-only native code (the kernel floor, the C
-// reference handler, bulk installation, touches timed on the calling thread).
+// reference handler, bulk installation, touches timed on the calling thread,
+// the C reference of a snapshot restore).
 // Built as its own addon so the library's addon carries none of it.
 #include "bench_common.h"
 
@@ -10,6 +11,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitBenchReference(env, exports);
   InitBenchBulk(env, exports);
   InitBenchTouch(env, exports);
+  InitBenchRestore(env, exports);
   return exports;
 }
 

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <napi.h>
 #include <pthread.h>
 #include <sched.h>
@@ -140,6 +141,7 @@ struct TouchGroup {
   std::vector<std::vector<double>> latency;
   std::vector<std::vector<int32_t>> touch_cpus;
   std::vector<uint64_t> sums;
+  uint64_t start_ns = 0;  // NowNs when the touchers were started (a restore's guest reports its end as start + wall)
   uint64_t wall_ns = 0;
 
   // Runs every toucher to completion on `base`; returns the sum of the bytes read.
@@ -152,6 +154,7 @@ struct TouchGroup {
     std::atomic<size_t> ready{0};
     std::vector<std::thread> touchers;
     uint64_t t0 = NowNs();
+    start_ns = t0;
     for (size_t t = 0; t < threads; t++) {
       latency[t].resize(orders[t].size());
       touch_cpus[t].resize(orders[t].size());
@@ -212,6 +215,39 @@ inline int64_t ContinueRange(int uffd, uintptr_t start, size_t length) {
   return 0;
 }
 
+// The C reference's handler loop: waits for the uffd in poll(2) (or, with
+// spin_ns, keeps reading the non-blocking uffd for up to spin_ns after the
+// last batch before sleeping again), reads batches of messages and hands
+// each to `on_batch(msgs, count)`, until `stop`. Returns the first
+// unexpected -errno of read(2), or 0.
+template <typename OnBatch>
+inline int ServeUffd(int uffd, uint64_t spin_ns, const std::atomic<bool>& stop, OnBatch on_batch) {
+  struct uffd_msg msgs[64];
+  struct pollfd pfd = {uffd, POLLIN, 0};
+  uint64_t spin_until = 0;
+  int error = 0;
+  while (!stop.load(std::memory_order_acquire)) {
+    if (spin_ns == 0) {
+      // The timeout only bounds how long a finished run waits to notice `stop`.
+      if (poll(&pfd, 1, 20) <= 0) continue;
+    }
+    ssize_t n = read(uffd, msgs, sizeof(msgs));
+    if (n > 0) {
+      on_batch(msgs, static_cast<size_t>(n) / sizeof(msgs[0]));
+      if (spin_ns) spin_until = NowNs() + spin_ns;
+      continue;
+    }
+    if (n < 0 && errno != EAGAIN && !error) error = -errno;
+    if (spin_ns == 0) continue;
+    if (NowNs() < spin_until) {
+      CpuRelax();
+      continue;
+    }
+    poll(&pfd, 1, 20);
+  }
+  return error;
+}
+
 inline Napi::Float64Array ToArray(Napi::Env env, const std::vector<double>& values) {
   Napi::Float64Array out = Napi::Float64Array::New(env, values.size());
   std::copy(values.begin(), values.end(), out.Data());
@@ -242,6 +278,7 @@ inline void SetTouches(Napi::Env env, Napi::Object result, const TouchGroup& gro
   result.Set("latencyNs", lat);
   result.Set("touchCpus", cpus);
   result.Set("wallNs", Napi::Number::New(env, static_cast<double>(group.wall_ns)));
+  result.Set("startNs", Napi::Number::New(env, static_cast<double>(group.start_ns)));
 }
 
 inline Napi::Value Errno(Napi::Env env, int neg_errno, const char* where) {
@@ -303,3 +340,4 @@ void InitBenchFloor(Napi::Env env, Napi::Object exports);
 void InitBenchReference(Napi::Env env, Napi::Object exports);
 void InitBenchBulk(Napi::Env env, Napi::Object exports);
 void InitBenchTouch(Napi::Env env, Napi::Object exports);
+void InitBenchRestore(Napi::Env env, Napi::Object exports);

@@ -11,8 +11,6 @@
 // benchmark's one toucher) time their first touches. Placement (handler CPU,
 // toucher CPUs) is the caller's choice; each handler records the CPU it
 // resolved each page on, and the CPU time it used.
-#include <poll.h>
-
 #include <thread>
 
 #include "bench_common.h"
@@ -36,8 +34,8 @@ struct Shared {
   std::vector<int32_t>* cpu_by_page;  // handler CPU that resolved each page
 };
 
-inline void Resolve(const Shared& sh, const struct uffd_msg* msgs, ssize_t bytes, Counts* counts) {
-  for (ssize_t i = 0; i < bytes / static_cast<ssize_t>(sizeof(msgs[0])); i++) {
+inline void Resolve(const Shared& sh, const struct uffd_msg* msgs, size_t count, Counts* counts) {
+  for (size_t i = 0; i < count; i++) {
     if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
     counts->messages++;
     uintptr_t page = msgs[i].arg.pagefault.address & ~static_cast<uintptr_t>(sh.page_size - 1);
@@ -53,30 +51,8 @@ inline void Resolve(const Shared& sh, const struct uffd_msg* msgs, ssize_t bytes
 void Handle(Shared sh, int cpu, Counts* counts) {
   if (cpu >= 0) bench::PinSelf(cpu);
   uint64_t cpu0 = bench::ThreadCpuNs();
-  struct uffd_msg msgs[64];
-  struct pollfd pfd = {sh.uffd, POLLIN, 0};
-  uint64_t spin_until = 0;
-  while (!sh.stop->load(std::memory_order_acquire)) {
-    if (sh.spin_ns == 0) {
-      // The timeout only bounds how long a finished run waits to notice `stop`.
-      if (poll(&pfd, 1, 20) <= 0) continue;
-    }
-    ssize_t n = read(sh.uffd, msgs, sizeof(msgs));
-    if (n > 0) {
-      Resolve(sh, msgs, n, counts);
-      if (sh.spin_ns) spin_until = bench::NowNs() + sh.spin_ns;
-      continue;
-    }
-    if (n < 0 && errno != EAGAIN && !counts->error) counts->error = -errno;
-    if (sh.spin_ns == 0) continue;
-    // Spinning: keep polling the non-blocking uffd while faults keep coming
-    // (up to spinUs after the last one), then sleep until the next.
-    if (bench::NowNs() < spin_until) {
-      bench::CpuRelax();
-      continue;
-    }
-    poll(&pfd, 1, 20);
-  }
+  int error = bench::ServeUffd(sh.uffd, sh.spin_ns, *sh.stop, [&](const struct uffd_msg* msgs, size_t count) { Resolve(sh, msgs, count, counts); });
+  if (error && !counts->error) counts->error = error;
   counts->cpu_ns = bench::ThreadCpuNs() - cpu0;
 }
 

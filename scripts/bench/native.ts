@@ -17,6 +17,8 @@ export interface TouchResult {
   checksum: number;
   /** Wall time of the touch phase (all touchers). */
   wallNs: number;
+  /** NowNs (CLOCK_MONOTONIC, the benchmark's one clock) when the touchers started. */
+  startNs: number;
 }
 
 export interface FloorResult extends TouchResult {
@@ -42,6 +44,29 @@ export interface BulkResult {
   checksOk: boolean;
 }
 
+/** A C restore under way (native/bench/restore.cc). */
+export interface RestoreStarted {
+  handle: object;
+  startNs: number;
+  /** Time the prefetch (copy and CONTINUE of the listed pages) took before returning. */
+  prefetchNs: number;
+  prefetched: number;
+  continues: number;
+}
+
+export interface RestoreCounts {
+  messages: number;
+  /** Pages the handler copied on demand. */
+  fetched: number;
+  prefetched: number;
+  resolved: number;
+  existed: number;
+  bytesMoved: number;
+  error: number;
+  prefetchError: number;
+  handlerCpuNs: number;
+}
+
 export interface BenchBinding {
   floor(pageSize: number, pages: number, huge: boolean, order: Uint32Array, cpu: number, options?: { fd?: number; faultAround?: number }): FloorResult | NativeFailure;
   cReference(pageSize: number, pages: number, huge: boolean, orders: Uint32Array[], handlerCpu: number, toucherCpus: number[],
@@ -50,6 +75,12 @@ export interface BenchBinding {
   /** N toucher threads (pinned where cpus[t] >= 0) on a mapping this thread keeps mapped until the promise settles. */
   touch(buffer: ArrayBuffer, pageSize: number, orders: Uint32Array[], cpus: number[]): Promise<TouchResult>;
   touchHere(buffer: ArrayBuffer, pageSize: number, order: Uint32Array): { latencyNs: Float64Array; touchCpus: Int32Array; checksum: number; wallNs: number };
+  cRestoreStart(uffdFd: number, base: number, length: number, pageSize: number, memfdFd: number, imageFd: number, prefetch: Uint32Array): RestoreStarted | NativeFailure;
+  cRestoreStop(handle: object): RestoreCounts;
+  /** Order-independent digest of every byte of the listed pages of a mapping. */
+  pageDigest(buffer: ArrayBuffer, pageSize: number, pages: Uint32Array): string;
+  /** NowNs: CLOCK_MONOTONIC in ns, the same clock in every process of the machine. */
+  now(): number;
   pinSelf(cpu: number): number;
   pinThread(tid: number, cpu: number): number;
   gettid(): number;

@@ -12,15 +12,15 @@ export function writeFileAtomic(file: string, text: string): void {
   renameSync(tmp, file);
 }
 
-export const markers = (name: string) => ({
-  begin: `<!-- ${name}:begin (written by npm run bench; do not edit by hand) -->`,
+export const markers = (name: string, by = 'npm run bench') => ({
+  begin: `<!-- ${name}:begin (written by ${by}; do not edit by hand) -->`,
   end: `<!-- ${name}:end -->`,
 });
 
 /** Replaces the text between the `name` markers of `file`; false when the file has no such markers. */
-export function replaceBetweenMarkers(file: string, name: string, text: string): boolean {
+export function replaceBetweenMarkers(file: string, name: string, text: string, by?: string): boolean {
   if (!existsSync(file)) return false;
-  const { begin, end } = markers(name);
+  const { begin, end } = markers(name, by);
   const doc = readFileSync(file, 'utf8');
   const from = doc.indexOf(begin);
   const to = doc.indexOf(end);

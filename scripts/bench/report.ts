@@ -61,7 +61,7 @@ const PLACEMENT_TEXT: Record<string, string> = {
   unpinned: 'the scheduler decides; "co-loc" is the share of faults whose toucher ran on the handler\'s CPU, and a ratio pairs only repetitions that landed alike (both mostly co-located or both mostly split)',
 };
 
-interface Table {
+export interface Table {
   header: string[];
   rows: string[][];
   align: ('l' | 'r')[];
@@ -133,18 +133,18 @@ function dirtyNote(report: BenchReport): string {
     + 'the untracked write is to the same pages through a fresh mapping no tracker knows, in the same repetition; costs that grow with the view are per GiB of it; [95%] = bootstrap interval over the repetitions.';
 }
 
-function renderText(t: Table): string {
+export function renderText(t: Table): string {
   const widths = t.header.map((h, i) => Math.max(h.length, ...t.rows.map((r) => r[i].length)));
   const line = (cells: string[]) => cells.map((c, i) => (t.align[i] === 'r' ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd();
   return [line(t.header), widths.map((w) => '-'.repeat(w)).join('  '), ...t.rows.map(line)].join('\n');
 }
 
-function renderMarkdown(t: Table): string {
+export function renderMarkdown(t: Table): string {
   const line = (cells: string[]) => `| ${cells.join(' | ')} |`;
   return [line(t.header), line(t.align.map((a) => (a === 'r' ? '---:' : '---'))), ...t.rows.map(line)].join('\n');
 }
 
-function machineLine(m: Machine): string {
+export function machineLine(m: Machine): string {
   return `Linux ${m.kernel}, ${m.cpus} CPUs (${m.cpuModel}), page ${m.pageSize} B, Node ${m.node}, load ${m.loadAverage.map((l) => l.toFixed(2)).join(' ')}`;
 }
 
@@ -157,7 +157,7 @@ function statsLine(report: BenchReport): string {
 
 const VERDICT_TEXT = { met: 'met', missed: 'MISSED', inconclusive: 'inconclusive: noise' } as const;
 
-export function targetLines(report: BenchReport): string[] {
+export function targetLines(report: Pick<BenchReport, 'targets'>): string[] {
   const lines: string[] = [];
   for (const t of report.targets) {
     if (!t.verdict) {

@@ -19,7 +19,7 @@ const kinds: Record<keyof EngineLayout['kinds'], true> = {
 };
 const stats: Record<keyof EngineLayout['stats'], true> = {
   faults: true, resolved: true, alreadyPresent: true, mapAheadPages: true, loopThreadFaults: true,
-  deferrals: true, untracked: true, poisoned: true, copied: true, resolverCpuNs: true,
+  deferrals: true, untracked: true, poisoned: true, copied: true, resolverCpuNs: true, watchedTouched: true,
 };
 const errnos: Record<keyof EngineLayout['errno'], true> = {
   ENOENT: true, ESRCH: true, EAGAIN: true, EFAULT: true, EEXIST: true, EINVAL: true, EBUSY: true, EPERM: true,

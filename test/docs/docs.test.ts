@@ -98,7 +98,7 @@ describe('generated content', () => {
     expect([r.status, r.stderr]).toEqual([0, '']);
   }, 120_000);
 
-  for (const [page, name] of [['README.md', 'bench-ratios'], ['docs/benchmark.md', 'bench'], ['docs/vm-matrix.md', 'vm-matrix']]) {
+  for (const [page, name] of [['README.md', 'bench-ratios'], ['docs/benchmark.md', 'bench'], ['docs/vm-matrix.md', 'vm-matrix'], ['docs/working-set.md', 'restore-bench']]) {
     it(`${page} holds the ${name} table between the markers its script writes`, () => {
       const text = read(page);
       const begin = text.indexOf(`<!-- ${name}:begin`);

@@ -168,7 +168,9 @@ for (const mode of ['event-loop', 'native'] as const) {
         // JavaScript instead, when their page was fetched meanwhile.
         expect(stats.alreadyPresent).toBeGreaterThan(0);
         expect(stats.alreadyPresent).toBeLessThanOrEqual(refaults);
-        expect(stats.nativeResolved).toBe(mode === 'native' ? stats.alreadyPresent : 0);
+        // The native thread answers most of them; those JavaScript answered count in alreadyPresent only.
+        if (mode === 'native') expect(stats.nativeResolved).toBeGreaterThan(0);
+        expect(stats.nativeResolved).toBeLessThanOrEqual(mode === 'native' ? stats.alreadyPresent : 0);
         expect(stats.resolved + stats.untracked).toBe(stats.faults);
         expect(stats.errors).toBe(0);
         expectMemfdPages(mem, Array.from({ length: pages }, (_, p) => p));

@@ -129,8 +129,7 @@ describe('pre-copy migration of a running guest', () => {
     expect(resumed).toBe(1);
     // The writer was never paused: it goes on writing, unprotected.
     const writes = run.writer.writes;
-    await new Promise((r) => setTimeout(r, 50));
-    expect(run.writer.writes).toBeGreaterThan(writes);
+    await waitFor(() => run.writer.writes > writes, scaled(5000), 'the writer to write again after the failed pause');
     await runs.pop()!.close();
     expect(openFds()).toBe(fdsBefore);
   });
@@ -158,8 +157,7 @@ describe('pre-copy migration of a running guest', () => {
     expect(resumed).toBe(1);
     await waitFor(() => pausedLate && resumed === 2, scaled(5000), 'the late pause and the second resume');
     const writes = run.writer.writes;
-    await new Promise((r) => setTimeout(r, 50));
-    expect(run.writer.writes).toBeGreaterThan(writes);
+    await waitFor(() => run.writer.writes > writes, scaled(5000), 'the writer to write again after the failed pause');
   });
 
   itWith([...FEATURES], `protocol ${PROTOCOL_VERSION}: a version 2 peer is refused with ERR_MIGRATION_VERSION either way, before the guest is paused`, async () => {
