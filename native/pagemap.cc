@@ -10,6 +10,7 @@
 #include <linux/types.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdio>
 #include <vector>
@@ -98,6 +99,10 @@ Napi::Value ScanWritten(const Napi::CallbackInfo& info) {
   std::vector<struct page_region> vec(kVecLen);
   std::vector<double> runs;
   uint64_t at = start;
+  // End of the pages reported so far. Without PM_SCAN_WP_MATCHING a walk can
+  // say it stopped (walk_end) before the end of regions it already reported,
+  // and the next walk reports them again: each page is counted once.
+  uint64_t covered = start;
   while (at < end) {
     struct pm_scan_arg arg = {};
     arg.size = sizeof(arg);
@@ -114,16 +119,20 @@ Napi::Value ScanWritten(const Napi::CallbackInfo& info) {
       return args::Result(env, -errno);
     }
     for (int i = 0; i < n; i++) {
+      const uint64_t from = std::max<uint64_t>(vec[i].start, covered);
+      if (vec[i].end <= from) continue;
       // Adjacent regions split only by a vector boundary are one run.
-      if (!runs.empty() && runs.back() == static_cast<double>(vec[i].start))
+      if (!runs.empty() && runs.back() == static_cast<double>(from))
         runs.back() = static_cast<double>(vec[i].end);
       else {
-        runs.push_back(static_cast<double>(vec[i].start));
+        runs.push_back(static_cast<double>(from));
         runs.push_back(static_cast<double>(vec[i].end));
       }
+      covered = vec[i].end;
     }
-    if (arg.walk_end <= at) break;  // no progress: never spin
-    at = arg.walk_end;
+    const uint64_t next = std::max<uint64_t>(arg.walk_end, covered);
+    if (next <= at) break;  // no progress: never spin
+    at = next;
   }
   Napi::Float64Array out = Napi::Float64Array::New(env, runs.size());
   std::copy(runs.begin(), runs.end(), out.Data());

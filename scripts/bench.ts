@@ -13,6 +13,7 @@ import { SingleBar } from 'cli-progress';
 
 import { PAGE_SIZE, probe } from '../lib/index';
 import { BulkRatio, RowResult, cellRows, compareRuns, rowId, targets } from './bench/analysis';
+import { DIRTY_METHOD_LIST, DIRTY_SIZES, DirtyRow, measureDirty } from './bench/dirty';
 import { reserveHugePages } from './bench/hugepages';
 import { writeFileAtomic, writeMarkdown, replaceBetweenMarkers } from './bench/output';
 import { BenchReport, QUICK_NOTE, compareText, markdownReport, ratioSummary, textReport, writeHtmlReport } from './bench/report';
@@ -32,7 +33,7 @@ const USAGE = [
   '  --check          exit 1 when a target is missed (its whole interval on the wrong side); else only failures do',
   '  --no-huge        skip the 2 MiB hugetlb rows (no vm.nr_hugepages change)',
   '  --seed N         seed of the random page orders (default 1); the bootstrap seed is fixed (printed)',
-  '  --only REGEX     run only the rows whose id matches (and their references), e.g. "4k/(c-reference|native-resolver)/same"',
+  '  --only REGEX     run only the rows whose id matches (and their references), e.g. "4k/(c-reference|native-resolver)/same", "bulk", "dirty"',
   '  --from FILE      measure nothing: print (and --report, --markdown, --docs, --compare) an earlier --json FILE',
   '',
 ].join('\n');
@@ -81,6 +82,7 @@ const SIZES = {
   full: { reps: 15, small: 1000, huge: 32, perToucher: 500, scan: 8192, bulkSmall: 65536, bulkHuge: 128, bulkReps: 11 },
 } as const;
 const size = args.smoke ? SIZES.smoke : args.quick ? SIZES.quick : SIZES.full;
+const dirtySize = DIRTY_SIZES[args.smoke ? 'smoke' : args.quick ? 'quick' : 'full'];
 const seed = Number(args.seed);
 
 const SINGLE_MODES: Mode[] = ['floor', 'c-reference', 'c-reference+spin', 'native-resolver', 'native-resolver+spin',
@@ -217,15 +219,17 @@ async function main(): Promise<void> {
   const cells = plan(cpuCount, hugeOk, lib);
   const bulkPlan = ([['4k', size.bulkSmall], ...(hugeOk ? [['2m', size.bulkHuge]] : [])] as [PageKind, number][])
     .filter(([page]) => !only || only.test(`${page}/bulk`));
+  const dirtyPlan = DIRTY_METHOD_LIST.filter((method) => !only || only.test(`dirty/${method}`));
 
   const bar = new SingleBar({ stream: process.stderr, format: 'bench [{bar}] {value}/{total} {cell}', hideCursor: true, clearOnComplete: true });
-  bar.start(cells.length * size.reps + bulkPlan.length, 0, { cell: '' });
+  bar.start(cells.length * size.reps + bulkPlan.length + dirtyPlan.length, 0, { cell: '' });
   let done = 0;
   const rows: RowResult[] = [];
   const bulk: BulkRow[] = [];
+  const dirty: DirtyRow[] = [];
   // Rewritten after every cell, so a run that dies later keeps what it measured.
   const save = (incomplete?: string): BenchReport => {
-    const report = assemble(rows, bulk, cpuCount, huge, lib, started, incomplete);
+    const report = assemble(rows, bulk, dirty, cpuCount, huge, lib, started, incomplete);
     if (args.json) writeFileAtomic(args.json, `${JSON.stringify(report, null, 2)}\n`);
     return report;
   };
@@ -242,6 +246,12 @@ async function main(): Promise<void> {
         bulk.push(...runBulk(page, pages, size.bulkReps));
         bar.update(++done, { cell: `${page}/bulk` });
         save(`stopped after ${j + 1} of ${bulkPlan.length} bulk ranges`);
+      }
+      for (const [k, method] of dirtyPlan.entries()) {
+        bar.update(done, { cell: `dirty/${method}` });
+        dirty.push(await measureDirty(method, dirtySize.bytes, dirtySize.reps, seed));
+        bar.update(++done, { cell: `dirty/${method}` });
+        save(`stopped after ${k + 1} of ${dirtyPlan.length} dirty-tracking methods`);
       }
     } catch (err) {
       failure = err as Error;
@@ -263,7 +273,7 @@ async function main(): Promise<void> {
   }
 }
 
-function assemble(rows: RowResult[], bulk: BulkRow[], cpuCount: number, huge: { available: number; reason?: string }, lib: LibraryCaps, started: number, incomplete?: string): BenchReport {
+function assemble(rows: RowResult[], bulk: BulkRow[], dirty: DirtyRow[], cpuCount: number, huge: { available: number; reason?: string }, lib: LibraryCaps, started: number, incomplete?: string): BenchReport {
   const bulkRows = bulkRatios(bulk);
   const cpu = cpus()[0];
   return {
@@ -279,7 +289,8 @@ function assemble(rows: RowResult[], bulk: BulkRow[], cpuCount: number, huge: { 
     },
     rows,
     bulk: bulkRows,
-    targets: targets(rows, bulkRows, lib.spinUs),
+    dirty,
+    targets: targets(rows, bulkRows, lib.spinUs, dirty),
     durationMs: Date.now() - started,
     ...(incomplete ? { incomplete } : {}),
   };

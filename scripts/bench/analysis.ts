@@ -1,6 +1,7 @@
 // From repetitions to rows, ratios with intervals, target verdicts and
 // comparisons with an earlier run. Pure functions of measured numbers, so
 // the test can feed them synthetic samples.
+import type { DirtyRow } from './dirty';
 import { Cell, MODE_LABEL, Mode, Rep } from './scenarios';
 import { Interval, LatencySummary, Verdict, median, medianInterval, pooledRatioInterval, summarize, verdict } from './stats';
 
@@ -189,10 +190,12 @@ export interface TargetCheck {
 
 export interface Target {
   name: string;
-  /** e.g. "<= 1.05x". */
+  /** e.g. "<= 1.05x", "<= 5 ms/GiB". */
   target: string;
   limit: number;
   atLeast: boolean;
+  /** What the limit and the checks are in: "x" (a ratio) or an absolute unit such as "ms/GiB". */
+  unit: string;
   /** One per row the target applies to. */
   checks: TargetCheck[];
   /** missed when any check is, met when all are, else inconclusive; null when nothing was measured. */
@@ -201,12 +204,12 @@ export interface Target {
   reason?: string;
 }
 
-export function makeTarget(name: string, limit: number, atLeast: boolean, checks: { row: string; interval: Interval | null }[], reason?: string): Target {
+export function makeTarget(name: string, limit: number, atLeast: boolean, checks: { row: string; interval: Interval | null }[], reason?: string, unit = 'x'): Target {
   const list: TargetCheck[] = checks.filter((c) => c.interval).map(({ row, interval }) =>
     ({ row, n: interval!.n, value: interval!.value, lo: interval!.lo, hi: interval!.hi, verdict: verdict(interval!, limit, atLeast) }));
   const overall: Verdict | null = !list.length ? null
     : list.some((c) => c.verdict === 'missed') ? 'missed' : list.every((c) => c.verdict === 'met') ? 'met' : 'inconclusive';
-  return { name, target: `${atLeast ? '>=' : '<='} ${limit}x`, limit, atLeast, checks: list, verdict: overall, ...(list.length ? {} : { reason: reason ?? 'not measured in this run' }) };
+  return { name, target: `${atLeast ? '>=' : '<='} ${limit}${unit === 'x' ? 'x' : ` ${unit}`}`, limit, atLeast, unit, checks: list, verdict: overall, ...(list.length ? {} : { reason: reason ?? 'not measured in this run' }) };
 }
 
 const EVENT_LOOP: Mode[] = ['event-loop+native-toucher', 'event-loop+worker-toucher', 'worker-handler+main-toucher'];
@@ -219,7 +222,7 @@ export interface BulkRatio {
   vsPopulateRead: Interval | null;
 }
 
-export function targets(rows: RowResult[], bulk: BulkRatio[], spinAvailable: boolean): Target[] {
+export function targets(rows: RowResult[], bulk: BulkRatio[], spinAvailable: boolean, dirty: DirtyRow[] = []): Target[] {
   const pick = (f: (r: RowResult) => boolean) => rows.filter((r) => !r.error && f(r));
   const single = (r: RowResult) => r.kind === 'latency' && r.page === '4k' && r.order === 'seq' && r.threads === 1 && r.handlers === 1;
   const native = pick((r) => r.mode === 'native-resolver' && r.kind === 'latency' && r.page === '4k' && r.threads <= 4 && r.handlers === 1 && (r.order === 'seq' || r.placement === 'unpinned'));
@@ -231,6 +234,11 @@ export function targets(rows: RowResult[], bulk: BulkRatio[], spinAvailable: boo
   const noSpin = spinAvailable ? undefined : 'the library has no spinUs option yet (issue 12, lib/native)';
   const check = (rs: RowResult[], f: (r: RowResult) => Interval | null | undefined) => rs.map((r) => ({ row: r.id, interval: f(r) ?? null }));
   const libBulk = bulk.filter((b) => b.by === 'library' && b.page === '4k' && b.method === 'continue');
+  const wpAsync = dirty.filter((d) => d.method === 'wp-async');
+  const noWpAsync = wpAsync.find((d) => !d.available)?.reason;
+  // Smaller views (--quick, --smoke) are scaled to 1 GiB: the fixed part of a collect makes that an overestimate.
+  const dirtyView = dirty.find((d) => d.available)?.bytes;
+  const scaled = dirtyView !== undefined && dirtyView !== 2 ** 30 ? `; ${dirtyView / 2 ** 20} MiB view in this run, scaled to 1 GiB` : '';
   return [
     makeTarget('native resolver p50 vs C (4k, every placement, 1-4 touchers)', 1.05, false, check(native, (r) => r.ratios?.p50)),
     makeTarget('native resolver p99 vs C (4k, every placement, 1-4 touchers)', 1.3, false, check(native, (r) => r.ratios?.p99)),
@@ -241,6 +249,10 @@ export function targets(rows: RowResult[], bulk: BulkRatio[], spinAvailable: boo
     makeTarget(`mapAhead sequential scan: cost per page vs the no-uffd floor with fault-around`, 3, false, check(scan, (r) => r.ratios?.perPage)),
     makeTarget(`aggregate faults/s at 4 touchers vs C with the same handler threads (${most || 1})`, 0.9, true, check(four.filter((r) => r.handlers === most), (r) => r.ratios?.throughput)),
     makeTarget('bulk CONTINUE vs MADV_POPULATE_READ throughput (library, 4k)', 0.8, true, libBulk.map((b) => ({ row: `${b.page}/bulk/continue/${b.by}`, interval: b.vsPopulateRead }))),
+    makeTarget('dirty tracking: tracked first write vs untracked first write to the same pages (wp-async)', 10, false,
+      wpAsync.map((d) => ({ row: d.id, interval: d.firstWriteVsUntracked ?? null })), noWpAsync),
+    makeTarget(`dirty tracking: collect of 1 GiB at 5% dirty (wp-async${scaled})`, 5, false,
+      wpAsync.map((d) => ({ row: d.id, interval: d.collect?.find((c) => c.fraction === 0.05)?.msPerGiB ?? null })), noWpAsync, 'ms/GiB'),
   ];
 }
 

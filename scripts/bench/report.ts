@@ -5,6 +5,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { Delta, RowResult, Target } from './analysis';
+import { DIRTY_FRACTIONS, DirtyRow } from './dirty';
 import { BulkRow, MODE_LABEL } from './scenarios';
 import { Interval } from './stats';
 
@@ -29,6 +30,8 @@ export interface BenchReport {
   rows: RowResult[];
   /** vsPopulateRead: POPULATE_READ time over CONTINUE time, repetition by repetition, median with its interval. */
   bulk: (BulkRow & { vsPopulateRead: Interval | null })[];
+  /** One row per dirty-tracking method (absent in runs from before it was measured). */
+  dirty?: DirtyRow[];
   targets: Target[];
   durationMs: number;
   /** Set while the run is under way and when it failed: how far it got. */
@@ -106,6 +109,30 @@ function bulkTable(report: BenchReport): Table {
   return { header, rows, align: ['l', 'l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r'] };
 }
 
+/** A figure with its 95% interval: "152 [140-160]". */
+const figure = (i: Interval | undefined, scale = 1) => {
+  const f = (v: number) => (v * scale >= 100 ? (v * scale).toFixed(0) : v * scale >= 10 ? (v * scale).toFixed(1) : (v * scale).toFixed(2));
+  return i ? `${f(i.value)} [${f(i.lo)}-${f(i.hi)}]` : '';
+};
+
+function dirtyTable(report: BenchReport): Table {
+  const header = ['dirty tracking', 'view', 'reps', 'protect all ms/GiB', 'tracked 1st write µs', 'untracked 1st write µs', 'tracked ×untracked [95%]',
+    ...DIRTY_FRACTIONS.map((f) => `collect ${f * 100}% ms/GiB`), 'look only 5% ms/GiB', 'clean re-collect ms/GiB', 'stop ms/GiB'];
+  const rows = (report.dirty ?? []).map((d) => !d.available
+    ? [d.method, `${d.bytes / 2 ** 20} MiB`, '0', `not available: ${d.reason}`, ...header.slice(4).map(() => '')]
+    : [d.method, `${d.bytes / 2 ** 20} MiB`, String(d.reps), figure(d.protectMsPerGiB), figure(d.trackedFirstWriteNs, 1e-3), figure(d.untrackedFirstWriteNs, 1e-3),
+      interval(d.firstWriteVsUntracked), ...DIRTY_FRACTIONS.map((f) => figure(d.collect?.find((c) => c.fraction === f)?.msPerGiB)),
+      figure(d.collect?.find((c) => c.fraction === 0.05)?.lookMsPerGiB), figure(d.cleanRecollectMsPerGiB), figure(d.stopMsPerGiB)]);
+  return { header, rows, align: ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'] };
+}
+
+function dirtyNote(report: BenchReport): string {
+  const d = (report.dirty ?? []).find((r) => r.available);
+  return `Dirty tracking: a ${d ? `${d.bytes / 2 ** 20} MiB ` : ''}memfd view, every page present and written once before tracking starts; `
+    + `write latencies are the median of ${d?.writeSample ?? '?'} random pages per repetition (timed by the writing native thread), then the median over the repetitions; `
+    + 'the untracked write is to the same pages through a fresh mapping no tracker knows, in the same repetition; costs that grow with the view are per GiB of it; [95%] = bootstrap interval over the repetitions.';
+}
+
 export function renderText(t: Table): string {
   const widths = t.header.map((h, i) => Math.max(h.length, ...t.rows.map((r) => r[i].length)));
   const line = (cells: string[]) => cells.map((c, i) => (t.align[i] === 'r' ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd();
@@ -144,8 +171,10 @@ export function targetLines(report: Pick<BenchReport, 'targets'>): string[] {
       : [...t.checks].sort((a, b) => (t.atLeast ? a.lo - b.lo : b.hi - a.hi))[0];
     const spread = Math.min(...t.checks.map((c) => c.lo));
     const top = Math.max(...t.checks.map((c) => c.hi));
-    lines.push(`${t.name} (target ${t.target}): ${VERDICT_TEXT[t.verdict]}; ${t.checks.length} row(s), intervals within ${x(spread)}-${x(top)}x, worst ${worst.row} ${x(worst.value)}x [${x(worst.lo)}-${x(worst.hi)}]${worst.n < 5 ? ` (${worst.n} pairs: too few to judge)` : ''}`);
-    for (const c of t.checks) if (c.verdict !== 'met' && c.row !== worst.row) lines.push(`    ${VERDICT_TEXT[c.verdict]}: ${c.row} ${x(c.value)}x [${x(c.lo)}-${x(c.hi)}]`);
+    // Runs from before targets had units are all ratios.
+    const unit = !t.unit || t.unit === 'x' ? 'x' : ` ${t.unit}`;
+    lines.push(`${t.name} (target ${t.target}): ${VERDICT_TEXT[t.verdict]}; ${t.checks.length} row(s), intervals within ${x(spread)}-${x(top)}${unit}, worst ${worst.row} ${x(worst.value)}${unit} [${x(worst.lo)}-${x(worst.hi)}]${worst.n < 5 ? ` (${worst.n} ${unit === 'x' ? 'pairs' : 'repetitions'}: too few to judge)` : ''}`);
+    for (const c of t.checks) if (c.verdict !== 'met' && c.row !== worst.row) lines.push(`    ${VERDICT_TEXT[c.verdict]}: ${c.row} ${x(c.value)}${unit} [${x(c.lo)}-${x(c.hi)}]`);
   }
   return lines;
 }
@@ -192,6 +221,7 @@ export function textReport(report: BenchReport): string {
     '',
     renderText(bulkTable(report)),
     '',
+    ...(report.dirty?.length ? [dirtyNote(report), renderText(dirtyTable(report)), ''] : []),
     ...targetLines(report),
     ...(isQuick(report) ? ['', QUICK_NOTE] : []),
   ].join('\n');
@@ -216,6 +246,7 @@ export function markdownReport(report: BenchReport): string {
     '',
     renderMarkdown(bulkTable(report)),
     '',
+    ...(report.dirty?.length ? [dirtyNote(report), '', renderMarkdown(dirtyTable(report)), ''] : []),
     ...targetLines(report).map((l) => (l.startsWith('    ') ? `  - ${l.trim()}` : `- ${l}`)),
   ].join('\n');
 }
@@ -385,7 +416,7 @@ ${svg}
 ${htmlTable(latencyTable(report))}
 <h2>Bulk installation</h2>
 ${htmlTable(bulkTable(report))}
-</body></html>
+${report.dirty?.length ? `<h2>Dirty tracking</h2>\n<p class="note">${escapeHtml(dirtyNote(report))}</p>\n${htmlTable(dirtyTable(report))}\n` : ''}</body></html>
 `;
   const htmlPath = join(dir, 'index.html');
   writeFileSync(htmlPath, html);

@@ -82,6 +82,8 @@ describe('bench statistics (pure functions)', () => {
     expect(t.verdict).toBe('inconclusive');
     expect(makeTarget('t', 1.05, false, [{ row: 'a', interval: { value: 1, lo: 0.95, hi: 1.02, n: 9 } }, { row: 'b', interval: { value: 1.3, lo: 1.2, hi: 1.4, n: 9 } }]).verdict).toBe('missed');
     expect(makeTarget('t', 1.05, false, [], 'not here')).toMatchObject({ verdict: null, reason: 'not here' });
+    // An absolute target: the checks are in its unit, not a ratio.
+    expect(makeTarget('t', 5, false, [{ row: 'a', interval: { value: 3, lo: 2, hi: 4, n: 9 } }], undefined, 'ms/GiB')).toMatchObject({ target: '<= 5 ms/GiB', unit: 'ms/GiB', verdict: 'met' });
   });
 
   it('synthetic rows: a 1.2x slower library is missed against 1.05x and met against 1.3x; unpinned pairs that landed differently are left out', () => {
@@ -173,7 +175,38 @@ describe('npm run bench -- --smoke', () => {
     for (const page of ['4k', '2m'])
       for (const [method, by] of [['continue', 'C'], ['populate-read', 'C'], ['continue', 'library'], ['populate-read', 'library']])
         expect(bulk.find((b) => b.page === page && b.method === method && b.by === by), `${page} ${method} ${by}`).toMatchObject({ checksOk: true, pagesPerSec: expect.any(Number), vsPopulateRead: INTERVAL });
-    expect(report.targets).toHaveLength(9);
+    // Dirty tracking: one row per method, a method this kernel lacks a row with the reason; every collect found exactly the pages written.
+    const dirty: Record<string, any>[] = report.dirty;
+    expect(dirty.map((d) => d.method)).toEqual(['wp-async', 'wp-sync']);
+    const wellFormed = (i: Record<string, number>, where: string) => {
+      expect(i, where).toMatchObject(INTERVAL);
+      expect(i.lo, where).toBeLessThanOrEqual(i.value);
+      expect(i.value, where).toBeLessThanOrEqual(i.hi);
+    };
+    for (const d of dirty) {
+      if (!d.available) {
+        expect(d.reason, d.id).toMatch(/needs Linux/);
+        continue;
+      }
+      expect(d.reps, d.id).toBeGreaterThan(0);
+      for (const key of ['protectMsPerGiB', 'trackedFirstWriteNs', 'trackedDirtyWriteNs', 'untrackedFirstWriteNs', 'untrackedWarmWriteNs', 'firstWriteVsUntracked', 'cleanRecollectMsPerGiB', 'stopMsPerGiB'])
+        wellFormed(d[key], `${d.id} ${key}`);
+      expect(d.collect.map((c: { fraction: number }) => c.fraction), d.id).toEqual([0.001, 0.01, 0.05, 0.5]);
+      for (const c of d.collect) {
+        const where = `${d.id} ${c.fraction}`;
+        expect(c.pages, where).toBe(Math.max(1, Math.round((d.bytes / PAGE_SIZE) * c.fraction)));
+        expect(c.counts, where).toEqual(Array(d.reps).fill(c.pages));
+        wellFormed(c.msPerGiB, where);
+        wellFormed(c.lookMsPerGiB, where);
+      }
+    }
+    const dirtyTargets = report.targets.filter((t: { name: string }) => t.name.startsWith('dirty tracking'));
+    expect(dirtyTargets.map((t: { unit: string; limit: number }) => [t.unit, t.limit])).toEqual([['x', 10], ['ms/GiB', 5]]);
+    // The smoke run's view is smaller than 1 GiB, and the collect target says it was scaled.
+    expect(dirtyTargets[1].name).toMatch(/16 MiB view in this run, scaled to 1 GiB/);
+    for (const t of dirtyTargets)
+      expect(t.checks.map((c: { row: string }) => c.row), t.name).toEqual(dirty[0].available ? ['dirty/wp-async'] : []);
+    expect(report.targets).toHaveLength(11);
     for (const t of report.targets) {
       expect(t, t.name).toMatchObject({ name: expect.any(String), limit: expect.any(Number), atLeast: expect.any(Boolean) });
       expect([null, 'met', 'missed', 'inconclusive'], t.name).toContain(t.verdict);
@@ -187,6 +220,7 @@ describe('npm run bench -- --smoke', () => {
     expect(run.stdout).toContain('SMOKE TEST, NOT A MEASUREMENT');
     expect(run.stdout).toMatch(/inconclusive: noise/);
     expect(run.stdout).toMatch(/p50 ×ref \[95%\]/);
+    expect(run.stdout).toMatch(/^\| dirty tracking \| view \| reps \|/m);
     expect(report.incomplete).toBeUndefined();
     const ratios = readFileSync(join(reportDir, 'ratios.svg'), 'utf8');
     expect(ratios).toMatch(/^<svg[^>]*>/);
