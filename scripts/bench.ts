@@ -15,6 +15,7 @@ import { PAGE_SIZE, probe } from '../lib/index';
 import { BulkRatio, RowResult, cellRows, compareRuns, rowId, targets } from './bench/analysis';
 import { DIRTY_METHOD_LIST, DIRTY_SIZES, DirtyRow, measureDirty } from './bench/dirty';
 import { reserveHugePages } from './bench/hugepages';
+import { MigrationModes, runMigrationModes } from './bench/migration';
 import { writeFileAtomic, writeMarkdown, replaceBetweenMarkers } from './bench/output';
 import { BenchReport, QUICK_NOTE, compareText, markdownReport, ratioSummary, textReport, writeHtmlReport } from './bench/report';
 import { BulkRow, Cell, LibraryCaps, MAP_AHEAD, Mode, Order, PageKind, Placement, Rep, filledMemfd, pageSizeFor, probeLibrary, runBulk, runRep } from './bench/scenarios';
@@ -33,7 +34,7 @@ const USAGE = [
   '  --check          exit 1 when a target is missed (its whole interval on the wrong side); else only failures do',
   '  --no-huge        skip the 2 MiB hugetlb rows (no vm.nr_hugepages change)',
   '  --seed N         seed of the random page orders (default 1); the bootstrap seed is fixed (printed)',
-  '  --only REGEX     run only the rows whose id matches (and their references), e.g. "4k/(c-reference|native-resolver)/same", "bulk", "dirty"',
+  '  --only REGEX     run only the rows whose id matches (and their references), e.g. "4k/(c-reference|native-resolver)/same", "bulk", "dirty", "migration"',
   '  --from FILE      measure nothing: print (and --report, --markdown, --docs, --compare) an earlier --json FILE',
   '',
 ].join('\n');
@@ -83,6 +84,8 @@ const SIZES = {
 } as const;
 const size = args.smoke ? SIZES.smoke : args.quick ? SIZES.quick : SIZES.full;
 const dirtySize = DIRTY_SIZES[args.smoke ? 'smoke' : args.quick ? 'quick' : 'full'];
+// The live-migration demo's guest (MiB) and how long it runs after each migration (s).
+const migrationSize = args.smoke ? { mib: 8, after: 0.5 } : args.quick ? { mib: 64, after: 1 } : { mib: 256, after: 3 };
 const seed = Number(args.seed);
 
 const SINGLE_MODES: Mode[] = ['floor', 'c-reference', 'c-reference+spin', 'native-resolver', 'native-resolver+spin',
@@ -220,16 +223,18 @@ async function main(): Promise<void> {
   const bulkPlan = ([['4k', size.bulkSmall], ...(hugeOk ? [['2m', size.bulkHuge]] : [])] as [PageKind, number][])
     .filter(([page]) => !only || only.test(`${page}/bulk`));
   const dirtyPlan = DIRTY_METHOD_LIST.filter((method) => !only || only.test(`dirty/${method}`));
+  const migrationWanted = !only || only.test('migration');
 
   const bar = new SingleBar({ stream: process.stderr, format: 'bench [{bar}] {value}/{total} {cell}', hideCursor: true, clearOnComplete: true });
-  bar.start(cells.length * size.reps + bulkPlan.length + dirtyPlan.length, 0, { cell: '' });
+  bar.start(cells.length * size.reps + bulkPlan.length + dirtyPlan.length + (migrationWanted ? 1 : 0), 0, { cell: '' });
   let done = 0;
   const rows: RowResult[] = [];
   const bulk: BulkRow[] = [];
   const dirty: DirtyRow[] = [];
+  let migration: MigrationModes | { error: string } | undefined;
   // Rewritten after every cell, so a run that dies later keeps what it measured.
   const save = (incomplete?: string): BenchReport => {
-    const report = assemble(rows, bulk, dirty, cpuCount, huge, lib, started, incomplete);
+    const report = assemble(rows, bulk, dirty, migration, cpuCount, huge, lib, started, incomplete);
     if (args.json) writeFileAtomic(args.json, `${JSON.stringify(report, null, 2)}\n`);
     return report;
   };
@@ -253,6 +258,12 @@ async function main(): Promise<void> {
         bar.update(++done, { cell: `dirty/${method}` });
         save(`stopped after ${k + 1} of ${dirtyPlan.length} dirty-tracking methods`);
       }
+      if (migrationWanted) {
+        bar.update(done, { cell: 'migration' });
+        // A failed demo is reported in its section; the rows measured so far stand.
+        migration = await runMigrationModes(migrationSize.mib, migrationSize.after).catch((err: Error) => ({ error: err.message }));
+        bar.update(++done, { cell: 'migration' });
+      }
     } catch (err) {
       failure = err as Error;
     }
@@ -273,7 +284,7 @@ async function main(): Promise<void> {
   }
 }
 
-function assemble(rows: RowResult[], bulk: BulkRow[], dirty: DirtyRow[], cpuCount: number, huge: { available: number; reason?: string }, lib: LibraryCaps, started: number, incomplete?: string): BenchReport {
+function assemble(rows: RowResult[], bulk: BulkRow[], dirty: DirtyRow[], migration: MigrationModes | { error: string } | undefined, cpuCount: number, huge: { available: number; reason?: string }, lib: LibraryCaps, started: number, incomplete?: string): BenchReport {
   const bulkRows = bulkRatios(bulk);
   const cpu = cpus()[0];
   return {
@@ -290,6 +301,7 @@ function assemble(rows: RowResult[], bulk: BulkRow[], dirty: DirtyRow[], cpuCoun
     rows,
     bulk: bulkRows,
     dirty,
+    ...(migration ? { migration } : {}),
     targets: targets(rows, bulkRows, lib.spinUs, dirty),
     durationMs: Date.now() - started,
     ...(incomplete ? { incomplete } : {}),

@@ -5,7 +5,9 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { Delta, RowResult, Target } from './analysis';
+import { liveTableCells } from '../demo-migrate/live';
 import { DIRTY_FRACTIONS, DirtyRow } from './dirty';
+import type { MigrationModes } from './migration';
 import { BulkRow, MODE_LABEL } from './scenarios';
 import { Interval } from './stats';
 
@@ -32,6 +34,8 @@ export interface BenchReport {
   bulk: (BulkRow & { vsPopulateRead: Interval | null })[];
   /** One row per dirty-tracking method (absent in runs from before it was measured). */
   dirty?: DirtyRow[];
+  /** The live-migration demo's three modes side by side, or why they are missing. */
+  migration?: MigrationModes | { error: string };
   targets: Target[];
   durationMs: number;
   /** Set while the run is under way and when it failed: how far it got. */
@@ -124,6 +128,25 @@ function dirtyTable(report: BenchReport): Table {
       interval(d.firstWriteVsUntracked), ...DIRTY_FRACTIONS.map((f) => figure(d.collect?.find((c) => c.fraction === f)?.msPerGiB)),
       figure(d.collect?.find((c) => c.fraction === 0.05)?.lookMsPerGiB), figure(d.cleanRecollectMsPerGiB), figure(d.stopMsPerGiB)]);
   return { header, rows, align: ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'] };
+}
+
+/** The live-migration modes (pre-copy, post-copy, hybrid) on one guest workload: the note, the table and the targets' lines. */
+function migrationParts(report: BenchReport): { note: string; table: Table | null; lines: string[] } | null {
+  const m = report.migration;
+  if (!m) return null;
+  if ('error' in m) return { note: `Live migration, three modes: failed: ${m.error}`, table: null, lines: [] };
+  const { header, rows } = liveTableCells(m.results);
+  return {
+    note: `Live migration, three modes side by side (npm run demo:migrate -- --modes all): ${m.setting}.`,
+    table: { header, rows, align: ['l', 'r', 'r', 'r', 'l', 'r', 'r', 'r'] },
+    lines: m.targets,
+  };
+}
+
+function migrationText(report: BenchReport, table: (t: Table) => string, line: (l: string) => string): string[] {
+  const parts = migrationParts(report);
+  if (!parts) return [];
+  return [parts.note, ...(parts.table ? [table(parts.table)] : []), ...parts.lines.map(line), ''];
 }
 
 function dirtyNote(report: BenchReport): string {
@@ -222,6 +245,7 @@ export function textReport(report: BenchReport): string {
     renderText(bulkTable(report)),
     '',
     ...(report.dirty?.length ? [dirtyNote(report), renderText(dirtyTable(report)), ''] : []),
+    ...migrationText(report, renderText, (l) => l),
     ...targetLines(report),
     ...(isQuick(report) ? ['', QUICK_NOTE] : []),
   ].join('\n');
@@ -247,6 +271,7 @@ export function markdownReport(report: BenchReport): string {
     renderMarkdown(bulkTable(report)),
     '',
     ...(report.dirty?.length ? [dirtyNote(report), '', renderMarkdown(dirtyTable(report)), ''] : []),
+    ...migrationText(report, (t) => `\n${renderMarkdown(t)}\n`, (l) => `- ${l}`),
     ...targetLines(report).map((l) => (l.startsWith('    ') ? `  - ${l.trim()}` : `- ${l}`)),
   ].join('\n');
 }
@@ -380,6 +405,13 @@ function htmlTable(t: Table): string {
   return `<table><thead><tr>${head}</tr></thead><tbody>\n${body}\n</tbody></table>`;
 }
 
+function migrationHtml(report: BenchReport): string {
+  const parts = migrationParts(report);
+  if (!parts) return '';
+  return `<h2>Live migration: pre-copy, post-copy, hybrid</h2>\n<p class="note">${escapeHtml(parts.note)}</p>\n${parts.table ? htmlTable(parts.table) : ''}\n` +
+    `<ul>${parts.lines.map((l) => `<li>${escapeHtml(l)}</li>`).join('')}</ul>\n`;
+}
+
 /** Writes DIR/index.html (charts and tables), DIR/ratios.svg and DIR/latency-cdf.svg. */
 export async function writeHtmlReport(report: BenchReport, dir: string): Promise<string[]> {
   mkdirSync(dir, { recursive: true });
@@ -416,7 +448,7 @@ ${svg}
 ${htmlTable(latencyTable(report))}
 <h2>Bulk installation</h2>
 ${htmlTable(bulkTable(report))}
-${report.dirty?.length ? `<h2>Dirty tracking</h2>\n<p class="note">${escapeHtml(dirtyNote(report))}</p>\n${htmlTable(dirtyTable(report))}\n` : ''}</body></html>
+${report.dirty?.length ? `<h2>Dirty tracking</h2>\n<p class="note">${escapeHtml(dirtyNote(report))}</p>\n${htmlTable(dirtyTable(report))}\n` : ''}${migrationHtml(report)}</body></html>
 `;
   const htmlPath = join(dir, 'index.html');
   writeFileSync(htmlPath, html);

@@ -190,17 +190,21 @@ export async function migrateLive(script: string, opts: LiveOptions, mode: LiveM
   };
 }
 
+/** The side-by-side table's header and cells, one row per mode (the demo and the benchmark's report render it). */
+export function liveTableCells(results: LiveResult[]): { header: string[]; rows: string[][] } {
+  const header = ['mode', 'total time', 'guest pause (downtime)', 'bytes sent', 'rounds (pages per round)', 'demand faults after switch-over', 'guest writes/s during migration', 'pages verified'];
+  const rows = results.map((r) => [
+    r.mode, `${(r.totalMs / 1000).toFixed(2)} s`, `${r.downtimeMs.toFixed(1)} ms`, `${(r.bytesSent / 1048576).toFixed(1)} MiB`,
+    `${r.rounds}${r.rounds ? ` (${r.pagesPerRound.join(' + ')})` : ''}`, `${r.demandFaults} (${((100 * r.demandFaults) / r.pages).toFixed(2)}% of pages)`,
+    `${Math.round(r.writesPerSecondDuring)} of ${Math.round(r.writesPerSecondTarget)}`, `${r.pages - r.badPages} of ${r.pages}`,
+  ]);
+  return { header, rows };
+}
+
 /** The side-by-side table (Markdown, so that the docs can hold it as generated). */
 export function liveTable(results: LiveResult[]): string {
-  const rows = [
-    '| mode | total time | guest pause (downtime) | bytes sent | rounds (pages per round) | demand faults after switch-over | guest writes/s during migration | pages verified |',
-    '|---|---:|---:|---:|---|---:|---:|---:|',
-  ];
-  for (const r of results) {
-    rows.push(`| ${r.mode} | ${(r.totalMs / 1000).toFixed(2)} s | ${r.downtimeMs.toFixed(1)} ms | ${(r.bytesSent / 1048576).toFixed(1)} MiB | ${r.rounds}${r.rounds ? ` (${r.pagesPerRound.join(' + ')})` : ''} | ` +
-      `${r.demandFaults} (${((100 * r.demandFaults) / r.pages).toFixed(2)}% of pages) | ${Math.round(r.writesPerSecondDuring)} of ${Math.round(r.writesPerSecondTarget)} | ${r.pages - r.badPages} of ${r.pages} |`);
-  }
-  return rows.join('\n');
+  const { header, rows } = liveTableCells(results);
+  return [`| ${header.join(' | ')} |`, '|---|---:|---:|---:|---|---:|---:|---:|', ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
 }
 
 /** How the results compare with the targets: pre-copy downtime against stop-and-copy of the whole image; hybrid demand faults. */

@@ -206,6 +206,15 @@ describe('npm run bench -- --smoke', () => {
     expect(dirtyTargets[1].name).toMatch(/16 MiB view in this run, scaled to 1 GiB/);
     for (const t of dirtyTargets)
       expect(t.checks.map((c: { row: string }) => c.row), t.name).toEqual(dirty[0].available ? ['dirty/wp-async'] : []);
+    // The live-migration demo's three modes, every page verified in each.
+    expect(report.migration?.error).toBeUndefined();
+    expect(report.migration.results.map((r: { mode: string }) => r.mode)).toEqual(['precopy', 'postcopy', 'hybrid']);
+    for (const r of report.migration.results) {
+      expect(r.badPages, r.mode).toBe(0);
+      expect(r.pages, r.mode).toBe((8 * 1024 * 1024) / PAGE_SIZE);
+      expect(r.downtimeMs, r.mode).toBeGreaterThan(0);
+    }
+    expect(report.migration.targets).toHaveLength(2);
     expect(report.targets).toHaveLength(11);
     for (const t of report.targets) {
       expect(t, t.name).toMatchObject({ name: expect.any(String), limit: expect.any(Number), atLeast: expect.any(Boolean) });
