@@ -2,21 +2,24 @@
 // faults, in first-touch order, one contiguous run at a time, while demand
 // faults always go first.
 //
-// The loop runs on the event loop, one run per turn (setImmediate). Why not a
+// The loop runs on the event loop: runs whose content comes back at once go
+// back to back for a slice of at most 1 ms, then a turn (setImmediate); an
+// asynchronous run yields at once. Why not a
 // native thread: the content of a page comes from JavaScript in every case
 // but a local image (a fetch callback, a user reader, the network of a
 // migration), and each run is one read, one pwrite and one CONTINUE (or one
 // COPY), a few microseconds per page. A turn of the event loop reads the
-// uffd (poll phase) before it runs the next run (check phase), so every
-// fault already waiting is read, and its fetch started, before another run
-// begins: demand goes first without any lock between the two. In native mode
+// uffd (poll phase) before the next slice (check phase), so every fault
+// already waiting is read, and its fetch started, within one slice: demand
+// goes first without any lock between the two. In native mode
 // the resolver thread maps present pages without JavaScript at all, so a
 // fault on a page the replay already made present never waits for a run.
 //
-// No double fetch: a run claims its pages in the present map's in-flight
-// table (the one the fetch queue consults) before it reads them, so a fault
-// on a page being prefetched joins the run instead of fetching it again; a
-// run skips every page that is present or in flight for a demand fetch.
+// No double fetch: an asynchronous run claims its pages in the present map's
+// in-flight table (the one the fetch queue consults) while it waits for them,
+// so a fault on a page being prefetched joins the run instead of fetching it
+// again (a synchronous run is present before any fault can be read); a run
+// skips every page that is present or in flight for a demand fetch.
 import { trace } from '../debug';
 import { argValueError, argRangeError } from '../errors';
 import type { PresentPages } from '../present-pages';
@@ -194,7 +197,7 @@ export interface RunFiller {
 
 /**
  * @internal The replay loop shared by the servers: plans runs in first-touch
- * order, one run per turn of the event loop, and keeps the counters.
+ * order, in slices of the event loop's time, and keeps the counters.
  */
 export class Replayer {
   readonly #order: number[];
