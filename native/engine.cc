@@ -1,6 +1,8 @@
 // The fault engine's algorithm (see engine.h for the contract).
 #include "engine.h"
 
+#include "clock.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/ioctl.h>
@@ -16,12 +18,6 @@
 namespace engine {
 
 namespace {
-
-uint64_t MonotonicNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 int Ioctl(int fd, unsigned long request, void* arg) { return ioctl(fd, request, arg) == 0 ? 0 : -errno; }
 

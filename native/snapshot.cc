@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "clock.h"
 #include "addon_state.h"
 #include "args.h"
 #include "handles.h"
@@ -58,12 +59,6 @@ struct Outcome {
   int error;
   double stats[kStatCount];
 };
-
-uint64_t NowNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 int WriteAll(int fd, uint64_t address, uint64_t length, uint64_t offset) {
   while (length > 0) {
@@ -136,7 +131,7 @@ void Copy(Snapshot* s) {
   outcome->stats[kBlockedTotalNs] = static_cast<double>(t->served_ns_total.load());
   outcome->stats[kBlockedMaxNs] = static_cast<double>(t->served_ns_max.load());
   outcome->stats[kProtectNs] = static_cast<double>(s->protect_ns);
-  outcome->stats[kCopyNs] = static_cast<double>(NowNs() - s->started_ns);
+  outcome->stats[kCopyNs] = static_cast<double>(MonotonicNs() - s->started_ns);
   // Non-blocking: a stop on the JavaScript thread may be joining this thread.
   napi_status queued = s->done.NonBlockingCall(outcome, [](Napi::Env env, Napi::Function cb, Outcome* o) {
     Napi::Float64Array stats = Napi::Float64Array::New(env, kStatCount);
@@ -220,7 +215,7 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
   if (s->file_fd < 0) return args::Result(env, -errno);
 
   // Protect everything before any fault is answered (see the top of the file).
-  const uint64_t t0 = NowNs();
+  const uint64_t t0 = MonotonicNs();
   for (size_t i = 0; i < t->regions.size(); i++) {
     if (int err = Protect(uffd, t->regions[i], true)) {
       for (size_t j = 0; j < i; j++) Protect(uffd, t->regions[j], false);
@@ -228,8 +223,8 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
       return args::Result(env, -err);
     }
   }
-  s->protect_ns = NowNs() - t0;
-  s->started_ns = NowNs();
+  s->protect_ns = MonotonicNs() - t0;
+  s->started_ns = MonotonicNs();
   if (int err = wp_sync::Launch(t, uffd)) {
     for (const wp_sync::Region& r : t->regions) Protect(uffd, r, false);
     close(s->file_fd);

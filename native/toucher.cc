@@ -15,6 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include "clock.h"
+#include "teardown_join.h"
 #include "addon_state.h"
 #include "args.h"
 
@@ -45,13 +47,6 @@ struct TouchJob {
   bool abandoned = false;
 };
 
-// How long teardown waits for a toucher after the uffds are closed. A
-// released uffd lets its faults through at once, so only a fault held by a
-// uffd that another owner keeps open (another thread, another process) can
-// outlast this; that thread is then left running on a mapping that stays
-// pinned, and so mapped, for the life of the process.
-constexpr auto kTeardownJoinBound = std::chrono::seconds(5);
-
 // Runs on the JavaScript thread, once: by the report or by teardown.
 void Unpin(napi_env env, TouchJob* job) {
   if (job->pinned) {
@@ -62,12 +57,6 @@ void Unpin(napi_env env, TouchJob* job) {
     napi_delete_reference(env, job->buffer_ref);
     job->buffer_ref = nullptr;
   }
-}
-
-inline uint64_t NowNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
 void Run(std::shared_ptr<TouchJob> job) {
@@ -81,12 +70,12 @@ void Run(std::shared_ptr<TouchJob> job) {
   job->latency_ns.resize(job->pages.size());
   for (size_t i = 0; i < job->pages.size(); i++) {
     volatile uint8_t* p = reinterpret_cast<volatile uint8_t*>(job->base + static_cast<uintptr_t>(job->pages[i]) * job->page_size);
-    uint64_t t0 = NowNs();
+    uint64_t t0 = MonotonicNs();
     if (job->write_value >= 0)
       *p = static_cast<uint8_t>(job->write_value);
     else
       job->checksum += *p;
-    job->latency_ns[i] = static_cast<double>(NowNs() - t0);
+    job->latency_ns[i] = static_cast<double>(MonotonicNs() - t0);
   }
   {
     std::lock_guard<std::mutex> lock(job->mu);
@@ -157,18 +146,7 @@ Napi::Value TouchStart(const Napi::CallbackInfo& info) {
   state->AddJoiner(job.get(), [weak, raw_env] {
     auto j = weak.lock();
     if (!j) return;
-    bool finished;
-    {
-      std::unique_lock<std::mutex> lock(j->mu);
-      finished = j->cv.wait_for(lock, kTeardownJoinBound, [&] { return j->finished; });
-      if (!finished) j->abandoned = true;
-    }
-    if (!finished) {
-      if (j->thread.joinable()) j->thread.detach();
-      return;  // pin kept: the mapping outlives the thread
-    }
-    if (j->thread.joinable()) j->thread.join();
-    Unpin(raw_env, j.get());
+    if (JoinWithinBound(j.get())) Unpin(raw_env, j.get());  // else the pin stays: the mapping outlives the thread
   });
   job->thread = std::thread(Run, job);
   return args::Result(env, 0);

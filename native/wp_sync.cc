@@ -16,6 +16,7 @@
 
 #include <memory>
 
+#include "clock.h"
 #include "addon_state.h"
 #include "args.h"
 #include "handles.h"
@@ -35,12 +36,6 @@ uint64_t BitOf(const Tracker* t, uint64_t page) {
   for (const Region& r : t->regions)
     if (page >= r.address && page - r.address < r.length) return r.first_bit + (page - r.address) / t->page_size;
   return UINT64_MAX;
-}
-
-uint64_t NowNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
 void Bump(Tracker* t, Status slot) { __atomic_fetch_add(&t->status[slot], 1, __ATOMIC_SEQ_CST); }
@@ -66,7 +61,7 @@ void Run(Tracker* t) {
       __atomic_store_n(&t->status[kFailure], errno, __ATOMIC_SEQ_CST);
       return;
     }
-    const uint64_t read_at = NowNs();
+    const uint64_t read_at = MonotonicNs();
     for (size_t i = 0; i < static_cast<size_t>(n) / sizeof(struct uffd_msg); i++) {
       const struct uffd_msg& m = msgs[i];
       if (m.event != UFFD_EVENT_PAGEFAULT || !(m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)) {
@@ -89,7 +84,7 @@ void Run(Tracker* t) {
       wp.mode = 0;  // clear the protection and wake the writer
       if (ioctl(t->uffd, uffd_abi::kWriteprotect, &wp) != 0 && errno != ENOENT)
         __atomic_store_n(&t->status[kFailure], errno, __ATOMIC_SEQ_CST);
-      const uint64_t waited = NowNs() - read_at;
+      const uint64_t waited = MonotonicNs() - read_at;
       t->served_ns_total.fetch_add(waited);
       uint64_t max = t->served_ns_max.load();
       while (waited > max && !t->served_ns_max.compare_exchange_weak(max, waited)) {

@@ -14,6 +14,8 @@
 #include <mutex>
 #include <thread>
 
+#include "clock.h"
+#include "teardown_join.h"
 #include "addon_state.h"
 #include "args.h"
 
@@ -48,8 +50,6 @@ struct WriterJob {
   bool abandoned = false;
 };
 
-constexpr auto kTeardownJoinBound = std::chrono::seconds(5);
-
 void Unpin(napi_env env, WriterJob* job) {
   if (job->pinned) {
     job->pinned = false;
@@ -59,12 +59,6 @@ void Unpin(napi_env env, WriterJob* job) {
     if (*ref) napi_delete_reference(env, *ref);
     *ref = nullptr;
   }
-}
-
-inline uint64_t NowNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
 inline void SleepNs(uint64_t ns) {
@@ -87,7 +81,7 @@ void Run(std::shared_ptr<WriterJob> job) {
   // Writes since the rate clock last restarted (it restarts after a pause,
   // so a paused writer does not catch up in a burst).
   uint64_t since_start = 0;
-  uint64_t started = NowNs();
+  uint64_t started = MonotonicNs();
   for (;;) {
     int32_t command = __atomic_load_n(&ctl[kCommand], __ATOMIC_SEQ_CST);
     if (command == kStop) break;
@@ -96,13 +90,13 @@ void Run(std::shared_ptr<WriterJob> job) {
       __atomic_store_n(&ctl[kPaused], 1, __ATOMIC_SEQ_CST);
       SleepNs(100000);
       since_start = 0;
-      started = NowNs();
+      started = MonotonicNs();
       continue;
     }
     __atomic_store_n(&ctl[kPaused], 0, __ATOMIC_SEQ_CST);
     if (job->writes_per_second > 0) {
       double due_ns = static_cast<double>(since_start) / job->writes_per_second * 1e9;
-      double elapsed_ns = static_cast<double>(NowNs() - started);
+      double elapsed_ns = static_cast<double>(MonotonicNs() - started);
       if (due_ns > elapsed_ns) {
         // Short naps, so a pause or stop is seen within a millisecond.
         SleepNs(static_cast<uint64_t>(due_ns - elapsed_ns < 1e6 ? due_ns - elapsed_ns : 1e6));
@@ -112,7 +106,7 @@ void Run(std::shared_ptr<WriterJob> job) {
       // a cap, not a debt, so a stalled writer does not burst to catch up.
       if (elapsed_ns > due_ns + 1e7) {
         since_start = 0;
-        started = NowNs();
+        started = MonotonicNs();
       }
     }
     uint32_t page;
@@ -194,18 +188,7 @@ Napi::Value WriterStart(const Napi::CallbackInfo& info) {
     auto j = weak.lock();
     if (!j) return;
     __atomic_store_n(&j->control[kCommand], static_cast<int32_t>(kStop), __ATOMIC_SEQ_CST);
-    bool finished;
-    {
-      std::unique_lock<std::mutex> lock(j->mu);
-      finished = j->cv.wait_for(lock, kTeardownJoinBound, [&] { return j->finished; });
-      if (!finished) j->abandoned = true;
-    }
-    if (!finished) {
-      if (j->thread.joinable()) j->thread.detach();
-      return;  // pin kept: the mapping outlives the thread
-    }
-    if (j->thread.joinable()) j->thread.join();
-    Unpin(raw_env, j.get());
+    if (JoinWithinBound(j.get())) Unpin(raw_env, j.get());  // else the pin stays: the mapping outlives the thread
   });
   job->thread = std::thread(Run, job);
   return args::Result(env, 0);

@@ -20,15 +20,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "../clock.h"
 #include "../uffd_abi.h"
 
 namespace bench {
-
-inline uint64_t NowNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 // Pins thread `tid` (0: the caller) to `cpu`; cpu < 0 means every online
 // CPU (undo an earlier pin).
@@ -101,7 +96,7 @@ inline uint8_t* MapView(const FilledMemfd& mem, bool random_advice) {
 }
 
 // The benchmark's one toucher: touches the first byte of each listed page,
-// timing each touch with NowNs (the benchmark's one clock). When `cpus` is
+// timing each touch with MonotonicNs (native/clock.h, the one clock). When `cpus` is
 // given, the CPU the thread ran on right after each touch goes there (read
 // outside the timed region), so placement can be told per fault.
 inline uint64_t TimedTouches(const uint8_t* base, size_t page_size, const uint32_t* order, size_t count, double* latency_ns,
@@ -109,9 +104,9 @@ inline uint64_t TimedTouches(const uint8_t* base, size_t page_size, const uint32
   uint64_t sum = 0;
   for (size_t i = 0; i < count; i++) {
     const volatile uint8_t* p = base + static_cast<size_t>(order[i]) * page_size;
-    uint64_t t0 = NowNs();
+    uint64_t t0 = MonotonicNs();
     sum += *p;
-    latency_ns[i] = static_cast<double>(NowNs() - t0);
+    latency_ns[i] = static_cast<double>(MonotonicNs() - t0);
     if (cpus) cpus[i] = sched_getcpu();
   }
   return sum;
@@ -141,7 +136,7 @@ struct TouchGroup {
   std::vector<std::vector<double>> latency;
   std::vector<std::vector<int32_t>> touch_cpus;
   std::vector<uint64_t> sums;
-  uint64_t start_ns = 0;  // NowNs when the touchers were started (a restore's guest reports its end as start + wall)
+  uint64_t start_ns = 0;  // MonotonicNs when the touchers were started (a restore's guest reports its end as start + wall)
   uint64_t wall_ns = 0;
 
   // Runs every toucher to completion on `base`; returns the sum of the bytes read.
@@ -153,7 +148,7 @@ struct TouchGroup {
     cpus.resize(threads, -1);
     std::atomic<size_t> ready{0};
     std::vector<std::thread> touchers;
-    uint64_t t0 = NowNs();
+    uint64_t t0 = MonotonicNs();
     start_ns = t0;
     for (size_t t = 0; t < threads; t++) {
       latency[t].resize(orders[t].size());
@@ -166,7 +161,7 @@ struct TouchGroup {
       });
     }
     for (auto& th : touchers) th.join();
-    wall_ns = NowNs() - t0;
+    wall_ns = MonotonicNs() - t0;
     uint64_t sum = 0;
     for (uint64_t s : sums) sum += s;
     return sum;
@@ -234,12 +229,12 @@ inline int ServeUffd(int uffd, uint64_t spin_ns, const std::atomic<bool>& stop, 
     ssize_t n = read(uffd, msgs, sizeof(msgs));
     if (n > 0) {
       on_batch(msgs, static_cast<size_t>(n) / sizeof(msgs[0]));
-      if (spin_ns) spin_until = NowNs() + spin_ns;
+      if (spin_ns) spin_until = MonotonicNs() + spin_ns;
       continue;
     }
     if (n < 0 && errno != EAGAIN && !error) error = -errno;
     if (spin_ns == 0) continue;
-    if (NowNs() < spin_until) {
+    if (MonotonicNs() < spin_until) {
       CpuRelax();
       continue;
     }

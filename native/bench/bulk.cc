@@ -35,9 +35,9 @@ Napi::Value Bulk(const Napi::CallbackInfo& info) {
     int uffd;
     Napi::Value failed = bench::MapRegisteredView(env, mem, false, huge, &view, &uffd);
     if (!failed.IsUndefined()) return failed;
-    uint64_t t0 = bench::NowNs();
+    uint64_t t0 = MonotonicNs();
     int64_t mapped = bench::ContinueRange(uffd, reinterpret_cast<uintptr_t>(view), mem.length());
-    uint64_t t1 = bench::NowNs();
+    uint64_t t1 = MonotonicNs();
     if (mapped != static_cast<int64_t>(mem.length())) {
       close(uffd);
       munmap(view, mem.length());
@@ -52,9 +52,9 @@ Napi::Value Bulk(const Napi::CallbackInfo& info) {
     for (int random = 0; random < 2; random++) {
       view = bench::MapView(mem, random == 1);
       if (!view) return bench::Errno(env, -errno, "mmap");
-      t0 = bench::NowNs();
+      t0 = MonotonicNs();
       rc = madvise(view, mem.length(), 22 /* MADV_POPULATE_READ */) == 0 ? 0 : -errno;
-      t1 = bench::NowNs();
+      t1 = MonotonicNs();
       if (rc < 0) {
         munmap(view, mem.length());
         return bench::Errno(env, rc, "MADV_POPULATE_READ");

@@ -180,7 +180,7 @@ Napi::Value RestoreStart(const Napi::CallbackInfo& info) {
   r->state.reset(new std::atomic<uint8_t>[r->pages]);
   for (size_t p = 0; p < r->pages; p++) r->state[p].store(kAbsent, std::memory_order_relaxed);
 
-  r->start_ns = bench::NowNs();
+  r->start_ns = MonotonicNs();
   r->handler = std::thread([r] {
     uint64_t cpu0 = bench::ThreadCpuNs();
     int error = bench::ServeUffd(r->uffd, 0, r->stop, [r](const struct uffd_msg* msgs, size_t count) { Serve(r, msgs, count); });
@@ -188,7 +188,7 @@ Napi::Value RestoreStart(const Napi::CallbackInfo& info) {
     r->cpu_ns = bench::ThreadCpuNs() - cpu0;
   });
   Prefetch(r, list.data(), list.size());
-  r->prefetch_ns = bench::NowNs() - r->start_ns;
+  r->prefetch_ns = MonotonicNs() - r->start_ns;
 
   Napi::Object result = Napi::Object::New(env);
   result.Set("handle", Napi::External<Restore>::New(env, r, Finalize));
@@ -254,7 +254,7 @@ Napi::Value PageDigest(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Now(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), static_cast<double>(bench::NowNs()));
+  return Napi::Number::New(info.Env(), static_cast<double>(MonotonicNs()));
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // The benchmark's touchers, all built on bench::TimedTouches (one toucher,
-// one clock, NowNs): touchHere times touches on the calling thread itself
+// one clock, MonotonicNs): touchHere times touches on the calling thread itself
 // (the main thread or a worker faulting while some other thread handles the
 // fault); touch starts N native threads (bench::TouchGroup, as the C
 // reference does) and settles a promise when they are done, leaving the
@@ -86,9 +86,9 @@ Napi::Value TouchHere(const Napi::CallbackInfo& info) {
   if (!bench::PageList(info, info[2], buffer.ByteLength() / page_size, &order)) return env.Undefined();
   std::vector<double> latency(order.size());
   std::vector<int32_t> cpus(order.size());
-  uint64_t t0 = bench::NowNs();
+  uint64_t t0 = MonotonicNs();
   uint64_t sum = bench::TimedTouches(static_cast<const uint8_t*>(buffer.Data()), page_size, order.data(), order.size(), latency.data(), cpus.data());
-  uint64_t wall = bench::NowNs() - t0;
+  uint64_t wall = MonotonicNs() - t0;
   Napi::Object result = Napi::Object::New(env);
   result.Set("latencyNs", bench::ToArray(env, latency));
   result.Set("touchCpus", bench::ToArray(env, cpus));
