@@ -306,13 +306,13 @@ async function libraryRestore(mode: RestoreMode, env: RestoreEnv, mem: Memfd, gu
     if (!env.caps.replay) throw new Error(`${NOT_AVAILABLE}${env.caps.reason}`);
     const file = env.recordings.get(rec)?.file;
     if (!file) throw new Error(`no ${rec} recording file`);
-    // The content is an image at hand, so the replay reads whole runs from it
-    // (one write and one CONTINUE per run, as the C reference does) instead
-    // of calling fetch per page; replayed from the start, as a restore that
-    // resumes the guest at once.
+    // The content is a local image, so the replay copies whole runs from its
+    // file on native threads (one copy and one CONTINUE per run, as the C
+    // reference does) instead of calling fetch per page; replayed from the
+    // start, as a restore that resumes the guest at once.
     prefetch = {
       pages: readWorkingSet(file).entries.map((e) => e.page),
-      read: (offset, length) => image.subarray(offset, offset + length),
+      file: { fd: env.image.fd },
       start: 'now',
     };
   }
