@@ -282,14 +282,6 @@ async function cRestore(mode: RestoreMode, env: RestoreEnv, mem: Memfd, guest: G
 
 const CONCURRENT: RestoreMode[] = ['replay-concurrent', 'replay-mismatch'];
 
-async function replayDone(handler: FaultHandler): Promise<void> {
-  for (;;) {
-    const state = handler.stats().workingSet?.replay.state;
-    if (state !== 'waiting' && state !== 'running') return;
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-}
-
 async function libraryRestore(mode: RestoreMode, env: RestoreEnv, mem: Memfd, guest: Guest, expectedDigest: string,
   opts: { recordTo?: string }): Promise<RestoreRep> {
   const uffd = Userfaultfd.fromFd(guest.uffdFd);
@@ -335,7 +327,8 @@ async function libraryRestore(mode: RestoreMode, env: RestoreEnv, mem: Memfd, gu
     // As the C reference does: the recorded pages first, then the guest
     // resumes. The concurrent rows resume it at once, the replay racing its
     // faults (demand first): a wrong recording then costs little.
-    if (rec && !CONCURRENT.includes(mode)) await replayDone(handler);
+    // Awaited, not polled: a loop spinning on setImmediate would take a CPU from the replay's threads.
+    if (rec && !CONCURRENT.includes(mode)) await handler.replayFinished;
     const goAt = bench.now();
     const done = await guest.go();
     await handler.stop();
