@@ -31,7 +31,7 @@ export type { SourceOptions, SourceStats } from './migration/source';
 export type { ImageSource } from './migration/image';
 export type { LiveMode, LiveRange, LiveSourceOptions, LiveStats } from './migration/live';
 export { MigrationDestination } from './migration/destination';
-export type { DestinationOptions, DestinationStats, GuestView, FailurePolicy } from './migration/destination';
+export type { DestinationOptions, DestinationStats, GuestView, FailurePolicy } from './migration/destination-options';
 export { PROTOCOL_VERSION, crc32 } from './migration/protocol';
 export type { MigrationAuth, MigrationTls } from './migration/auth';
 export { sendGuestMemory, receiveGuestMemory } from './migration/handoff';

@@ -1,7 +1,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { totalmem } from 'node:os';
 
-import { MADVISE, Advice, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MAP_PRIVATE, MAP_SHARED, MFD_HUGE_SHIFT, PROT_READ, PROT_WRITE } from './constants';
+import { MADVISE, Advice, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE } from './constants';
 import { trace } from './debug';
 import { UffdError, argRangeError, argValueError, check, checkValue, closedError, deadlockError, stateError } from './errors';
 import { FEATURES } from './constants';

@@ -18,7 +18,7 @@ import { Replayer, RunReader, checkPrefetchSource, claimRun, loadReplayPages } f
 import { FetchQueue, Pending } from './fetch-queue';
 import { PolicyCounts, handlerStats, newPolicyCounts } from './stats';
 import type {
-  AttachOptions, ErrorAction, Fault, FaultHandlerOptions, FaultHandlerStats, FetchContext, LoopThreadFaultAction, ViewRange,
+  AttachOptions, ErrorAction, Fault, FaultHandlerOptions, FaultHandlerStats, LoopThreadFaultAction, ViewRange,
 } from './types';
 
 export type {

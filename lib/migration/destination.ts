@@ -44,112 +44,12 @@ import { Userfaultfd } from '../userfaultfd';
 import * as v from '../validate';
 import { SessionWorkingSetOptions, WorkingSetRecordTarget, recordTarget, recorderFor } from '../working-set/options';
 import type { WorkingSetRecorder } from '../working-set/recorder';
-import { ReplayStats, RequestedReplay, SessionReplay, loadReplayPages, sessionReplay } from '../working-set/replay';
-import { CheckedAuth, MigrationAuth, authError, checkAuth, connect, nonce, proof, proofHolds } from './auth';
-import { Frame, FrameDecoder, PRIORITY, PROTOCOL_VERSION, encodeAuth, encodeCredit, encodeError, encodeRequest, protocolError } from './protocol';
+import { RequestedReplay, SessionReplay, loadReplayPages, sessionReplay } from '../working-set/replay';
+import { CheckedAuth, authError, checkAuth, connect, nonce, proof, proofHolds } from './auth';
+import { Frame, FrameDecoder, PROTOCOL_VERSION, encodeAuth, encodeCredit, encodeError, protocolError } from './protocol';
+import { PageRequests } from './requests';
 
-/** A guest view of the memfd: where it is mapped in the guest process, and which part of the memfd it shows. */
-export interface GuestView {
-  /** Start address in the process that registered it (the guest). */
-  address: number;
-  length: number;
-  /** Offset in the memfd of the view's first byte. Default 0. */
-  offset?: number;
-}
-
-/**
- * What to do with the guest when the migration fails (connection lost, bad
- * frame, error from the source). In both cases every blocked faulter is woken
- * and the views are unregistered, so nobody stays asleep.
- * - `'poison'` (default): pages not received are poisoned (UFFDIO_POISON);
- *   touching one raises SIGBUS in the guest. Received pages stay usable. Loud.
- * - `'zero'`: pages not received read as zeros afterwards. Silent data loss;
- *   only for caches that can tolerate it.
- */
-export type FailurePolicy = 'poison' | 'zero';
-
-/**
- * Options of {@link MigrationDestination.connect}. `token` and `tls` must
- * match the source's: a source that cannot prove it holds the token, or
- * whose certificate does not chain to `tls.ca`, is refused.
- */
-export interface DestinationOptions extends MigrationAuth {
-  /** The userfaultfd on which the guest views are registered MISSING|MINOR (possibly received from the guest). */
-  uffd: Userfaultfd;
-  /** The memfd that backs guest memory (pages land here). */
-  memfd: Memfd;
-  /** The registered guest views (Mappings of this process, or ranges in the guest's process). */
-  views: readonly (GuestView | Mapping)[];
-  /** An already connected socket to the source, or host/port to connect to. */
-  socket?: net.Socket;
-  host?: string;
-  port?: number;
-  /** See {@link FailurePolicy}. Default `'poison'`. */
-  onFailure?: FailurePolicy;
-  /**
-   * How faults are served (see FaultHandler): `'event-loop'` (default) or
-   * `'native'`, where a native thread maps pages already present without
-   * JavaScript (the uffd must have the `threadId` feature).
-   */
-  mode?: 'event-loop' | 'native';
-  /** Map received pages into every view at once (fewer later faults). Default true. */
-  mapReceived?: boolean;
-  /** After a demand fault on page N, also ask (at prefetch priority) for this many pages after it. Default 0. (Was `readahead`.) */
-  prefetch?: number;
-  /**
-   * Pushed batches allowed in flight (sent but not yet written here). Small
-   * keeps demand answers from queueing behind pushed data; large keeps a
-   * long fat network busy. Default 4.
-   */
-  pushWindow?: number;
-  /** Unregister the views once every page is in, so later touches are plain page faults. Default true. */
-  unregisterWhenDone?: boolean;
-  signal?: AbortSignal;
-  /**
-   * Working sets (docs/working-set.md). `record`: record the guest's demand
-   * faults (pages it touched before they arrived), first touch first, and
-   * write them to this file when the migration ends, done or failed (page
-   * index = memfd offset / page size, region 0). The directory must exist.
-   * A failure to write it rejects `done` even after a complete migration.
-   * `replay`: right after the hello (`start: 'now'`, the default here; or
-   * at the first demand fault), ask the source for the pages of this
-   * recorded set, first touch first, in contiguous runs at prefetch
-   * priority: the source answers demand requests before them. A set that
-   * cannot be read or was recorded for another memfd size warns and is ignored.
-   */
-  workingSet?: SessionWorkingSetOptions;
-}
-
-/** What a destination did. */
-export interface DestinationStats {
-  pageCount: number;
-  pageSize: number;
-  /** Pages received in answer to a request. */
-  pagesOnDemand: number;
-  /** Pages received from the background push. */
-  pagesPushed: number;
-  /** Pages that arrived while already present (ignored; never written). */
-  pagesIgnored: number;
-  /** Live sources: pre-copy rounds received. */
-  rounds: number;
-  /** Live sources: pages replaced by update batches before the guest ran here. */
-  pagesUpdated: number;
-  /** Hybrid: pages dropped at the switch-over (written at the source after they were sent), fetched again. */
-  pagesStale: number;
-  /** Pagefault events read. */
-  faults: number;
-  /** Pages the fault handler had to fetch (each one waited for the network). */
-  demandFaults: number;
-  /** Per page fetched on demand: milliseconds from the fetch (just after the fault was read) to the page being in place. */
-  faultLatencyMs: number[];
-  /** The fault handler's own counters and latency percentiles (every resolved fault, present or fetched). */
-  handler?: FaultHandlerStats;
-  bytesReceived: number;
-  /** Milliseconds from hello to the last page. */
-  durationMs: number;
-  /** With `workingSet.replay`: the replay's counters (`touched` is not measured here). */
-  workingSet?: { replay: ReplayStats };
-}
+import type { DestinationOptions, DestinationStats, FailurePolicy } from './destination-options';
 
 interface View {
   address: number;
@@ -190,25 +90,19 @@ export class MigrationDestination implements Disposable {
   readonly #mapReceived: boolean;
   readonly #prefetch: number;
   readonly #pushWindow: number;
-  #creditOwed = 0;
   readonly #unregisterWhenDone: boolean;
   readonly #pageSize: number;
   #pageCount = 0;
   readonly #handler: FaultHandler;
   /** The handler's present-page bitmap: the one truth about which pages hold their content. */
   readonly #present: PresentPages;
-  /** Per page: 1 asked at demand priority, 2 asked as prefetch only; cleared when the page arrives. */
-  #requested = new Uint8Array(0);
+  readonly #requests: PageRequests;
   /** Per page: 1 once it has arrived (a later fault on it means the guest lost it). */
   #received = new Uint8Array(0);
   #receivedCount = 0;
   /** The source said done while refetched pages were still on their way. */
   #doneSeen = false;
   #authenticated = false;
-  readonly #toDemand: number[] = [];
-  readonly #toRefetch: number[] = [];
-  readonly #toPrefetch: number[] = [];
-  #flushScheduled = false;
   /** Fetches waiting for their page to arrive, by page. */
   readonly #pending = new Map<number, { since: number; resolve: () => void; reject: (err: Error) => void }>();
   readonly #stats: DestinationStats;
@@ -239,6 +133,7 @@ export class MigrationDestination implements Disposable {
     this.#unregisterWhenDone = opts.unregisterWhenDone;
     this.#pageSize = opts.memfd.pageSize;
     this.#signal = opts.signal;
+    this.#requests = new PageRequests((frame) => this.#socket.write(frame), () => !this.#settled);
     this.#stats = {
       pageCount: 0, pageSize: this.#pageSize, pagesOnDemand: 0, pagesPushed: 0, pagesIgnored: 0, rounds: 0, pagesUpdated: 0, pagesStale: 0, faults: 0, demandFaults: 0,
       faultLatencyMs: [], bytesReceived: 0, durationMs: 0,
@@ -375,7 +270,7 @@ export class MigrationDestination implements Disposable {
             } else this.#onFrame(frame);
             if (this.#settled) return;
           }
-          this.#flushRequests();
+          this.#requests.flush();
         } catch (err) {
           this.#fail(err as Error);
         }
@@ -434,7 +329,7 @@ export class MigrationDestination implements Disposable {
         throw protocolError('ERR_MIGRATION_MISMATCH', `a guest view reaches page ${view.firstPage + view.pageCount}, the image has ${hello.pageCount}`);
     this.#pageCount = hello.pageCount;
     this.#stats.pageCount = hello.pageCount;
-    this.#requested = new Uint8Array(hello.pageCount);
+    this.#requests.reset(hello.pageCount);
     this.#received = new Uint8Array(hello.pageCount);
     this.#started = performance.now();
     if (hello.live) this.#beforeSwitchover = true;
@@ -510,7 +405,7 @@ export class MigrationDestination implements Disposable {
           throw protocolError('ERR_MIGRATION_BAD_FRAME', `batch of pages ${frame.firstPage}+${frame.pageCount} outside the image's ${this.#pageCount} pages`);
         if (frame.update) this.#onUpdate(frame.firstPage, frame.pageCount, frame.data);
         else this.#onBatch(frame.firstPage, frame.pageCount, frame.data, frame.demand);
-        if (!frame.demand) this.#creditOwed++;
+        if (!frame.demand) this.#requests.owePushCredit();
         return;
       case 'round':
         if (!this.#beforeSwitchover || this.#stopAndCopy) throw protocolError('ERR_MIGRATION_BAD_FRAME', `round ${frame.round} frame from a source that is not live, or after the switch-over`);
@@ -566,51 +461,10 @@ export class MigrationDestination implements Disposable {
         },
       });
     });
-    if (this.#received[page]) {
-      // Received once and lost since (MADV_REMOVE): the source must send it again.
-      this.#toRefetch.push(page);
-      this.#scheduleFlush();
-    } else if (this.#requested[page] !== 1) {
-      this.#requested[page] = 1;
-      this.#toDemand.push(page);
-      for (let p = page + 1; p <= page + this.#prefetch && p < this.#pageCount; p++) {
-        if (this.#present.has(p) || this.#requested[p]) continue;
-        this.#requested[p] = 2;
-        this.#toPrefetch.push(p);
-      }
-      this.#scheduleFlush();
-    }
+    // Received once and lost since (MADV_REMOVE): the source must send it again.
+    if (this.#received[page]) this.#requests.refetch(page);
+    else this.#requests.demand(page, this.#prefetch, (p) => this.#present.has(p));
     return waiting;
-  }
-
-  /** The handler calls fetch for each page of a batch of faults: send their requests together. */
-  #scheduleFlush(): void {
-    if (this.#flushScheduled) return;
-    this.#flushScheduled = true;
-    queueMicrotask(() => {
-      this.#flushScheduled = false;
-      this.#flushRequests();
-    });
-  }
-
-  /** Sends the requests gathered since the last flush, coalesced into runs of consecutive pages. */
-  #flushRequests(): void {
-    if (this.#settled) return;
-    if (this.#creditOwed) {
-      this.#socket.write(encodeCredit(this.#creditOwed));
-      this.#creditOwed = 0;
-    }
-    for (const [pages, priority] of [[this.#toRefetch, PRIORITY.refetch], [this.#toDemand, PRIORITY.demand], [this.#toPrefetch, PRIORITY.prefetch]] as const) {
-      if (pages.length === 0) continue;
-      const sorted = pages.splice(0).sort((x, y) => x - y);
-      let i = 0;
-      while (i < sorted.length) {
-        let j = i + 1;
-        while (j < sorted.length && sorted[j] === sorted[j - 1] + 1) j++;
-        this.#socket.write(encodeRequest(priority, sorted[i], j - i));
-        i = j;
-      }
-    }
   }
 
   #onBatch(first: number, count: number, data: Buffer, demand: boolean): void {
@@ -629,7 +483,7 @@ export class MigrationDestination implements Disposable {
       // Content first, then the bit: the engine maps whatever is marked.
       this.#present.mark(p * ps, (q - p) * ps);
       for (let r = p; r < q; r++) {
-        this.#requested[r] = 0;
+        this.#requests.arrived(r);
         if (!this.#received[r]) {
           this.#received[r] = 1;
           this.#receivedCount++;
@@ -665,11 +519,7 @@ export class MigrationDestination implements Disposable {
 
   /** Asks the source for the set's runs, first touch first, behind any demand. */
   #startReplay(): void {
-    const runs = this.#replay!.start((page) => this.#present.has(page) || this.#requested[page] !== 0);
-    for (const { first, count } of runs) {
-      this.#requested.fill(2, first, first + count);
-      this.#socket.write(encodeRequest(PRIORITY.prefetch, first, count));
-    }
+    this.#requests.prefetchRuns(this.#replay!.start((page) => this.#present.has(page) || this.#requests.pending(page)));
   }
 
   #refreshReplayStats(): void {

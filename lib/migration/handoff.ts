@@ -6,7 +6,7 @@ import { FdSocket } from '../fd-socket';
 import { Memfd } from '../memfd';
 import { Userfaultfd } from '../userfaultfd';
 import * as v from '../validate';
-import type { GuestView } from './destination';
+import type { GuestView } from './destination-options';
 
 const KIND = 'userfaultfd-guest-memory';
 const VERSION = 1;

@@ -1,15 +1,14 @@
 // Opening and the handshake (docs/kernel-behaviour.md, "Opening and the handshake"
 // and "Feature bits"): both ways in, the flags every uffd gets, the features
 // this kernel offers, and what happens when one is missing.
-import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { FEATURES, FeatureName, Memfd, PAGE_SIZE, Userfaultfd, probe } from '../../lib/index';
+import { FEATURES, FeatureName, PAGE_SIZE, Userfaultfd, probe } from '../../lib/index';
 import { native } from '../../lib/native';
-import { caps, itWith, root } from '../helpers';
+import { caps, itWith } from '../helpers';
 import { Closer, MmWorker, Pagefault, filledMemfd, pageByte, serve } from './support';
 
 const closer = new Closer();

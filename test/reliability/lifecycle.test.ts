@@ -4,7 +4,7 @@
 // Nothing may hang, crash, or leave a descriptor or a thread behind.
 import { spawn } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
-import { describe, expect, it } from 'vitest';
+import { describe, expect } from 'vitest';
 
 import { FaultHandler, FdSocket, Memfd, PAGE_SIZE, UffdError, Userfaultfd } from '../../lib/index';
 import { caps, distEntry, fixture, itWith, scaled, waitFor } from '../helpers';
