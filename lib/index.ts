@@ -36,8 +36,10 @@ export { PROTOCOL_VERSION, crc32 } from './migration/protocol';
 export type { MigrationAuth, MigrationTls } from './migration/auth';
 export { sendGuestMemory, receiveGuestMemory } from './migration/handoff';
 export type { GuestMemoryInfo, ReceivedGuestMemory } from './migration/handoff';
-export { FirecrackerPageServer, FirecrackerSession, parseFirecrackerRegions } from './migration/firecracker';
-export type { FirecrackerRegion, FirecrackerServerOptions, FirecrackerStats, FirecrackerFailureAction } from './migration/firecracker';
+export { FirecrackerPageServer, FirecrackerSession } from './migration/firecracker';
+export { parseFirecrackerRegions } from './migration/firecracker-protocol';
+export type { FirecrackerServerOptions, FirecrackerStats, FirecrackerFailureAction } from './migration/firecracker';
+export type { FirecrackerRegion } from './migration/firecracker-protocol';
 export { WorkingSetRecorder, readWorkingSet, writeWorkingSet, encodeWorkingSet, decodeWorkingSet, pageRuns, mergeWorkingSets, similarity, WORKING_SET_VERSION } from './working-set';
 export type {
   WorkingSet, WorkingSetEntry, WorkingSetRecorderOptions, WorkingSetStopRules, WorkingSetStopReason, TouchKind, MergeOptions, Similarity,
