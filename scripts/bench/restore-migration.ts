@@ -69,14 +69,20 @@ export async function migrationRestore(env: RestoreEnv, mem: Memfd, guest: Guest
     const handler = dest.faultStats();
     const prefetched = stats.workingSet?.replay.prefetched ?? 0;
     if (failedEarly) throw failedEarly;
-    dest.close();
+    await closeDestination(dest);
     await guest.finish();
     return finishRep(done, t0, goAt, expectedDigest, env.trace.order.length, {
       faults: handler.faults, demandFetches: stats.demandFaults, prefetched, bytesMoved: (stats.pagesOnDemand + stats.pagesPushed) * mem.pageSize,
       resolvedAll: handler.errors === 0 && handler.resolved >= handler.faults - handler.untracked,
     });
   } finally {
-    dest?.close();
+    if (dest) await closeDestination(dest);
     uffd.close();
   }
+}
+
+/** Gives the migration up (the guest is done or failed) and waits, bounded, until the destination has stopped serving its uffd. */
+async function closeDestination(dest: MigrationDestination): Promise<void> {
+  dest.close();
+  await withTimeout(dest.done.then(() => undefined, () => undefined), 10_000, 'migration destination close').catch(() => undefined);
 }
