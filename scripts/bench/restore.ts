@@ -4,6 +4,9 @@
 // moment the page server starts to the moment the guest's touchers are done
 // (one clock, CLOCK_MONOTONIC, read in both processes). Each repetition
 // checks the guest's digest of every page it touched against the image.
+// The memfd rows are here; the one-fd rows in restore-firecracker.ts, the
+// migration rows in restore-migration.ts, the C reference's driver in
+// restore-c.ts, the guest process in restore-process.ts.
 import { join } from 'node:path';
 
 import { Fault, FaultHandler, Memfd, Mapping, PAGE_SIZE, PrefetchSource, Userfaultfd } from '../../lib/index';
@@ -45,7 +48,8 @@ export const RESTORE_MODES: RestoreMode[] = [
 
 /**
  * The guest's memory and who serves it: `memfd`, a MISSING|MINOR memfd view
- * served by a FaultHandler (Firecracker's three-fd backend works this way);
+ * (the kind of memory of Firecracker's three-fd backend) served by a
+ * FaultHandler;
  * `one-fd`, anonymous memory registered MISSING served by the
  * FirecrackerPageServer with UFFDIO_COPY (Firecracker's one-fd backend);
  * `migration`, a memfd view served by a MigrationDestination from a
@@ -175,7 +179,6 @@ export function probeRestoreLibrary(): LibraryRestoreCaps {
 
 /** The error of a row the library cannot run yet starts so. */
 export const NOT_AVAILABLE = 'not available: ';
-
 
 /** An image of random bytes (a memfd), `pages` pages. */
 export function randomImage(bytes: number): { image: Memfd; view: Mapping } {
