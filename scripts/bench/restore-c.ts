@@ -17,8 +17,6 @@ export interface CRestoreOptions {
   imageFd: number;
   /** Pages to copy and map before the guest goes (empty: on demand only). */
   prefetch: Uint32Array;
-  /** When the restore's clock started, if before the C reference's own start (the guest's hand-off). */
-  t0?: number;
   expectedDigest: string;
   traceLength: number;
 }
@@ -37,7 +35,7 @@ export async function cRestore(guest: Guest, o: CRestoreOptions): Promise<Restor
     const counts = bench.cRestoreStop(started.handle);
     await guest.finish();
     const notes = [counts.error ? `handler errno ${-counts.error}` : '', counts.prefetchError ? `prefetch errno ${-counts.prefetchError}` : ''].filter(Boolean).join('; ');
-    return finishRep(done, o.t0 ?? started.startNs, goAt, o.expectedDigest, o.traceLength, {
+    return finishRep(done, started.startNs, goAt, o.expectedDigest, o.traceLength, {
       faults: counts.messages, demandFetches: counts.fetched, prefetched: counts.prefetched, bytesMoved: counts.bytesMoved,
       resolvedAll: !counts.error && !counts.prefetchError && counts.resolved + counts.existed >= counts.messages, note: notes || undefined,
     });

@@ -4,9 +4,12 @@
 // FirecrackerPageServer gets the guest's uffd as Firecracker hands it over
 // (a connection to its socket, the region message with the uffd attached);
 // the C reference (native/bench/restore.cc, copy mode) gets it over the
-// guest's socket. Either way the clock starts when the guest hands its uffd
-// over. A replay copies the recorded runs (COPY with DONTWAKE, one wake)
-// before the guest goes, as the memfd rows' replay does.
+// guest's socket. The library's clock starts when the guest hands its uffd
+// over, so its session start (connection, handshake, engine) is in its
+// time; the C reference's when it starts serving, its image mapped and its
+// page tables filled beforehand, as in the memfd rows. A replay copies the
+// recorded runs (COPY with DONTWAKE, one wake) before the guest goes, as
+// the memfd rows' replay does.
 import { closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -24,11 +27,11 @@ export async function oneFdRestore(mode: RestoreMode, env: RestoreEnv, spec: Tra
   const guest = await startGuest({ anonymous: env.image.size }, spec);
   try {
     if (mode.startsWith('c-')) {
-      const t0 = await guest.handOff('socket');
+      await guest.handOff('socket');
       const imageFd = openSync(env.imageFile, 'r');
       try {
         return await cRestore(guest, {
-          pageSize: PAGE_SIZE, fill: 'copy', memfdFd: -1, imageFd, prefetch: recording?.pages ?? new Uint32Array(0), t0,
+          pageSize: PAGE_SIZE, fill: 'copy', memfdFd: -1, imageFd, prefetch: recording?.pages ?? new Uint32Array(0),
           expectedDigest, traceLength: env.trace.order.length,
         });
       } finally {
