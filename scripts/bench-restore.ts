@@ -1,7 +1,10 @@
 // `npm run bench:restore`: restoring a snapshot image into a guest process
 // on demand, by replaying a recorded working set, and by an eager copy,
 // served by the library and by a C reference page server measured
-// interleaved with it in the same run. See docs/working-set.md.
+// interleaved with it in the same run: into a memfd view (MINOR, the
+// FaultHandler), into anonymous memory (Firecracker's one-fd backend, the
+// FirecrackerPageServer), and by post-copy migration over loopback. See
+// docs/working-set.md.
 //
 //   npm run bench:restore -- [--quick | --smoke] [--json FILE] [--markdown [FILE]] [--docs] [--check] [--seed N] [--size MiB] [--reps N]
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -16,8 +19,9 @@ import { bench } from './bench/native';
 import { replaceBetweenMarkers, writeFileAtomic } from './bench/output';
 import { Machine, Table, interval, machineLine, renderMarkdown, renderText, targetLines } from './bench/report';
 import {
-  NOT_AVAILABLE, RECORDING_OF, RESTORE_LABEL, RESTORE_MODES, Recording, RecordingName, RestoreEnv, RestoreMode, RestoreRep, prefetchQuality, probeRestoreLibrary, randomImage, runRestore,
+  EAGER_MODES, NOT_AVAILABLE, RECORDING_OF, RESTORE_LABEL, RESTORE_MODES, Recording, RecordingName, RestoreEnv, RestoreMode, RestoreRep, prefetchQuality, probeRestoreLibrary, randomImage, runRestore,
 } from './bench/restore';
+import { startSource } from './bench/restore-migration';
 import { TraceSpec, restoreTrace } from './bench/restore-trace';
 import { BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Interval, median, medianInterval } from './bench/stats';
 
@@ -148,7 +152,7 @@ function rowOf(mode: RestoreMode, list: (RestoreRep | null)[], env: RestoreEnv, 
   const med = (f: (r: RestoreRep) => number) => (got.length ? median(got.map(f)) : 0);
   const rec = RECORDING_OF[mode];
   const recording = rec ? env.recordings.get(rec) : undefined;
-  const q = recording ? prefetchQuality(recording.pages, env.trace.order) : mode === 'eager' ? { precision: env.trace.order.length / pages, recall: 1 } : null;
+  const q = recording ? prefetchQuality(recording.pages, env.trace.order) : EAGER_MODES.includes(mode) ? { precision: env.trace.order.length / pages, recall: 1 } : null;
   const notes = [...new Set(got.map((r) => r.note).filter(Boolean))];
   const available = !(error ?? '').startsWith(NOT_AVAILABLE);
   return {
@@ -195,6 +199,19 @@ function analyse(rows: RestoreRow[]): { ratios: RestoreRatio[]; targets: Target[
     ratio('replay vs eager: eager time / replay time (matching recording)', 'eager', 'replay'),
     ratio('recording overhead: on-demand time with recording / without', 'on-demand+record', 'on-demand'),
     ratio('mismatched recording: replay while the guest runs (another program\'s recording) / on-demand time', 'replay-mismatch', 'on-demand'),
+    ratio('one-fd: library replay time / C replay time (matching recording)', 'fc-replay', 'c-fc-replay'),
+    ratio('one-fd: library replay time / C replay time (recording of another run)', 'fc-replay-varying', 'c-fc-replay-varying'),
+    ratio('one-fd: library on-demand time / C on-demand time', 'fc-on-demand', 'c-fc-on-demand'),
+    ratio('one-fd replay speedup: on-demand time / replay time (matching recording)', 'fc-on-demand', 'fc-replay'),
+    ratio('one-fd replay speedup: on-demand time / replay time (recording of another run)', 'fc-on-demand', 'fc-replay-varying'),
+    ratio('one-fd C replay speedup: C on-demand time / C replay time (matching recording)', 'c-fc-on-demand', 'c-fc-replay'),
+    ratio('one-fd demand faults left: replay faults / on-demand faults (matching recording)', 'fc-replay', 'fc-on-demand', 'faults'),
+    ratio('one-fd replay vs eager: eager time / replay time (matching recording)', 'fc-eager', 'fc-replay'),
+    ratio('one-fd vs memfd: library one-fd on-demand time / library on-demand time', 'fc-on-demand', 'on-demand'),
+    ratio('migration replay speedup: on-demand time / replay time (matching recording)', 'mig-on-demand', 'mig-replay'),
+    ratio('migration replay speedup: on-demand time / replay time (recording of another run)', 'mig-on-demand', 'mig-replay-varying'),
+    ratio('migration demand faults left: replay faults / on-demand faults (matching recording)', 'mig-replay', 'mig-on-demand', 'faults'),
+    ratio('migration vs local image: migration on-demand time / library on-demand time', 'mig-on-demand', 'on-demand'),
   ];
   const find = (a: RestoreMode, b: RestoreMode, metric = 'time') => ratios.find((r) => r.of[0] === a && r.of[1] === b && r.metric === metric)!;
   const check = (r: RestoreRatio) => ({ row: `${r.of[0]}/${r.of[1]}`, interval: r.interval });
@@ -209,6 +226,8 @@ function analyse(rows: RestoreRow[]): { ratios: RestoreRatio[]; targets: Target[
     makeTarget('demand faults left by replay, matching recording (cut >= 90%)', 0.1, false, [check(find('replay', 'on-demand', 'faults'))], why('replay', 'on-demand')),
     makeTarget('recording overhead on on-demand restore time', 1.05, false, [check(find('on-demand+record', 'on-demand'))], why('on-demand+record')),
     makeTarget('replay of another program\'s recording (while the guest runs) vs on-demand', 1.1, false, [check(find('replay-mismatch', 'on-demand'))], why('replay-mismatch')),
+    makeTarget('one-fd: library replay time vs C replay', 1.5, false, [check(find('fc-replay', 'c-fc-replay')), check(find('fc-replay-varying', 'c-fc-replay-varying'))], why('fc-replay', 'fc-replay-varying')),
+    makeTarget('one-fd replay speedup over one-fd on-demand, matching recording', 5, true, [check(find('fc-on-demand', 'fc-replay'))], why('fc-replay', 'fc-on-demand')),
   ];
   return { ratios, targets };
 }
@@ -243,6 +262,10 @@ function headerLines(report: RestoreReport): string[] {
     `Image: ${mib(o.imageBytes)} MiB of random bytes in a memfd (${o.smoke ? '--smoke' : o.quick ? '--quick' : 'default'} run), ${t.pages} pages of ${report.machine.pageSize} B; `
       + `guest: a process with ${t.touchers} native toucher threads over a MISSING|MINOR view of a fresh memfd, touching ${t.touched} pages `
       + `(working set ${t.fixedPages} pages = ${Math.round(t.fixed * 100)}%, seed ${t.program}; varying part ${t.varyingPages} = ${Math.round(t.varying * 100)}%, seed ${t.run}), every byte of them checked against the image.`,
+    'Modes: "library"/"C reference" rows serve that memfd view (MINOR: pwrite + CONTINUE); "one-fd" rows are Firecracker\'s one-fd backend: the guest\'s memory is private anonymous memory registered MISSING, '
+      + 'served from the image written to a snapshot file with UFFDIO_COPY by the library\'s FirecrackerPageServer (the guest connects and hands over its uffd as Firecracker does: its time counts from the hand-off) or by the C reference; '
+      + '"migration over loopback" rows: a MigrationSource in a process of its own serves the image over TCP on 127.0.0.1 (demand and prefetch requests only, no background push) to a MigrationDestination serving the memfd guest, '
+      + 'which resumes once the destination has the source\'s hello; there is no C reference for migration.',
     `Time = page server start to the guest's touchers done (CLOCK_MONOTONIC in both processes); ${o.reps} rounds, every scenario once per round in a rotated order; library handler mode ${o.handlerMode}.`,
     `Recordings (each from a restore of its own trace, on demand, with the library's WorkingSetRecorder): ${report.recordings.map((r) => `${r.name} (program ${r.program}, run ${r.run}: ${r.pages} pages, precision ${pct(r.precision)}, recall ${pct(r.recall)})`).join('; ')}.`,
     `Ratios: median over the rounds of the per-round ratio; [95%] = percentile bootstrap over the rounds (${o.bootstrap.resamples} resamples, seed ${o.bootstrap.seed}). A target is met when its whole interval is on the right side, MISSED when all of it is on the wrong side, otherwise inconclusive.`,
@@ -283,10 +306,14 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'uffd-restore-bench-'));
   process.stderr.write(`bench:restore: ${imageMiB} MiB image, ${reps} rounds\n`);
   const { image, view } = randomImage(imageBytes);
+  const imageFile = join(dir, 'snapshot.mem');
+  writeFileSync(imageFile, new Uint8Array(view.buffer));
+  const source = await startSource(image);
   const trace = restoreTrace(spec);
   const digest = (s: TraceSpec) => bench.pageDigest(view.buffer, pageSize, restoreTrace(s).order);
   const env: RestoreEnv = {
     image, imageView: view, spec, trace, expectedDigest: digest(spec), recordings: new Map(), caps: probeRestoreLibrary(), handlerMode: HANDLER_MODE, dir,
+    imageFile, sourcePort: source.port,
   };
   const measured = new Map<RestoreMode, (RestoreRep | null)[]>(RESTORE_MODES.map((m) => [m, []]));
   const errors = new Map<RestoreMode, string>();
@@ -340,6 +367,7 @@ async function main(): Promise<void> {
   } catch (err) {
     failure = err as Error;
   } finally {
+    source.close();
     view.unmap();
     image.close();
     rmSync(dir, { recursive: true, force: true });

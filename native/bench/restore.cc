@@ -1,19 +1,23 @@
 // The C reference of a snapshot restore (npm run bench:restore): a
-// hand-written page server for a guest process's memfd view, registered
-// MISSING|MINOR by the guest, whose uffd the benchmark received over a
-// socket. It serves the very guest the library's scenarios serve, in the
-// same run, so the library's restore time is a ratio to this one.
-//   on demand: the handler thread (bench::ServeUffd, the C reference's loop)
-//     copies each faulting page from the image into the memfd (pwrite) and
-//     CONTINUEs it;
-//   replay: before the guest is told to go, the pages of a recording are
-//     copied in their recorded order, contiguous pages together, and each
-//     run mapped with one CONTINUE; faults on pages the recording missed are
-//     then served on demand. The whole image as the list is an eager copy.
+// hand-written page server for a guest process whose uffd the benchmark
+// received over a socket. It serves the very guest the library's scenarios
+// serve, in the same run, so the library's restore time is a ratio to this
+// one. Two kinds of guest memory, as Firecracker's two backends:
+// - continue: a memfd view registered MISSING|MINOR. On demand the handler
+//   thread (bench::ServeUffd, the C reference's loop) copies each faulting
+//   page from the image into the memfd (pwrite) and CONTINUEs it; a replay
+//   copies the recorded pages, contiguous pages together, before the guest
+//   is told to go, and maps each run with one CONTINUE.
+// - copy: anonymous memory registered MISSING. On demand each faulting page
+//   is filled by one UFFDIO_COPY from the image; a replay COPYs each run
+//   with DONTWAKE and wakes the whole range once at the end.
+// Faults on pages a recording missed are then served on demand. The whole
+// image as the list is an eager copy.
 // pageDigest hashes pages of a mapping: the guest digests what it read, the
 // benchmark the same pages of the image, and the two must agree.
 #include <cstdio>
 #include <memory>
+#include <string>
 #include <thread>
 
 #include "bench_common.h"
@@ -22,7 +26,10 @@ namespace {
 
 enum PageState : uint8_t { kAbsent = 0, kWriting = 1, kWritten = 2 };
 
+enum class Fill { kContinue, kCopy };
+
 struct Restore {
+  Fill fill = Fill::kContinue;
   int uffd = -1;
   int memfd = -1;
   uintptr_t base = 0;
@@ -38,7 +45,7 @@ struct Restore {
   uint64_t start_ns = 0;
   uint64_t prefetch_ns = 0;
   uint64_t prefetched = 0;
-  uint64_t continues = 0;  // CONTINUE calls of the prefetch
+  uint64_t continues = 0;  // CONTINUE (or COPY) calls of the prefetch
   int prefetch_error = 0;
   // Handler thread only (read after join).
   uint64_t messages = 0;
@@ -78,6 +85,42 @@ int CopyPages(const Restore& r, size_t first, size_t count) {
   return 0;
 }
 
+// UFFDIO_COPY of pages [first, first + count) of the image into the guest's
+// anonymous memory. A page already there (EEXIST) is skipped, so the rest of
+// the run still goes in one call. Returns pages copied or -errno.
+int64_t CopyRun(const Restore& r, size_t first, size_t count, bool wake) {
+  size_t done = 0;
+  size_t length = count * r.page_size;
+  int64_t copied = 0;
+  while (done < length) {
+    struct uffdio_copy copy = {};
+    copy.dst = r.base + first * r.page_size + done;
+    copy.src = reinterpret_cast<uintptr_t>(r.image + first * r.page_size + done);
+    copy.len = length - done;
+    copy.mode = wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE;
+    if (ioctl(r.uffd, uffd_abi::kCopy, &copy) == 0) return copied + static_cast<int64_t>(copy.len) / static_cast<int64_t>(r.page_size);
+    int err = errno;
+    if (copy.copy > 0) {
+      done += static_cast<size_t>(copy.copy);
+      copied += copy.copy / static_cast<int64_t>(r.page_size);
+      continue;
+    }
+    if (err == EAGAIN) continue;
+    if (err != EEXIST) return -err;
+    if (wake) {
+      struct uffdio_range range = {copy.dst, r.page_size};
+      ioctl(r.uffd, uffd_abi::kWake, &range);
+    }
+    done += r.page_size;
+  }
+  return copied;
+}
+
+void Wake(const Restore& r, uintptr_t start, size_t length) {
+  struct uffdio_range range = {start, length};
+  ioctl(r.uffd, uffd_abi::kWake, &range);
+}
+
 void Serve(Restore* r, const struct uffd_msg* msgs, size_t count) {
   for (size_t i = 0; i < count; i++) {
     if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
@@ -89,6 +132,22 @@ void Serve(Restore* r, const struct uffd_msg* msgs, size_t count) {
       continue;
     }
     uint8_t expected = kAbsent;
+    if (r->fill == Fill::kCopy) {
+      if (r->state[page].compare_exchange_strong(expected, kWriting)) {
+        int64_t done = CopyRun(*r, page, 1, true);
+        r->state[page].store(kWritten, std::memory_order_release);
+        r->fetched++;
+        if (done > 0) r->resolved++;
+        else if (done == 0) r->existed++;
+        else if (!r->error) r->error = static_cast<int>(done);
+      } else {
+        // The prefetch copied it without waking: wake this faulter.
+        while (r->state[page].load(std::memory_order_acquire) != kWritten) bench::CpuRelax();
+        Wake(*r, address, r->page_size);
+        r->existed++;
+      }
+      continue;
+    }
     if (r->state[page].compare_exchange_strong(expected, kWriting)) {
       int rc = CopyPages(*r, page, 1);
       if (rc < 0 && !r->error) r->error = rc;
@@ -120,21 +179,30 @@ void Prefetch(Restore* r, const uint32_t* list, size_t count) {
       if (!r->state[first + run].compare_exchange_strong(expected, kWriting)) break;
       run++;
     }
-    int rc = CopyPages(*r, first, run);
-    if (rc < 0 && !r->prefetch_error) r->prefetch_error = rc;
-    for (size_t p = first; p < first + run; p++) r->state[p].store(kWritten, std::memory_order_release);
-    int64_t done = bench::ContinueRange(r->uffd, r->base + first * r->page_size, run * r->page_size);
+    if (r->fill == Fill::kCopy) {
+      int64_t done = CopyRun(*r, first, run, false);
+      if (done < 0 && !r->prefetch_error) r->prefetch_error = static_cast<int>(done);
+      for (size_t p = first; p < first + run; p++) r->state[p].store(kWritten, std::memory_order_release);
+    } else {
+      int rc = CopyPages(*r, first, run);
+      if (rc < 0 && !r->prefetch_error) r->prefetch_error = rc;
+      for (size_t p = first; p < first + run; p++) r->state[p].store(kWritten, std::memory_order_release);
+      int64_t done = bench::ContinueRange(r->uffd, r->base + first * r->page_size, run * r->page_size);
+      if (done < 0 && !r->prefetch_error) r->prefetch_error = static_cast<int>(done);
+    }
     r->continues++;
-    if (done < 0 && !r->prefetch_error) r->prefetch_error = static_cast<int>(done);
     r->prefetched += run;
     i += run;
   }
+  // COPY runs went in without waking anyone: one wake for all of them.
+  if (r->fill == Fill::kCopy && r->continues) Wake(*r, r->base, r->pages * r->page_size);
 }
 
 void Finalize(Napi::Env, Restore* r) { delete r; }
 
-// cRestoreStart(uffdFd, base, length, pageSize, memfdFd, imageFd, prefetch: Uint32Array)
-//   Takes its own duplicates of the three descriptors. Starts the handler
+// cRestoreStart(uffdFd, base, length, pageSize, memfdFd, imageFd, prefetch: Uint32Array, fill?: 'continue' | 'copy')
+//   Takes its own duplicates of the descriptors (memfdFd -1 with 'copy':
+//   anonymous guest memory has none). Starts the handler
 //   thread, copies and maps the `prefetch` pages (empty: on demand only) and
 //   returns; the guest may go then.
 //   -> { handle, startNs, prefetchNs, prefetched, continues } | { errno, where }
@@ -146,6 +214,15 @@ Napi::Value RestoreStart(const Napi::CallbackInfo& info) {
       return env.Undefined();
     }
   auto* r = new Restore();
+  if (info.Length() > 7 && !info[7].IsUndefined()) {
+    std::string fill = info[7].IsString() ? info[7].As<Napi::String>().Utf8Value() : "";
+    if (fill != "copy" && fill != "continue") {
+      delete r;
+      Napi::TypeError::New(env, "fill must be 'continue' or 'copy'").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    r->fill = fill == "copy" ? Fill::kCopy : Fill::kContinue;
+  }
   auto fail = [&](int err, const char* where) {
     delete r;
     return bench::Errno(env, err, where);
@@ -166,8 +243,10 @@ Napi::Value RestoreStart(const Napi::CallbackInfo& info) {
   }
   r->uffd = fcntl(info[0].As<Napi::Number>().Int32Value(), F_DUPFD_CLOEXEC, 0);
   if (r->uffd < 0) return fail(-errno, "dup uffd");
-  r->memfd = fcntl(info[4].As<Napi::Number>().Int32Value(), F_DUPFD_CLOEXEC, 0);
-  if (r->memfd < 0) return fail(-errno, "dup memfd");
+  if (r->fill == Fill::kContinue) {
+    r->memfd = fcntl(info[4].As<Napi::Number>().Int32Value(), F_DUPFD_CLOEXEC, 0);
+    if (r->memfd < 0) return fail(-errno, "dup memfd");
+  }
   int image_fd = info[5].As<Napi::Number>().Int32Value();
   void* image = mmap(nullptr, length, PROT_READ, MAP_SHARED, image_fd, 0);
   if (image == MAP_FAILED) return fail(-errno, "mmap image");

@@ -48,7 +48,7 @@ export interface BulkResult {
 export interface RestoreStarted {
   handle: object;
   startNs: number;
-  /** Time the prefetch (copy and CONTINUE of the listed pages) took before returning. */
+  /** Time the prefetch (copy and CONTINUE, or COPY and one wake, of the listed pages) took before returning. */
   prefetchNs: number;
   prefetched: number;
   continues: number;
@@ -75,7 +75,8 @@ export interface BenchBinding {
   /** N toucher threads (pinned where cpus[t] >= 0) on a mapping this thread keeps mapped until the promise settles. */
   touch(buffer: ArrayBuffer, pageSize: number, orders: Uint32Array[], cpus: number[]): Promise<TouchResult>;
   touchHere(buffer: ArrayBuffer, pageSize: number, order: Uint32Array): { latencyNs: Float64Array; touchCpus: Int32Array; checksum: number; wallNs: number };
-  cRestoreStart(uffdFd: number, base: number, length: number, pageSize: number, memfdFd: number, imageFd: number, prefetch: Uint32Array): RestoreStarted | NativeFailure;
+  /** fill 'copy': anonymous guest memory (UFFDIO_COPY from the image; memfdFd -1); 'continue' (default): a memfd view (pwrite + CONTINUE). */
+  cRestoreStart(uffdFd: number, base: number, length: number, pageSize: number, memfdFd: number, imageFd: number, prefetch: Uint32Array, fill?: 'continue' | 'copy'): RestoreStarted | NativeFailure;
   cRestoreStop(handle: object): RestoreCounts;
   /** Order-independent digest of every byte of the listed pages of a mapping. */
   pageDigest(buffer: ArrayBuffer, pageSize: number, pages: Uint32Array): string;

@@ -1,15 +1,27 @@
-// The restore benchmark's guest, a process as Firecracker's would be: it
-// maps the (empty) guest memfd on fd 4, registers it MISSING|MINOR with its
-// own uffd and sends the uffd over the socket on fd 3, so the benchmark's
-// page server (the library or the C reference) serves its faults. Told its
-// trace, it computes it and says ready; told to go, its native toucher
-// threads touch the trace (bench::TouchGroup), and it reports when it was
-// done on the machine's monotonic clock, and a digest of every byte of the
-// pages it touched (read after the timed part), for the benchmark to check
-// against the image.
-import { FdSocket, Memfd, Userfaultfd } from '../../lib/index';
+// The restore benchmark's guest, a process as Firecracker's would be, in
+// one of Firecracker's two kinds of guest memory (argv[2]):
+// - `memfd` (default): it maps the (empty) guest memfd on fd 4, registers
+//   it MISSING|MINOR with its own uffd and sends the uffd over the socket on
+//   fd 3 with its hello;
+// - `anonymous` (argv[3] = bytes): private anonymous memory registered
+//   MISSING (Firecracker's one-fd backend). It hands its uffd over when told
+//   to: over the socket on fd 3 ({ handoff: 'socket' }), or to a Firecracker
+//   page server at a Unix socket path ({ handoff: PATH }) with Firecracker's
+//   region message, keeping that connection open until the end as
+//   Firecracker does.
+// Either way the page server (the library or the C reference) serves its
+// faults. Told its trace, it computes it and says ready; told to go, its
+// native toucher threads touch the trace (bench::TouchGroup), and it reports
+// when it was done on the machine's monotonic clock, and a digest of every
+// byte of the pages it touched (read after the timed part), for the
+// benchmark to check against the image.
+import { FdSocket, Memfd, PAGE_SIZE, Userfaultfd } from '../../lib/index';
+import { native } from '../../lib/native';
 import { bench } from './native';
 import { TraceSpec, restoreTrace } from './restore-trace';
+
+const PROT_READ_WRITE = 3;
+const MAP_PRIVATE_ANONYMOUS = 0x22;
 
 async function next(sock: FdSocket): Promise<Record<string, unknown>> {
   const msg = await sock.receive();
@@ -17,8 +29,17 @@ async function next(sock: FdSocket): Promise<Record<string, unknown>> {
   return JSON.parse(msg.data.toString()) as Record<string, unknown>;
 }
 
-async function main(): Promise<void> {
-  const sock = new FdSocket(3);
+interface GuestMemory {
+  address: number;
+  buffer: ArrayBuffer;
+  pageSize: number;
+  /** Anonymous memory: the uffd, until it is handed over. */
+  uffd?: Userfaultfd;
+  release(): void;
+}
+
+/** A memfd view registered MISSING|MINOR; the uffd goes with the hello. */
+function memfdMemory(sock: FdSocket): GuestMemory {
   const mem = Memfd.fromFd(4);
   const view = mem.map();
   const uffd = Userfaultfd.open({ features: ['minorShmem', 'threadId'] });
@@ -26,19 +47,54 @@ async function main(): Promise<void> {
   sock.send(JSON.stringify({ address: view.address, length: view.length, pageSize: mem.pageSize }), [uffd.fd]);
   // The page server holds its own copy now.
   uffd.close();
+  return { address: view.address, buffer: view.buffer, pageSize: mem.pageSize, release: () => (view.unmap(), mem.close()) };
+}
+
+/** Anonymous memory registered MISSING; the uffd is handed over later, when the benchmark says where. */
+function anonymousMemory(sock: FdSocket, length: number): GuestMemory {
+  const mapped = native.mmap(-1, 0, length, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS);
+  if (typeof mapped === 'number') throw new Error(`mmap of ${length} anonymous bytes: errno ${-mapped}`);
+  const [address, buffer] = mapped as [number, ArrayBuffer];
+  const uffd = Userfaultfd.open({ features: ['threadId'] });
+  uffd.register({ address, length }, { missing: true });
+  sock.send(JSON.stringify({ address, length, pageSize: PAGE_SIZE }));
+  return { address, buffer, pageSize: PAGE_SIZE, uffd, release: () => native.munmap(address, buffer) };
+}
+
+async function main(): Promise<void> {
+  const sock = new FdSocket(3);
+  const kind = process.argv[2] ?? 'memfd';
+  const memory = kind === 'anonymous' ? anonymousMemory(sock, Number(process.argv[3])) : memfdMemory(sock);
+  let pageServer: FdSocket | undefined;
   const trace = restoreTrace((await next(sock)).trace as TraceSpec);
   sock.send(JSON.stringify({ ready: true }));
-  const go = await next(sock);
-  if (!go.go) throw new Error(`expected go, got ${JSON.stringify(go)}`);
+  let msg = await next(sock);
+  if (msg.handoff !== undefined) {
+    const uffd = memory.uffd;
+    if (!uffd) throw new Error('only anonymous memory is handed over on request');
+    // The restore's clock starts here, for the library and the C reference alike.
+    const handedNs = bench.now();
+    if (msg.handoff === 'socket') sock.send(JSON.stringify({ handedNs }), [uffd.fd]);
+    else {
+      pageServer = FdSocket.connect(msg.handoff as string);
+      const regions = [{ base_host_virt_addr: memory.address, size: memory.buffer.byteLength, offset: 0, page_size: memory.pageSize }];
+      pageServer.send(JSON.stringify(regions), [uffd.fd]);
+      sock.send(JSON.stringify({ handedNs }));
+    }
+    // The page server holds its own copy now: when it goes, the faulters wake.
+    uffd.close();
+    msg = await next(sock);
+  }
+  if (!msg.go) throw new Error(`expected go, got ${JSON.stringify(msg)}`);
   const cpus = trace.perToucher.map(() => -1);
-  const r = await bench.touch(view.buffer, mem.pageSize, trace.perToucher, cpus);
+  const r = await bench.touch(memory.buffer, memory.pageSize, trace.perToucher, cpus);
   const endNs = r.startNs + r.wallNs;
-  const digest = bench.pageDigest(view.buffer, mem.pageSize, trace.order);
+  const digest = bench.pageDigest(memory.buffer, memory.pageSize, trace.order);
   sock.send(JSON.stringify({ startNs: r.startNs, endNs, wallNs: r.wallNs, touched: r.latencyNs.reduce((n, l) => n + l.length, 0), digest }));
-  // Stay mapped until the page server has stopped.
+  // Stay mapped (and connected to a Firecracker page server) until the page server has stopped.
   await sock.receive();
-  view.unmap();
-  mem.close();
+  pageServer?.close();
+  memory.release();
   sock.close();
 }
 

@@ -4,13 +4,18 @@
 // moment the page server starts to the moment the guest's touchers are done
 // (one clock, CLOCK_MONOTONIC, read in both processes). Each repetition
 // checks the guest's digest of every page it touched against the image.
-import { spawn } from 'node:child_process';
-import { closeSync } from 'node:fs';
+// The memfd rows are here; the one-fd rows in restore-firecracker.ts, the
+// migration rows in restore-migration.ts, the C reference's driver in
+// restore-c.ts, the guest process in restore-process.ts.
 import { join } from 'node:path';
 
-import { Fault, FaultHandler, FdSocket, Memfd, Mapping, PAGE_SIZE, PrefetchSource, Userfaultfd } from '../../lib/index';
+import { Fault, FaultHandler, Memfd, Mapping, PAGE_SIZE, PrefetchSource, Userfaultfd } from '../../lib/index';
 import { WorkingSetRecorder, readWorkingSet } from '../../lib/working-set';
-import { bench, unwrap } from './native';
+import { bench } from './native';
+import { cRestore } from './restore-c';
+import { oneFdRestore } from './restore-firecracker';
+import { migrationRestore } from './restore-migration';
+import { Guest, finishRep, startGuest } from './restore-process';
 import { Trace, TraceSpec } from './restore-trace';
 
 export type RestoreMode =
@@ -23,9 +28,43 @@ export type RestoreMode =
   | 'replay-concurrent'
   | 'c-on-demand'
   | 'c-replay'
-  | 'c-replay-varying';
+  | 'c-replay-varying'
+  | 'c-fc-on-demand'
+  | 'fc-on-demand'
+  | 'c-fc-replay'
+  | 'fc-replay'
+  | 'c-fc-replay-varying'
+  | 'fc-replay-varying'
+  | 'fc-eager'
+  | 'mig-on-demand'
+  | 'mig-replay'
+  | 'mig-replay-varying';
 
-export const RESTORE_MODES: RestoreMode[] = ['c-on-demand', 'on-demand', 'on-demand+record', 'c-replay', 'replay', 'c-replay-varying', 'replay-varying', 'replay-mismatch', 'replay-concurrent', 'eager'];
+export const RESTORE_MODES: RestoreMode[] = [
+  'c-on-demand', 'on-demand', 'on-demand+record', 'c-replay', 'replay', 'c-replay-varying', 'replay-varying', 'replay-mismatch', 'replay-concurrent', 'eager',
+  'c-fc-on-demand', 'fc-on-demand', 'c-fc-replay', 'fc-replay', 'c-fc-replay-varying', 'fc-replay-varying', 'fc-eager',
+  'mig-on-demand', 'mig-replay', 'mig-replay-varying',
+];
+
+/**
+ * The guest's memory and who serves it: `memfd`, a MISSING|MINOR memfd view
+ * (the kind of memory of Firecracker's three-fd backend) served by a
+ * FaultHandler;
+ * `one-fd`, anonymous memory registered MISSING served by the
+ * FirecrackerPageServer with UFFDIO_COPY (Firecracker's one-fd backend);
+ * `migration`, a memfd view served by a MigrationDestination from a
+ * MigrationSource over TCP on loopback.
+ */
+export type RestoreGroup = 'memfd' | 'one-fd' | 'migration';
+export const RESTORE_GROUP: Record<RestoreMode, RestoreGroup> = {
+  eager: 'memfd', 'on-demand': 'memfd', 'on-demand+record': 'memfd', replay: 'memfd', 'replay-varying': 'memfd', 'replay-mismatch': 'memfd',
+  'replay-concurrent': 'memfd', 'c-on-demand': 'memfd', 'c-replay': 'memfd', 'c-replay-varying': 'memfd',
+  'c-fc-on-demand': 'one-fd', 'fc-on-demand': 'one-fd', 'c-fc-replay': 'one-fd', 'fc-replay': 'one-fd', 'c-fc-replay-varying': 'one-fd', 'fc-replay-varying': 'one-fd', 'fc-eager': 'one-fd',
+  'mig-on-demand': 'migration', 'mig-replay': 'migration', 'mig-replay-varying': 'migration',
+};
+
+/** Rows that make every page of the image present before the guest goes. */
+export const EAGER_MODES: RestoreMode[] = ['eager', 'fc-eager'];
 
 export const RESTORE_LABEL: Record<RestoreMode, string> = {
   eager: 'library, eager copy of the whole image',
@@ -38,12 +77,24 @@ export const RESTORE_LABEL: Record<RestoreMode, string> = {
   'c-on-demand': 'C reference, on demand',
   'c-replay': 'C reference, replay (matching recording)',
   'c-replay-varying': 'C reference, replay (recording of another run)',
+  'c-fc-on-demand': 'C reference one-fd, on demand',
+  'fc-on-demand': 'library one-fd, on demand',
+  'c-fc-replay': 'C reference one-fd, replay (matching recording)',
+  'fc-replay': 'library one-fd, replay (matching recording)',
+  'c-fc-replay-varying': 'C reference one-fd, replay (recording of another run)',
+  'fc-replay-varying': 'library one-fd, replay (recording of another run)',
+  'fc-eager': 'library one-fd, eager copy (replay of a set of every page)',
+  'mig-on-demand': 'migration over loopback, on demand',
+  'mig-replay': 'migration over loopback, replay while the guest runs (matching recording)',
+  'mig-replay-varying': 'migration over loopback, replay while the guest runs (recording of another run)',
 };
 
 /** Which recording a replay row replays. */
 export type RecordingName = 'match' | 'varying' | 'mismatch';
 export const RECORDING_OF: Partial<Record<RestoreMode, RecordingName>> = {
   replay: 'match', 'replay-varying': 'varying', 'replay-mismatch': 'mismatch', 'replay-concurrent': 'match', 'c-replay': 'match', 'c-replay-varying': 'varying',
+  'c-fc-replay': 'match', 'fc-replay': 'match', 'c-fc-replay-varying': 'varying', 'fc-replay-varying': 'varying',
+  'mig-replay': 'match', 'mig-replay-varying': 'varying',
 };
 
 /** A recording of an earlier restore: the pages in the order they were first needed. */
@@ -93,6 +144,10 @@ export interface RestoreEnv {
   handlerMode: 'event-loop' | 'native';
   /** Where recordings go. */
   dir: string;
+  /** The image as a snapshot file (in `dir`): what the one-fd rows serve from. */
+  imageFile: string;
+  /** The port of the migration source serving the image on 127.0.0.1 (a process of its own). */
+  sourcePort: number;
 }
 
 /** Whether this library replays working sets (FaultHandler workingSet.replay). */
@@ -125,10 +180,6 @@ export function probeRestoreLibrary(): LibraryRestoreCaps {
 /** The error of a row the library cannot run yet starts so. */
 export const NOT_AVAILABLE = 'not available: ';
 
-const GUEST = join(__dirname, 'restore-guest.js');
-/** A guest that has not finished by then has a fault nobody answered. */
-const GUEST_TIMEOUT_MS = 120_000;
-
 /** An image of random bytes (a memfd), `pages` pages. */
 export function randomImage(bytes: number): { image: Memfd; view: Mapping } {
   const image = Memfd.create(bytes, { name: 'restore-image' });
@@ -143,69 +194,6 @@ export function randomImage(bytes: number): { image: Memfd; view: Mapping } {
     words[i] = s >>> 0;
   }
   return { image, view };
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string, onTimeout: () => void): Promise<T> {
-  let timer: NodeJS.Timeout;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        onTimeout();
-        reject(new Error(`${what}: no answer in ${ms} ms`));
-      }, ms);
-    }),
-  ]);
-}
-
-async function receiveJson(sock: FdSocket): Promise<{ json: Record<string, unknown>; fds: number[] }> {
-  const msg = await sock.receive();
-  if (msg.data.length === 0) throw new Error('guest closed the socket');
-  return { json: JSON.parse(msg.data.toString()) as Record<string, unknown>, fds: msg.fds };
-}
-
-interface Guest {
-  sock: FdSocket;
-  uffdFd: number;
-  address: number;
-  length: number;
-  go(): Promise<{ startNs: number; endNs: number; wallNs: number; touched: number; digest: string }>;
-  finish(): Promise<void>;
-  kill(): void;
-}
-
-/** Starts a guest over `mem`, hands it the trace, and waits until it is ready to go. */
-async function startGuest(mem: Memfd, spec: TraceSpec): Promise<Guest> {
-  const [sock, childEnd] = FdSocket.pair();
-  const child = spawn(process.execPath, [GUEST], { stdio: ['ignore', 'inherit', 'inherit', childEnd.fd, mem.fd] });
-  childEnd.close();
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const kill = () => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  };
-  try {
-    const hello = await withTimeout(receiveJson(sock), GUEST_TIMEOUT_MS, 'guest start', kill);
-    if (hello.fds.length !== 1) throw new Error(`guest sent ${hello.fds.length} descriptors, expected its uffd`);
-    sock.send(JSON.stringify({ trace: spec }));
-    await withTimeout(receiveJson(sock), GUEST_TIMEOUT_MS, 'guest trace', kill);
-    return {
-      sock, uffdFd: hello.fds[0], address: hello.json.address as number, length: hello.json.length as number, kill,
-      async go() {
-        sock.send(JSON.stringify({ go: true }));
-        const done = await withTimeout(receiveJson(sock), GUEST_TIMEOUT_MS, 'guest workload', kill);
-        return done.json as { startNs: number; endNs: number; wallNs: number; touched: number; digest: string };
-      },
-      async finish() {
-        sock.close();
-        const code = await withTimeout(exited, 10_000, 'guest exit', kill);
-        if (code !== 0) throw new Error(`guest exited with ${code}`);
-      },
-    };
-  } catch (err) {
-    kill();
-    sock.close();
-    throw err;
-  }
 }
 
 /** Precision and recall of a recording as a prefetch list for a trace. */
@@ -229,54 +217,26 @@ export function prefetchQuality(recorded: Uint32Array, touched: Uint32Array): { 
 export async function runRestore(mode: RestoreMode, env: RestoreEnv, opts: { spec?: TraceSpec; expectedDigest?: string; recordTo?: string } = {}): Promise<RestoreRep> {
   const spec = opts.spec ?? env.spec;
   const expectedDigest = opts.expectedDigest ?? env.expectedDigest;
+  const rec = RECORDING_OF[mode];
+  const recording = rec ? env.recordings.get(rec) : undefined;
+  if (rec && !recording) throw new Error(`no ${rec} recording`);
+  if (RESTORE_GROUP[mode] === 'one-fd') return oneFdRestore(mode, env, spec, expectedDigest, recording);
   const size = env.image.size;
   const mem = Memfd.create(size, { name: 'restore-guest' });
   let guest: Guest | undefined;
   try {
     guest = await startGuest(mem, spec);
-    if (mode.startsWith('c-')) return await cRestore(mode, env, mem, guest, expectedDigest);
+    if (RESTORE_GROUP[mode] === 'migration') return await migrationRestore(env, mem, guest, expectedDigest, recording);
+    if (mode.startsWith('c-')) {
+      return await cRestore(guest, {
+        pageSize: mem.pageSize, fill: 'continue', memfdFd: mem.fd, imageFd: env.image.fd, prefetch: recording?.pages ?? new Uint32Array(0),
+        expectedDigest, traceLength: env.trace.order.length,
+      });
+    }
     return await libraryRestore(mode, env, mem, guest, expectedDigest, opts);
   } finally {
     guest?.kill();
     mem.close();
-  }
-}
-
-function finishRep(done: { startNs?: number; endNs: number; wallNs: number; touched: number; digest: string }, t0: number, goAt: number, expectedDigest: string, traceLength: number,
-  c: { faults: number; demandFetches: number; prefetched: number; bytesMoved: number; resolvedAll: boolean; note?: string }): RestoreRep {
-  const digestOk = done.digest === expectedDigest;
-  return {
-    timeNs: done.endNs - t0, guestNs: done.wallNs, beforeGoNs: goAt - t0, faults: c.faults, demandFetches: c.demandFetches, prefetched: c.prefetched,
-    bytesMoved: c.bytesMoved, touched: done.touched, digestOk, allResolved: digestOk && done.touched === traceLength && c.resolvedAll,
-    ...(c.note ? { note: c.note } : {}),
-  };
-}
-
-async function cRestore(mode: RestoreMode, env: RestoreEnv, mem: Memfd, guest: Guest, expectedDigest: string): Promise<RestoreRep> {
-  const rec = RECORDING_OF[mode];
-  const list = rec ? env.recordings.get(rec)?.pages : new Uint32Array(0);
-  if (!list) throw new Error(`no ${rec} recording`);
-  let started;
-  try {
-    started = unwrap(bench.cRestoreStart(guest.uffdFd, guest.address, guest.length, mem.pageSize, mem.fd, env.image.fd, list));
-  } finally {
-    // The C reference holds its own duplicate.
-    closeSync(guest.uffdFd);
-  }
-  let counts;
-  let done;
-  try {
-    const goAt = bench.now();
-    done = await guest.go();
-    counts = bench.cRestoreStop(started.handle);
-    await guest.finish();
-    const notes = [counts.error ? `handler errno ${-counts.error}` : '', counts.prefetchError ? `prefetch errno ${-counts.prefetchError}` : ''].filter(Boolean).join('; ');
-    return finishRep(done, started.startNs, goAt, expectedDigest, env.trace.order.length, {
-      faults: counts.messages, demandFetches: counts.fetched, prefetched: counts.prefetched, bytesMoved: counts.bytesMoved,
-      resolvedAll: !counts.error && !counts.prefetchError && counts.resolved + counts.existed >= counts.messages, note: notes || undefined,
-    });
-  } finally {
-    bench.cRestoreStop(started.handle);
   }
 }
 

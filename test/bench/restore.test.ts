@@ -1,7 +1,8 @@
 // Runs the restore benchmark at a tiny size in a child process (a fault
 // nobody answers there cannot hang the suite) and checks what it reports:
-// the JSON's shape, the intervals, and that every scenario restored the
-// right bytes and answered every fault. Never its timings.
+// the JSON's shape, the intervals, and that every scenario (memfd, one-fd
+// and migration rows) restored the right bytes and answered every fault.
+// Never its timings.
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -89,14 +90,27 @@ describe('npm run bench:restore', () => {
     expect(on.bytesMoved).toBe(report.trace.touched * report.machine.pageSize);
     const cReplay = report.rows.find((x: { mode: string }) => x.mode === 'c-replay');
     expect(cReplay).toMatchObject({ faults: 0, prefetched: report.trace.touched, precision: 1, recall: 1 });
+    const row = (mode: string) => report.rows.find((x: { mode: string }) => x.mode === mode);
+    const touchedBytes = report.trace.touched * report.machine.pageSize;
+    // One-fd (anonymous memory, UFFDIO_COPY): on demand every touch faults
+    // once and is copied once; a matching replay copies exactly the touched
+    // pages before the guest goes, so no fault is left; eager copies all.
+    for (const mode of ['c-fc-on-demand', 'fc-on-demand']) expect(row(mode), mode).toMatchObject({ faults: report.trace.touched, demandFetches: report.trace.touched, bytesMoved: touchedBytes });
+    for (const mode of ['c-fc-replay', 'fc-replay']) expect(row(mode), mode).toMatchObject({ faults: 0, demandFetches: 0, prefetched: report.trace.touched, precision: 1, recall: 1 });
+    expect(row('fc-eager')).toMatchObject({ faults: 0, prefetched: report.options.imageBytes / report.machine.pageSize, recall: 1 });
+    // Migration: every touched page crosses the wire once, and no other (no push; the recordings hold only touched pages).
+    expect(row('mig-on-demand')).toMatchObject({ faults: report.trace.touched, demandFetches: report.trace.touched, bytesMoved: touchedBytes });
+    expect(row('mig-replay')).toMatchObject({ bytesMoved: touchedBytes, precision: 1, recall: 1 });
+    expect(row('mig-replay').demandFetches).toBeLessThan(report.trace.touched);
     for (const ratio of report.ratios) {
       if (!ratio.interval) continue;
       expect(ratio.interval).toEqual({ value: expect.any(Number), lo: expect.any(Number), hi: expect.any(Number), n: 2 });
       expect(ratio.interval.lo).toBeLessThanOrEqual(ratio.interval.value);
       expect(ratio.interval.hi).toBeGreaterThanOrEqual(ratio.interval.value);
     }
-    expect(report.ratios.find((x: { of: string[] }) => x.of.join() === 'on-demand,c-on-demand').interval).not.toBeNull();
-    expect(report.targets.length).toBe(6);
+    for (const pair of ['on-demand,c-on-demand', 'fc-replay,c-fc-replay', 'fc-on-demand,fc-replay', 'mig-on-demand,mig-replay', 'mig-on-demand,mig-replay-varying'])
+      expect(report.ratios.find((x: { of: string[] }) => x.of.join() === pair).interval, pair).not.toBeNull();
+    expect(report.targets.length).toBe(8);
     for (const t of report.targets) {
       expect(['met', 'missed', 'inconclusive', null]).toContain(t.verdict);
       // Two rounds are too few pairs for any verdict.
@@ -105,5 +119,7 @@ describe('npm run bench:restore', () => {
     }
     expect(r.stdout).toMatch(/QUICK RUN/);
     expect(r.stdout).toMatch(/C reference, on demand/);
+    expect(r.stdout).toMatch(/C reference one-fd, on demand/);
+    expect(r.stdout).toMatch(/migration over loopback, on demand/);
   }, 300_000);
 });
