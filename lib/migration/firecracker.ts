@@ -317,7 +317,7 @@ export class FirecrackerSession implements Disposable {
     if (this.#settled) return 0;
     const ps = this.#pageSize;
     const offset = first * ps;
-    const bytes = this.#image.read(offset, count * ps);
+    const bytes = this.#image.peek(offset, count * ps);
     let filled: number;
     if (this.#memory) {
       this.#memory.write(offset, bytes);
@@ -415,7 +415,7 @@ export class FirecrackerSession implements Disposable {
       this.#removed[page] = 0;
       this.#counts.zeroPages++;
     } else if (unpopulated) {
-      this.#memory!.write(memOffset, this.#image.read(memOffset, ps));
+      this.#memory!.write(memOffset, this.#image.peek(memOffset, ps));
       this.#counts.pagesFromSnapshot++;
     }
     // The content is in place before either bit says so.
@@ -439,7 +439,7 @@ export class FirecrackerSession implements Disposable {
       result = this.#engine.serve(address, flags, tid, time);
     } else {
       zero = this.#removed[page] === 1;
-      result = zero ? this.#engine.zero(address, flags, tid, time) : this.#engine.copy(address, flags, tid, time, this.#image.read(page * this.#pageSize, ps));
+      result = zero ? this.#engine.zero(address, flags, tid, time) : this.#engine.copy(address, flags, tid, time, this.#image.peek(page * this.#pageSize, ps));
       if (result >= 0) {
         this.#removed.fill(0, page, page + ps / this.#pageSize);
         if (zero) this.#counts.zeroPages++;

@@ -59,10 +59,13 @@ export class PageRequests {
 
   /** Runs asked at once at prefetch priority (a working-set replay's): the source serves demand before them. */
   prefetchRuns(runs: readonly { first: number; count: number }[]): void {
+    const frames: Buffer[] = [];
     for (const { first, count } of runs) {
       this.#asked.fill(PREFETCH, first, first + count);
-      this.#write(encodeRequest(PRIORITY.prefetch, first, count));
+      frames.push(encodeRequest(PRIORITY.prefetch, first, count));
     }
+    // One write for all: a set of thousands of runs is one send, not thousands.
+    if (frames.length) this.#write(Buffer.concat(frames));
   }
 
   arrived(page: number): void {
@@ -77,8 +80,9 @@ export class PageRequests {
   /** Sends the credits and requests gathered since the last flush. */
   flush(): void {
     if (!this.#open()) return;
+    const frames: Buffer[] = [];
     if (this.#creditOwed) {
-      this.#write(encodeCredit(this.#creditOwed));
+      frames.push(encodeCredit(this.#creditOwed));
       this.#creditOwed = 0;
     }
     for (const [pages, priority] of [[this.#refetch, PRIORITY.refetch], [this.#demand, PRIORITY.demand], [this.#prefetch, PRIORITY.prefetch]] as const) {
@@ -88,10 +92,12 @@ export class PageRequests {
       while (i < sorted.length) {
         let j = i + 1;
         while (j < sorted.length && sorted[j] === sorted[j - 1] + 1) j++;
-        this.#write(encodeRequest(priority, sorted[i], j - i));
+        frames.push(encodeRequest(priority, sorted[i], j - i));
         i = j;
       }
     }
+    if (frames.length === 1) this.#write(frames[0]);
+    else if (frames.length > 1) this.#write(Buffer.concat(frames));
   }
 
   /** The handler calls fetch for each fault of a batch: their requests go together. */

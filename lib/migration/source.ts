@@ -368,6 +368,17 @@ class SourceConnection {
   /** Writes as long as the socket takes data: requests first, then the background push. */
   #pump(): void {
     if (this.#challenge || this.#phase === 'pausing') return;
+    // Corked: the frames of one pump (many small runs for a replay's scattered
+    // pages) leave in one writev, not one send each.
+    this.#socket.cork();
+    try {
+      this.#pumpFrames();
+    } finally {
+      this.#socket.uncork();
+    }
+  }
+
+  #pumpFrames(): void {
     // #endRound() may start the pause: the loop condition looks again.
     while (!this.#waitingDrain && !this.#socket.destroyed && !this.#pausing()) {
       if (this.#phase === 'rounds' || this.#phase === 'final') {
