@@ -8,9 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { RESTORE_MODES, RECORDING_OF, prefetchQuality } from '../../scripts/bench/restore';
+import { prefetchQuality } from '../../scripts/bench/restore';
 import { restoreTrace } from '../../scripts/bench/restore-trace';
 import { itWith, root, scaled } from '../helpers';
+import { expectRestoreReport } from './restore-checks';
 
 const dir = mkdtempSync(join(tmpdir(), 'uffd-restore-bench-test-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -59,50 +60,7 @@ describe('npm run bench:restore', () => {
     const json = join(dir, 'restore.json');
     const r = await run(['--smoke', '--size', '8', '--reps', '2', '--json', json]);
     expect(r.code, r.stderr).toBe(0);
-    const report = JSON.parse(readFileSync(json, 'utf8'));
-    expect(report).toMatchObject({ version: 1, kind: 'restore', options: { smoke: true, reps: 2, imageBytes: 8 << 20 } });
-    expect(report.incomplete).toBeUndefined();
-    expect(report.trace.touched).toBe(report.trace.fixedPages + report.trace.varyingPages);
-    // The recordings are made by the library's recorder from restores of their own traces.
-    expect(report.recordings.map((x: { name: string }) => x.name)).toEqual(['match', 'varying', 'mismatch']);
-    const match = report.recordings[0];
-    expect(match).toMatchObject({ pages: report.trace.touched, precision: 1, recall: 1 });
-    expect(report.rows.map((x: { mode: string }) => x.mode)).toEqual(RESTORE_MODES);
-    for (const row of report.rows) {
-      if (!row.available) {
-        // Only a replay the library does not have may be missing, and it says so.
-        expect(RECORDING_OF[row.mode as keyof typeof RECORDING_OF], row.mode).toBeDefined();
-        expect(row.mode.startsWith('c-'), row.mode).toBe(false);
-        expect(row.error).toMatch(/^not available: /);
-        console.log(`${row.mode}: ${row.error}`);
-        continue;
-      }
-      expect(row.error, row.mode).toBeUndefined();
-      expect(row.reps, row.mode).toBe(2);
-      expect(row.digestOk, row.mode).toBe(true);
-      expect(row.allResolved, row.mode).toBe(true);
-      expect(row.timeMs, row.mode).toBeGreaterThan(0);
-      expect(row.timeNs.every((t: number | null) => typeof t === 'number' && t > 0), row.mode).toBe(true);
-    }
-    const on = report.rows.find((x: { mode: string }) => x.mode === 'c-on-demand');
-    expect(on.faults).toBe(report.trace.touched);
-    expect(on.bytesMoved).toBe(report.trace.touched * report.machine.pageSize);
-    const cReplay = report.rows.find((x: { mode: string }) => x.mode === 'c-replay');
-    expect(cReplay).toMatchObject({ faults: 0, prefetched: report.trace.touched, precision: 1, recall: 1 });
-    for (const ratio of report.ratios) {
-      if (!ratio.interval) continue;
-      expect(ratio.interval).toEqual({ value: expect.any(Number), lo: expect.any(Number), hi: expect.any(Number), n: 2 });
-      expect(ratio.interval.lo).toBeLessThanOrEqual(ratio.interval.value);
-      expect(ratio.interval.hi).toBeGreaterThanOrEqual(ratio.interval.value);
-    }
-    expect(report.ratios.find((x: { of: string[] }) => x.of.join() === 'on-demand,c-on-demand').interval).not.toBeNull();
-    expect(report.targets.length).toBe(6);
-    for (const t of report.targets) {
-      expect(['met', 'missed', 'inconclusive', null]).toContain(t.verdict);
-      // Two rounds are too few pairs for any verdict.
-      for (const c of t.checks) expect(c.verdict).toBe('inconclusive');
-      if (t.verdict === null) expect(t.reason).toEqual(expect.any(String));
-    }
+    expectRestoreReport(JSON.parse(readFileSync(json, 'utf8')), { reps: 2, imageBytes: 8 << 20, smoke: true });
     expect(r.stdout).toMatch(/QUICK RUN/);
     expect(r.stdout).toMatch(/C reference, on demand/);
   }, 300_000);
