@@ -151,10 +151,13 @@ function restoreParts(report: BenchReport): { lines: string[]; tables: Table[] }
   };
 }
 
-function restoreText(report: BenchReport, table: (t: Table) => string, line: (l: string) => string): string[] {
+/** Text: the lines, then each table after a blank line; markdown: a paragraph per line, then the tables. */
+function restoreText(report: BenchReport, markdown: boolean): string[] {
   const parts = restoreParts(report);
   if (!parts) return [];
-  return [...parts.lines.map(line), ...parts.tables.flatMap((t) => [table(t)]), ''];
+  return markdown
+    ? [...parts.lines.map((l) => `${l}\n`), ...parts.tables.flatMap((t) => [renderMarkdown(t), ''])]
+    : [...parts.lines, '', ...parts.tables.flatMap((t) => [renderText(t), ''])];
 }
 
 function dirtyNote(report: BenchReport): string {
@@ -215,7 +218,7 @@ export function textReport(report: BenchReport): string {
     '',
     ...(report.dirty?.length ? [dirtyNote(report), renderText(dirtyTable(report)), ''] : []),
     ...migrationText(report, renderText, (l) => l),
-    ...restoreText(report, (t) => `${renderText(t)}\n`, (l) => l),
+    ...restoreText(report, false),
     ...targetLines({ targets: allTargets(report) }),
     ...(isQuick(report) ? ['', QUICK_NOTE] : []),
   ].join('\n');
@@ -242,7 +245,7 @@ export function markdownReport(report: BenchReport): string {
     '',
     ...(report.dirty?.length ? [dirtyNote(report), '', renderMarkdown(dirtyTable(report)), ''] : []),
     ...migrationText(report, (t) => `\n${renderMarkdown(t)}\n`, (l) => `- ${l}`),
-    ...restoreText(report, (t) => `${renderMarkdown(t)}\n`, (l) => `${l}\n`),
+    ...restoreText(report, true),
     ...targetLines({ targets: allTargets(report) }).map((l) => (l.startsWith('    ') ? `  - ${l.trim()}` : `- ${l}`)),
   ].join('\n');
 }
