@@ -279,6 +279,8 @@ describe('bench output files', () => {
     const jsonPath = join(dir, 'few.json');
     const measured = await runBench(['--smoke', '--no-huge', '--only', '4k/(c-reference|native-resolver)/same', '--json', jsonPath]);
     expect(measured.code).toBe(0);
+    // A selection that does not name the restore section leaves it out.
+    expect(JSON.parse(readFileSync(jsonPath, 'utf8')).restore).toBeUndefined();
     const doc = join(dir, 'doc.md');
     const before = '# Benchmark\n\nintro\n\n<!-- bench:begin (written by npm run bench; do not edit by hand) -->\nold table\n<!-- bench:end -->\n\noutro\n';
     writeFileSync(doc, before);

@@ -3,12 +3,13 @@
 // the JSON's shape, the intervals, and that every scenario restored the
 // right bytes and answered every fault. Never its timings.
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { prefetchQuality } from '../../scripts/bench/restore';
+import { restoreMarkdown, writeRestoreDocs } from '../../scripts/bench/restore-report';
 import { restoreTrace } from '../../scripts/bench/restore-trace';
 import { itWith, root, scaled } from '../helpers';
 import { expectRestoreReport } from './restore-checks';
@@ -60,8 +61,16 @@ describe('npm run bench:restore', () => {
     const json = join(dir, 'restore.json');
     const r = await run(['--smoke', '--size', '8', '--reps', '2', '--json', json]);
     expect(r.code, r.stderr).toBe(0);
-    expectRestoreReport(JSON.parse(readFileSync(json, 'utf8')), { reps: 2, imageBytes: 8 << 20, smoke: true });
+    const report = JSON.parse(readFileSync(json, 'utf8'));
+    expectRestoreReport(report, { reps: 2, imageBytes: 8 << 20, smoke: true });
     expect(r.stdout).toMatch(/QUICK RUN/);
     expect(r.stdout).toMatch(/C reference, on demand/);
+    // What either benchmark's --docs writes: the markdown between the restore-bench markers, the rest of the page kept.
+    const repo = join(dir, 'repo');
+    mkdirSync(join(repo, 'docs'), { recursive: true });
+    const page = join(repo, 'docs/working-set.md');
+    writeFileSync(page, '# Working sets\n\n<!-- restore-bench:begin (written by npm run bench:restore -- --docs; do not edit by hand) -->\nold\n<!-- restore-bench:end -->\n\nafter\n');
+    expect(writeRestoreDocs(report, repo)).toBe('docs/working-set.md');
+    expect(readFileSync(page, 'utf8')).toBe(`# Working sets\n\n<!-- restore-bench:begin (written by npm run bench:restore -- --docs; do not edit by hand) -->\n${restoreMarkdown(report).trimEnd()}\n<!-- restore-bench:end -->\n\nafter\n`);
   }, 300_000);
 });
