@@ -17,6 +17,7 @@
         "native/fd_passing.cc",
         "native/engine.cc",
         "native/engine_napi.cc",
+        "native/run_fill.cc",
         "native/resolver.cc",
         "native/watchdog.cc",
         "native/pagemap.cc",

@@ -168,6 +168,22 @@ export class FaultEngine {
     return native.engineCopyRun(this.#handle, offset, bytes);
   }
 
+  /**
+   * Continue mode: copies the runs ([first page, count] pairs) from file
+   * `sourceFd` (backing offset + `sourceOffset`) into the backing `backingFd`,
+   * marks them present and maps them (`map`), on `threads` native threads.
+   * Resolves with a result per run: pages made present, or -errno. Setting
+   * `control[native.runFillLayout.cancel]` skips the runs not begun.
+   */
+  fillRuns(backingFd: number, sourceFd: number, sourceOffset: number, runs: Uint32Array, threads: number, map: boolean, control: Int32Array): Promise<Float64Array> {
+    let done!: (results: Float64Array) => void;
+    const filled = new Promise<Float64Array>((resolve) => (done = resolve));
+    // Argument errors throw here, at the call; a refusal of the kernel rejects.
+    const rc = native.engineFillRuns(this.#handle, backingFd, sourceFd, sourceOffset, runs, threads, map ? 1 : 0, control, done);
+    if (rc < 0) return Promise.reject(new UffdError(rc, 'copy_file_range', { fd: sourceFd, hint: `prefetching ${runs.length / 2} runs` }));
+    return filled;
+  }
+
   /** Counts (stats: watchedTouched) the first fault that finds each page of `words` present, clearing its bit. Once per engine. */
   watch(words: Uint32Array): number {
     return native.engineWatch(this.#handle, words);

@@ -88,6 +88,15 @@ export interface NativeBinding {
   enginePoisonAbsent(handle: EngineHandle): SysResult;
   /** Copy mode: COPYs whole pages `bytes` at backing `offset` into every view (DONTWAKE, then one WAKE). Pages copied or -errno. */
   engineCopyRun(handle: EngineHandle, offset: number, bytes: ArrayBufferView): SysResult;
+  /**
+   * Continue mode, content in a local file (native/run_fill.cc): copies runs [first, count, ...] of
+   * pages from `sourceFd` at `sourceOffset` + the run's offset into the backing, marks them present
+   * and (map = 1) maps them into every view, on `threads` native threads; `done` gets a result per
+   * run (pages made present, or -errno). `control[runFillLayout.cancel] = 1` skips runs not begun.
+   */
+  engineFillRuns(handle: EngineHandle, backingFd: number, sourceFd: number, sourceOffset: number, runs: Uint32Array, threads: number, map: number, control: Int32Array, done: (results: Float64Array) => void): SysResult;
+  /** Slots of a run fill's control array, and its thread limit (native/run_fill.cc). */
+  runFillLayout: { cancel: number; slots: number; maxThreads: number };
   /** Pages (a bitmap over a SharedArrayBuffer) whose first fault finding them present is counted (stats.watchedTouched). Once per engine. */
   engineWatch(handle: EngineHandle, words: Uint32Array): SysResult;
   engineWake(handle: EngineHandle, address: number, length: number): SysResult;

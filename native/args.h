@@ -58,6 +58,16 @@ inline bool Fd(const Napi::CallbackInfo& info, size_t i, int* out) {
   return true;
 }
 
+// A SharedArrayBuffer cannot be detached or transferred away: the memory a
+// native thread reads stays where it is for as long as it is referenced.
+inline bool OverShared(Napi::Env env, const Napi::TypedArray& array) {
+  bool shared = false;
+  napi_value global_sab;
+  napi_get_named_property(env, env.Global(), "SharedArrayBuffer", &global_sab);
+  napi_instanceof(env, array.ArrayBuffer(), global_sab, &shared);
+  return shared;
+}
+
 // Result convention shared by every syscall wrapper: >= 0 is success,
 // a negative value is -errno. lib/errors.ts turns it into a Node-style error.
 inline Napi::Number Result(Napi::Env env, double value) { return Napi::Number::New(env, value); }

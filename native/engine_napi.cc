@@ -10,6 +10,7 @@
 #include "addon_state.h"
 #include "args.h"
 #include "engine.h"
+#include "engine_handle.h"
 #include "handles.h"
 #include "resolver.h"
 #include "uffd_abi.h"
@@ -44,17 +45,6 @@ Napi::Value Deferring(Handle* h, Napi::Env env, int rc) {
   return args::Result(env, rc);
 }
 
-// A SharedArrayBuffer cannot be detached or transferred away: the memory a
-// native thread reads stays where it is for as long as it is referenced.
-bool OverShared(Napi::Env env, Napi::Uint32Array words) {
-  bool shared = false;
-  napi_value buffer = words.ArrayBuffer();
-  napi_value global_sab;
-  napi_get_named_property(env, env.Global(), "SharedArrayBuffer", &global_sab);
-  napi_instanceof(env, buffer, global_sab, &shared);
-  return shared;
-}
-
 // engineCreate(uffd, backingFd, pageSize, fill, readAhead, presentWords: Uint32Array over a SharedArrayBuffer)
 Napi::Value Create(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -69,7 +59,7 @@ Napi::Value Create(const Napi::CallbackInfo& info) {
   if (!info[5].IsTypedArray() || info[5].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
     return args::Fail(info, "expected the present bitmap as a Uint32Array"), env.Undefined();
   Napi::Uint32Array words = info[5].As<Napi::Uint32Array>();
-  if (!OverShared(env, words)) return args::Fail(info, "expected the present bitmap over a SharedArrayBuffer"), env.Undefined();
+  if (!args::OverShared(env, words)) return args::Fail(info, "expected the present bitmap over a SharedArrayBuffer"), env.Undefined();
   auto* h = new Handle();
   h->engine = std::make_shared<engine::Engine>(uffd, backing_fd, static_cast<uint64_t>(page_size),
                                                static_cast<engine::Fill>(fill), map_ahead > 0 ? static_cast<uint64_t>(map_ahead) : 0);
@@ -193,7 +183,7 @@ Napi::Value Watch(const Napi::CallbackInfo& info) {
   Handle* h = Of(info);
   if (!h) return info.Env().Undefined();
   if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
-      !OverShared(info.Env(), info[1].As<Napi::Uint32Array>()))
+      !args::OverShared(info.Env(), info[1].As<Napi::Uint32Array>()))
     return args::Fail(info, "expected a Uint32Array over a SharedArrayBuffer"), info.Env().Undefined();
   Napi::Uint32Array words = info[1].As<Napi::Uint32Array>();
   // Set once: a resolver thread may be reading the words already set.
@@ -331,6 +321,11 @@ Napi::Object Layout(Napi::Env env) {
 
 }  // namespace
 
+std::shared_ptr<engine::Engine> SharedEngine(const Napi::CallbackInfo& info, size_t i) {
+  Handle* h = handles::Unwrap<Handle>(info, i, handles::kEngine, "expected a fault engine handle");
+  return h ? h->engine : nullptr;
+}
+
 void InitEngine(Napi::Env env, Napi::Object exports) {
   exports.Set("engineLayout", Layout(env));
   exports.Set("engineCreate", Napi::Function::New(env, Create, "engineCreate"));
@@ -343,6 +338,7 @@ void InitEngine(Napi::Env env, Napi::Object exports) {
   exports.Set("engineMapPresent", Napi::Function::New(env, MapPresent, "engineMapPresent"));
   exports.Set("enginePoison", Napi::Function::New(env, Poison, "enginePoison"));
   exports.Set("engineCopyRun", Napi::Function::New(env, CopyRun, "engineCopyRun"));
+  InitRunFill(env, exports);
   exports.Set("engineWatch", Napi::Function::New(env, Watch, "engineWatch"));
   exports.Set("engineWake", Napi::Function::New(env, WakeRange, "engineWake"));
   exports.Set("engineReleaseViews", Napi::Function::New(env, ReleaseViews, "engineReleaseViews"));

@@ -6,7 +6,7 @@ import { EVENT, PAGEFAULT_FLAG } from '../constants';
 import { trace } from '../debug';
 import { FaultEngine } from '../engine';
 import { NEGATIVE_ERRNO } from '../errno';
-import { argValueError, renamedError, stateError } from '../errors';
+import { argValueError, check, renamedError, stateError } from '../errors';
 import { Mapping, Memfd } from '../memfd';
 import { native } from '../native';
 import { PresentPages } from '../present-pages';
@@ -74,6 +74,10 @@ export class FaultHandler implements AsyncDisposable {
   readonly #signal?: AbortSignal;
   readonly #recorder?: WorkingSetRecorder;
   readonly #replayer?: Replayer;
+  /** The native prefetch batch running, if any (settles, never rejects). */
+  #batchInFlight: Promise<void> | undefined;
+  /** The handler's duplicate of prefetch.file.fd, until the replay is over. */
+  #prefetchFd: number | undefined;
   readonly #replayStartsNow: boolean = false;
   readonly #fetch: FaultHandlerOptions['fetch'];
 
@@ -140,12 +144,20 @@ export class FaultHandler implements AsyncDisposable {
     this.#fetch = fetch;
     const replay = this.#replayOptions(opts);
     if (replay) {
-      const { pages, read, mapRuns, maxRunPages } = replay;
+      const { pages, read, file, threads, mapRuns, maxRunPages } = replay;
       this.#replayStartsNow = replay.start === 'now';
+      // A duplicate: the caller closing (and the process reusing) its descriptor cannot change what the replay reads.
+      const source = file && { fd: check(native.dupFd(file.fd), 'fcntl', { fd: file.fd, hint: 'duplicating prefetch.file.fd' }), offset: file.offset };
       this.#replayer = new Replayer(pages, this.present.pageCount, {
         taken: (page) => this.present.has(page) || this.present.inflight.has(page),
         fill: (first, count, signal) => this.#prefetchRun(first, count, signal, read, mapRuns),
+        ...(source ? { fillBatch: (runs: Uint32Array, signal: AbortSignal) => this.#prefetchBatch(runs, signal, source, threads, mapRuns) } : {}),
       }, maxRunPages);
+      if (source) {
+        // Ours until the replay is over and its last batch settled (a stop closes it before it resolves).
+        this.#prefetchFd = source.fd;
+        void this.#replayer.finished.then(() => this.#batchInFlight).then(() => this.#closePrefetchFd());
+      }
       if (!mapRuns) {
         // The engine counts the first fault on each page the replay made present.
         const watched = new Uint32Array(new SharedArrayBuffer(this.present.words.byteLength));
@@ -169,7 +181,40 @@ export class FaultHandler implements AsyncDisposable {
       throw argValueError('options.workingSet.replay', 'must be a working-set file path or a working set', ws.replay);
     const start = v.oneOf('options.workingSet.start', ws.start, ['first-fault', 'now'] as const, 'first-fault');
     const pages = loadReplayPages(ws.replay, { pageSize: this.#pageSize, memorySize: pageCount * this.#pageSize });
-    return pages && { pages, read: undefined, start, mapRuns: true, maxRunPages: 64 };
+    return pages && { pages, read: undefined, start, threads: 2, mapRuns: true, maxRunPages: 64 };
+  }
+
+  /**
+   * Makes a batch of runs present from a local file on native threads: claims
+   * every run first (a fault on one of its pages waits for the batch), then
+   * the threads copy, mark and map; a stop cancels the runs not begun.
+   */
+  #prefetchBatch(runs: Uint32Array, signal: AbortSignal, file: { fd: number; offset: number }, threads: number, mapRuns: boolean): Promise<Float64Array> {
+    signal.throwIfAborted();
+    const claims: ReturnType<typeof claimRun>[] = [];
+    const watched = this.#watched;
+    for (let i = 0; i < runs.length; i += 2) {
+      claims.push(claimRun(this.present, runs[i], runs[i + 1]));
+      if (watched) for (let p = runs[i]; p < runs[i] + runs[i + 1]; p++) Atomics.or(watched, p >>> 5, 1 << (p & 31));
+    }
+    const control = new Int32Array(new SharedArrayBuffer(native.runFillLayout.slots * Int32Array.BYTES_PER_ELEMENT));
+    // A stop releases the faults that joined the batch at once (they fetch, or are woken, as the handler stops).
+    const cancel = (): void => {
+      Atomics.store(control, native.runFillLayout.cancel, 1);
+      for (const claim of claims) claim.settle(false);
+    };
+    signal.addEventListener('abort', cancel, { once: true });
+    const batch = this.#engine.fillRuns(this.memfd.fd, file.fd, file.offset, runs, threads, mapRuns, control).then((results) => {
+      signal.removeEventListener('abort', cancel);
+      claims.forEach((claim, i) => claim.settle(results[i] > 0));
+      return results;
+    }, (err: unknown) => {
+      signal.removeEventListener('abort', cancel);
+      for (const claim of claims) claim.settle(false);
+      throw err;
+    });
+    this.#batchInFlight = batch.then(() => undefined, () => undefined);
+    return batch;
   }
 
   /**
@@ -454,6 +499,7 @@ export class FaultHandler implements AsyncDisposable {
       this.#state = 'stopped';
       this.#error = error;
       this.#replayer?.stop();
+      this.#closePrefetchFd();
       this.#resolveFinished(error);
       return (this.#stopping = Promise.resolve());
     }
@@ -467,6 +513,12 @@ export class FaultHandler implements AsyncDisposable {
     if (error) this.#queue.dropQueued();
     this.#stopping = this.#drain();
     return this.#stopping;
+  }
+
+  #closePrefetchFd(): void {
+    if (this.#prefetchFd === undefined) return;
+    native.closeFd(this.#prefetchFd);
+    this.#prefetchFd = undefined;
   }
 
   #abortReason(): Error {
@@ -483,6 +535,9 @@ export class FaultHandler implements AsyncDisposable {
     }
     // Whatever is still in flight is abandoned: its signal aborts, its late result is ignored.
     this.#queue.abandon(this.#abortReason());
+    // A native batch was cancelled with the replay: the runs in progress (a copy and a CONTINUE each) finish first.
+    await this.#batchInFlight;
+    this.#closePrefetchFd();
     // Unregister, then wake: UNREGISTER alone leaves MINOR faulters asleep.
     if (!this.#uffdClosed && !this.uffd.closed) this.#engine.releaseViews();
     this.#forgetClose?.();

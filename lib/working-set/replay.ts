@@ -24,6 +24,7 @@ import { trace } from '../debug';
 import { argValueError, argRangeError } from '../errors';
 import type { PresentPages } from '../present-pages';
 import * as v from '../validate';
+import { native } from '../native';
 import { readWorkingSet } from './format';
 
 /** When a replay starts. */
@@ -42,13 +43,32 @@ export type RunReader = (offset: number, length: number, context: { readonly sig
 
 /** Longest stretch of back-to-back synchronous runs before the event loop reads the uffd again, ms. */
 const REPLAY_SLICE_MS = 1;
+/**
+ * A native batch's size: a fault on one of its pages waits for the whole
+ * batch (a few ms at a few µs per page), one on any other page does not.
+ */
+const BATCH_PAGES = 512;
+const BATCH_RUNS = 256;
 
 /** A prefetch source built by the caller: the pages, and optionally a bulk reader for their content. */
 export interface PrefetchSource {
   /** Page indexes (byte offset / page size), first-touch order. Pages outside the memory are an error. */
   pages: readonly number[];
-  /** Content of a run of pages; without it the handler's `fetch` is called for each page of the run. */
+  /** Content of a run of pages; without it (and without `file`) the handler's `fetch` is called for each page of the run. */
   read?: RunReader;
+  /**
+   * The content is in a local file (a snapshot image, a memfd): page N's
+   * bytes are at `offset` + N × page size of file descriptor `fd`. The
+   * replay then copies, marks and maps runs on native threads
+   * (`threads`), file to memory in the kernel, while the JavaScript thread
+   * keeps serving demand faults: the fastest replay. Not with `read`. The
+   * handler reads from its own duplicate of the descriptor, closed when the
+   * replay ends: yours may be closed as soon as the handler is built. Pages
+   * the file does not hold are left to their faults.
+   */
+  file?: { fd: number; offset?: number };
+  /** Native threads that copy runs from `file` (default 2, at most 16). */
+  threads?: number;
   /** `'first-fault'` (default): the replay starts with the first fault. `'now'`: at start. */
   start?: ReplayStart;
   /**
@@ -168,14 +188,22 @@ export function sessionReplay(name: string, ws: Partial<WorkingSetReplayOptions>
 }
 
 /** @internal Checks a caller's prefetch source (bad input is an error, unlike a bad file). */
-export function checkPrefetchSource(name: string, value: unknown, pageCount: number): Required<Omit<PrefetchSource, 'read'>> & Pick<PrefetchSource, 'read'> {
+export function checkPrefetchSource(name: string, value: unknown, pageCount: number): Required<Omit<PrefetchSource, 'read' | 'file'>> & { read?: RunReader; file?: { fd: number; offset: number } } {
   const o = v.options<PrefetchSource>(name, value);
   if (!Array.isArray(o.pages)) throw argValueError(`${name}.pages`, 'must be an array of page indexes', o.pages);
   for (const p of o.pages)
     if (!Number.isSafeInteger(p) || p < 0 || p >= pageCount) throw argRangeError(`${name}.pages`, `page indexes from 0 to ${pageCount - 1}`, p);
+  if (o.read !== undefined && o.file !== undefined) throw argValueError(`${name}.file`, 'cannot be given with read', o.file);
+  let file: { fd: number; offset: number } | undefined;
+  if (o.file !== undefined) {
+    const f = v.options<{ fd: number; offset?: number }>(`${name}.file`, o.file);
+    file = { fd: v.fd(`${name}.file.fd`, f.fd), offset: v.integer(`${name}.file.offset`, f.offset ?? 0, 0, Number.MAX_SAFE_INTEGER) };
+  }
   return {
     pages: o.pages,
     read: o.read === undefined ? undefined : (v.func(`${name}.read`, o.read) as RunReader),
+    ...(file ? { file } : {}),
+    threads: v.integer(`${name}.threads`, o.threads ?? 2, 1, native.runFillLayout.maxThreads),
     start: v.oneOf(`${name}.start`, o.start, ['first-fault', 'now'] as const, 'first-fault'),
     mapRuns: v.boolean(`${name}.mapRuns`, o.mapRuns, true),
     maxRunPages: v.integer(`${name}.maxRunPages`, o.maxRunPages ?? 64, 1, 1 << 16),
@@ -193,6 +221,12 @@ export interface RunFiller {
   fill(first: number, count: number, signal: AbortSignal): number | Promise<number>;
   /** The page is present, or being fetched on demand: the replay leaves it. */
   taken(page: number): boolean;
+  /**
+   * Fills many runs at once off the JavaScript thread ([first, count] pairs),
+   * resolving with the pages made present per run or -errno. When given, the
+   * replay goes batch by batch instead of run by run (`fill` is not called).
+   */
+  fillBatch?(runs: Uint32Array, signal: AbortSignal): Promise<Float64Array>;
 }
 
 /**
@@ -312,6 +346,7 @@ export class Replayer {
   }
 
   #step(): void {
+    if (this.#filler.fillBatch) return this.#stepBatch(this.#filler.fillBatch.bind(this.#filler));
     // Runs filled synchronously (content at hand) go on back to back for one
     // slice of the loop's time, then the loop reads the uffd again: a demand
     // fault waits at most one slice behind the replay, and the replay does
@@ -337,6 +372,41 @@ export class Replayer {
     }
   }
 
+  /**
+   * Native batches: the JavaScript thread only plans and claims, so it stays
+   * free to read and serve demand faults while the batch is copied.
+   */
+  #stepBatch(fillBatch: NonNullable<RunFiller['fillBatch']>): void {
+    if (this.#state !== 'running') return;
+    const runs: number[] = [];
+    let pages = 0;
+    while (runs.length < 2 * BATCH_RUNS && pages < BATCH_PAGES) {
+      const run = this.#plan();
+      if (run === undefined) break;
+      runs.push(run[0], run[1]);
+      pages += run[1];
+    }
+    if (runs.length === 0) return this.#end('done');
+    const batch = Uint32Array.from(runs);
+    const settle = (results: Float64Array | undefined, err?: unknown): void => {
+      if (this.#state !== 'running') return;
+      for (let i = 0; i < batch.length / 2; i++) {
+        const r = results ? results[i] : -1;
+        if (r >= 0) this.#count(batch[2 * i + 1], r);
+        else this.#failedRun(batch[2 * i], batch[2 * i + 1], err ?? `errno ${-r}`);
+      }
+      this.#stepBatch(fillBatch);
+    };
+    let pending: Promise<Float64Array>;
+    try {
+      pending = fillBatch(batch, this.#controller.signal);
+    } catch (err) {
+      settle(undefined, err);
+      return;
+    }
+    pending.then((results) => settle(results), (err: unknown) => settle(undefined, err));
+  }
+
   #count(count: number, pages: number): void {
     this.#counts.runs++;
     this.#counts.prefetched += pages;
@@ -351,11 +421,15 @@ export class Replayer {
 
   #failed(first: number, count: number, err: unknown): void {
     if (this.#state !== 'running') return;
+    this.#failedRun(first, count, err);
+    this.#schedule();
+  }
+
+  #failedRun(first: number, count: number, err: unknown): void {
     // Those pages are left to demand; the faults that joined the run fetch them themselves.
     this.#counts.failedRuns++;
     this.#counts.leftToFaults += count;
     trace('working set replay: run %d+%d failed: %s', first, count, err);
-    this.#schedule();
   }
 }
 

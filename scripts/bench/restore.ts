@@ -282,14 +282,6 @@ async function cRestore(mode: RestoreMode, env: RestoreEnv, mem: Memfd, guest: G
 
 const CONCURRENT: RestoreMode[] = ['replay-concurrent', 'replay-mismatch'];
 
-async function replayDone(handler: FaultHandler): Promise<void> {
-  for (;;) {
-    const state = handler.stats().workingSet?.replay.state;
-    if (state !== 'waiting' && state !== 'running') return;
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-}
-
 async function libraryRestore(mode: RestoreMode, env: RestoreEnv, mem: Memfd, guest: Guest, expectedDigest: string,
   opts: { recordTo?: string }): Promise<RestoreRep> {
   const uffd = Userfaultfd.fromFd(guest.uffdFd);
@@ -306,13 +298,13 @@ async function libraryRestore(mode: RestoreMode, env: RestoreEnv, mem: Memfd, gu
     if (!env.caps.replay) throw new Error(`${NOT_AVAILABLE}${env.caps.reason}`);
     const file = env.recordings.get(rec)?.file;
     if (!file) throw new Error(`no ${rec} recording file`);
-    // The content is an image at hand, so the replay reads whole runs from it
-    // (one write and one CONTINUE per run, as the C reference does) instead
-    // of calling fetch per page; replayed from the start, as a restore that
-    // resumes the guest at once.
+    // The content is a local image, so the replay copies whole runs from its
+    // file on native threads (one copy and one CONTINUE per run, as the C
+    // reference does) instead of calling fetch per page; replayed from the
+    // start, as a restore that resumes the guest at once.
     prefetch = {
       pages: readWorkingSet(file).entries.map((e) => e.page),
-      read: (offset, length) => image.subarray(offset, offset + length),
+      file: { fd: env.image.fd },
       start: 'now',
     };
   }
@@ -335,7 +327,8 @@ async function libraryRestore(mode: RestoreMode, env: RestoreEnv, mem: Memfd, gu
     // As the C reference does: the recorded pages first, then the guest
     // resumes. The concurrent rows resume it at once, the replay racing its
     // faults (demand first): a wrong recording then costs little.
-    if (rec && !CONCURRENT.includes(mode)) await replayDone(handler);
+    // Awaited, not polled: a loop spinning on setImmediate would take a CPU from the replay's threads.
+    if (rec && !CONCURRENT.includes(mode)) await handler.replayFinished;
     const goAt = bench.now();
     const done = await guest.go();
     await handler.stop();
