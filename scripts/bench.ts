@@ -17,7 +17,9 @@ import { DIRTY_METHOD_LIST, DIRTY_SIZES, DirtyRow, measureDirty } from './bench/
 import { reserveHugePages } from './bench/hugepages';
 import { MigrationModes, runMigrationModes } from './bench/migration';
 import { writeFileAtomic, writeMarkdown, replaceBetweenMarkers } from './bench/output';
-import { BenchReport, QUICK_NOTE, compareText, markdownReport, ratioSummary, textReport, writeHtmlReport } from './bench/report';
+import { BenchReport, QUICK_NOTE, allTargets, compareText, markdownReport, ratioSummary, textReport, writeHtmlReport } from './bench/report';
+import { RestoreReport, writeRestoreDocs } from './bench/restore-report';
+import { RESTORE_SIZES, runRestoreBench, wrongRestores } from './bench/restore-run';
 import { BulkRow, Cell, LibraryCaps, MAP_AHEAD, Mode, Order, PageKind, Placement, Rep, filledMemfd, pageSizeFor, probeLibrary, runBulk, runRep } from './bench/scenarios';
 import { BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, medianInterval, pageOrders } from './bench/stats';
 
@@ -26,15 +28,15 @@ const USAGE = [
   '  --quick          9 interleaved repetitions of 300 faults per row (under a minute on 2 CPUs): a smoke test; default 15 of 1000',
   '  --smoke          3 repetitions of 32 faults: checks that every row resolves its faults (the test runs it)',
   '  --json FILE      every figure, intervals, machine facts and verdicts (rewritten after each cell)',
-  '  --report DIR     index.html with the ratio chart, the tables and latency CDFs; ratios.svg, latency-cdf.svg',
+  '  --report DIR     index.html with the ratio chart, the tables and latency CDFs; ratios.svg, latency-cdf.svg, restore.svg',
   '  --markdown       print the tables as markdown instead of text',
   '  --markdown FILE  write them to FILE (only between its bench markers when it has them)',
-  '  --docs           a default run only: write the tables into docs/benchmark.md and the ratios into README.md',
+  '  --docs           a default run only: write the tables into docs/benchmark.md, the ratios into README.md, the restore tables into docs/working-set.md',
   '  --compare FILE   per-row changes of the ratios against an earlier --json FILE, with both intervals',
   '  --check          exit 1 when a target is missed (its whole interval on the wrong side); else only failures do',
   '  --no-huge        skip the 2 MiB hugetlb rows (no vm.nr_hugepages change)',
   '  --seed N         seed of the random page orders (default 1); the bootstrap seed is fixed (printed)',
-  '  --only REGEX     run only the rows whose id matches (and their references), e.g. "4k/(c-reference|native-resolver)/same", "bulk", "dirty", "migration"',
+  '  --only REGEX     run only the rows whose id matches (and their references), e.g. "4k/(c-reference|native-resolver)/same", "bulk", "dirty", "migration", "restore"',
   '  --from FILE      measure nothing: print (and --report, --markdown, --docs, --compare) an earlier --json FILE',
   '',
 ].join('\n');
@@ -86,6 +88,8 @@ const size = args.smoke ? SIZES.smoke : args.quick ? SIZES.quick : SIZES.full;
 const dirtySize = DIRTY_SIZES[args.smoke ? 'smoke' : args.quick ? 'quick' : 'full'];
 // The live-migration demo's guest (MiB) and how long it runs after each migration (s).
 const migrationSize = args.smoke ? { mib: 8, after: 0.5 } : args.quick ? { mib: 64, after: 1 } : { mib: 256, after: 3 };
+// The restore section: the sizes of npm run bench:restore for the same run length.
+const restoreSize = RESTORE_SIZES[args.smoke ? 'smoke' : args.quick ? 'quick' : 'full'];
 const seed = Number(args.seed);
 
 const SINGLE_MODES: Mode[] = ['floor', 'c-reference', 'c-reference+spin', 'native-resolver', 'native-resolver+spin',
@@ -144,7 +148,7 @@ async function publish(report: BenchReport): Promise<void> {
   if (args.docs) writeDocs(report);
   process.stdout.write(`${args.markdown === '-' ? markdownReport(report) : textReport(report)}\n`);
   if (args.compare) process.stdout.write(`\n${compareText(compareRuns(report, readReport(args.compare)), args.compare)}\n`);
-  const missed = report.targets.filter((t) => t.verdict === 'missed');
+  const missed = allTargets(report).filter((t) => t.verdict === 'missed');
   if (args.check && missed.length) {
     process.stderr.write(`--check: ${missed.length} target(s) missed: ${missed.map((t) => t.name).join('; ')}\n`);
     process.exitCode = 1;
@@ -162,6 +166,12 @@ function writeDocs(report: BenchReport): void {
   for (const [file, name, text] of [['docs/benchmark.md', 'bench', markdownReport(report)], ['README.md', 'bench-ratios', ratioSummary(report)]]) {
     if (!replaceBetweenMarkers(join(repo, file), name, text)) throw new Error(`${file} lacks the ${name} markers`);
     process.stderr.write(`docs: ${file}\n`);
+  }
+  const restore = report.restore;
+  if (restore && !('error' in restore) && !restore.incomplete) process.stderr.write(`docs: ${writeRestoreDocs(restore, repo)}\n`);
+  else {
+    process.stderr.write(`--docs: docs/working-set.md left as it is: the restore section ${restore ? ('error' in restore ? `failed: ${restore.error}` : `is incomplete: ${restore.incomplete}`) : 'was not run'}\n`);
+    process.exitCode = 1;
   }
 }
 
@@ -224,17 +234,19 @@ async function main(): Promise<void> {
     .filter(([page]) => !only || only.test(`${page}/bulk`));
   const dirtyPlan = DIRTY_METHOD_LIST.filter((method) => !only || only.test(`dirty/${method}`));
   const migrationWanted = !only || only.test('migration');
+  const restoreWanted = !only || only.test('restore');
 
   const bar = new SingleBar({ stream: process.stderr, format: 'bench [{bar}] {value}/{total} {cell}', hideCursor: true, clearOnComplete: true });
-  bar.start(cells.length * size.reps + bulkPlan.length + dirtyPlan.length + (migrationWanted ? 1 : 0), 0, { cell: '' });
+  bar.start(cells.length * size.reps + bulkPlan.length + dirtyPlan.length + (migrationWanted ? 1 : 0) + (restoreWanted ? restoreSize.reps : 0), 0, { cell: '' });
   let done = 0;
   const rows: RowResult[] = [];
   const bulk: BulkRow[] = [];
   const dirty: DirtyRow[] = [];
   let migration: MigrationModes | { error: string } | undefined;
+  let restore: RestoreReport | { error: string } | undefined;
   // Rewritten after every cell, so a run that dies later keeps what it measured.
   const save = (incomplete?: string): BenchReport => {
-    const report = assemble(rows, bulk, dirty, migration, cpuCount, huge, lib, started, incomplete);
+    const report = assemble(rows, bulk, dirty, migration, restore, cpuCount, huge, lib, started, incomplete);
     if (args.json) writeFileAtomic(args.json, `${JSON.stringify(report, null, 2)}\n`);
     return report;
   };
@@ -264,6 +276,18 @@ async function main(): Promise<void> {
         migration = await runMigrationModes(migrationSize.mib, migrationSize.after).catch((err: Error) => ({ error: err.message }));
         bar.update(++done, { cell: 'migration' });
       }
+      if (restoreWanted) {
+        bar.update(done, { cell: 'restore' });
+        // As the migration demo: a failed restore run is reported in its section (with the rounds it measured).
+        restore = await runRestoreBench({
+          imageMiB: restoreSize.mib, reps: restoreSize.reps, seed, quick: args.quick, smoke: args.smoke,
+          onRound: (partial, round) => {
+            restore = partial;
+            bar.update(++done, { cell: 'restore' });
+            save(`stopped after ${round} of ${restoreSize.reps} restore rounds`);
+          },
+        }).then(({ report }) => report, (err: Error) => ({ error: err.message }));
+      }
     } catch (err) {
       failure = err as Error;
     }
@@ -278,13 +302,19 @@ async function main(): Promise<void> {
         process.stderr.write(`did not resolve all its faults: ${s.id}: faults ${s.faults}, touched ${s.touched}, messages ${s.messages}, resolved ${s.resolved}, checksum ${s.checksumOk ? 'ok' : 'WRONG'}${s.error ? `, error: ${s.error}` : ''}${s.note ? `, ${s.note}` : ''}\n`);
       process.exitCode = 1;
     }
+    const restoreWrong = !report.restore ? [] : 'error' in report.restore ? [`failed: ${report.restore.error}`]
+      : [...(report.restore.incomplete ? [report.restore.incomplete] : []), ...wrongRestores(report.restore).map((r) => `${r.mode}: ${r.error ?? 'bytes or faults wrong'}`)];
+    if (restoreWrong.length) {
+      for (const line of restoreWrong) process.stderr.write(`did not restore right: ${line}\n`);
+      process.exitCode = 1;
+    }
   } finally {
     bar.stop();
     huge.restore();
   }
 }
 
-function assemble(rows: RowResult[], bulk: BulkRow[], dirty: DirtyRow[], migration: MigrationModes | { error: string } | undefined, cpuCount: number, huge: { available: number; reason?: string }, lib: LibraryCaps, started: number, incomplete?: string): BenchReport {
+function assemble(rows: RowResult[], bulk: BulkRow[], dirty: DirtyRow[], migration: MigrationModes | { error: string } | undefined, restore: RestoreReport | { error: string } | undefined, cpuCount: number, huge: { available: number; reason?: string }, lib: LibraryCaps, started: number, incomplete?: string): BenchReport {
   const bulkRows = bulkRatios(bulk);
   const cpu = cpus()[0];
   return {
@@ -302,6 +332,7 @@ function assemble(rows: RowResult[], bulk: BulkRow[], dirty: DirtyRow[], migrati
     bulk: bulkRows,
     dirty,
     ...(migration ? { migration } : {}),
+    ...(restore ? { restore } : {}),
     targets: targets(rows, bulkRows, lib.spinUs, dirty),
     durationMs: Date.now() - started,
     ...(incomplete ? { incomplete } : {}),

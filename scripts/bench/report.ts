@@ -8,20 +8,12 @@ import { Delta, RowResult, Target } from './analysis';
 import { liveTableCells } from '../demo-migrate/live';
 import { DIRTY_FRACTIONS, DirtyRow } from './dirty';
 import type { MigrationModes } from './migration';
+import { CONFIG, Machine, Table, escapeHtml, htmlTable, interval, machineLine, renderMarkdown, renderText, targetLines, toSvg } from './render';
+import { RestoreReport, headerLines as restoreHeader, ratioTable as restoreRatioTable, renderRestoreChart, scenarioTable as restoreScenarioTable } from './restore-report';
 import { BulkRow, MODE_LABEL } from './scenarios';
 import { Interval } from './stats';
 
-export interface Machine {
-  kernel: string;
-  cpus: number;
-  cpuModel: string;
-  pageSize: number;
-  hugePageSize: number;
-  hugePages: { available: number; reason?: string };
-  node: string;
-  loadAverage: number[];
-  date: string;
-}
+export type { Machine, Table } from './render';
 
 export interface BenchReport {
   version: 2;
@@ -36,6 +28,8 @@ export interface BenchReport {
   dirty?: DirtyRow[];
   /** The live-migration demo's three modes side by side, or why they are missing. */
   migration?: MigrationModes | { error: string };
+  /** The restore benchmark (npm run bench:restore) run as a section, or why it is missing; its targets are in it. */
+  restore?: RestoreReport | { error: string };
   targets: Target[];
   durationMs: number;
   /** Set while the run is under way and when it failed: how far it got. */
@@ -52,10 +46,6 @@ export const QUICK_NOTE = [
 const isQuick = (report: BenchReport): boolean => Boolean(report.options.quick || report.options.smoke);
 
 const us = (ns: number) => (ns / 1000).toFixed(ns < 10_000 ? 2 : 1);
-const x = (v: number) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
-export const ratio = (r: number | null | undefined) => (r === null || r === undefined ? '' : `${x(r)}x`);
-/** "1.02x [0.98-1.07]": the value and its 95% interval. */
-export const interval = (i: Interval | null | undefined) => (!i ? '' : `${x(i.value)}x [${x(i.lo)}-${x(i.hi)}]`);
 const rate = (n: number) => (n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : n.toFixed(0));
 const pct = (f: number | null) => (f === null ? '' : `${Math.round(f * 100)}%`);
 
@@ -64,12 +54,6 @@ const PLACEMENT_TEXT: Record<string, string> = {
   diff: 'handler on CPU 0, touchers on other CPUs (split)',
   unpinned: 'the scheduler decides; "co-loc" is the share of faults whose toucher ran on the handler\'s CPU, and a ratio pairs only repetitions that landed alike (both mostly co-located or both mostly split)',
 };
-
-export interface Table {
-  header: string[];
-  rows: string[][];
-  align: ('l' | 'r')[];
-}
 
 const label = (r: RowResult) => MODE_LABEL[r.mode];
 const where = (r: RowResult) => [r.kind === 'scan' ? 'scan' : r.page, r.placement, r.order, String(r.threads), String(r.handlers)];
@@ -149,6 +133,33 @@ function migrationText(report: BenchReport, table: (t: Table) => string, line: (
   return [parts.note, ...(parts.table ? [table(parts.table)] : []), ...parts.lines.map(line), ''];
 }
 
+/** The benchmark's targets and the restore section's, named as such: what the verdict list and --check go by. */
+export function allTargets(report: BenchReport): Target[] {
+  const r = report.restore;
+  return [...report.targets, ...(r && !('error' in r) ? r.targets.map((t) => ({ ...t, name: `restore: ${t.name}` })) : [])];
+}
+
+/** The restore section: what was measured, the scenario and ratio tables (its targets are in the list of targets). */
+function restoreParts(report: BenchReport): { lines: string[]; tables: Table[] } | null {
+  const r = report.restore;
+  if (!r) return null;
+  const title = 'Restore of a snapshot image into a guest process (npm run bench:restore; docs/working-set.md, Restore benchmark)';
+  if ('error' in r) return { lines: [`${title}: failed: ${r.error}`], tables: [] };
+  return {
+    lines: [`${title}${r.incomplete ? `, INCOMPLETE (${r.incomplete})` : ''}; its targets are listed with the others as "restore: ...".`, ...restoreHeader(r, false)],
+    tables: [restoreScenarioTable(r), restoreRatioTable(r)],
+  };
+}
+
+/** Text: the lines, then each table after a blank line; markdown: a paragraph per line, then the tables. */
+function restoreText(report: BenchReport, markdown: boolean): string[] {
+  const parts = restoreParts(report);
+  if (!parts) return [];
+  return markdown
+    ? [...parts.lines.map((l) => `${l}\n`), ...parts.tables.flatMap((t) => [renderMarkdown(t), ''])]
+    : [...parts.lines, '', ...parts.tables.flatMap((t) => [renderText(t), ''])];
+}
+
 function dirtyNote(report: BenchReport): string {
   const d = (report.dirty ?? []).find((r) => r.available);
   return `Dirty tracking: a ${d ? `${d.bytes / 2 ** 20} MiB ` : ''}memfd view, every page present and written once before tracking starts; `
@@ -156,50 +167,11 @@ function dirtyNote(report: BenchReport): string {
     + 'the untracked write is to the same pages through a fresh mapping no tracker knows, in the same repetition; costs that grow with the view are per GiB of it; [95%] = bootstrap interval over the repetitions.';
 }
 
-export function renderText(t: Table): string {
-  const widths = t.header.map((h, i) => Math.max(h.length, ...t.rows.map((r) => r[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => (t.align[i] === 'r' ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd();
-  return [line(t.header), widths.map((w) => '-'.repeat(w)).join('  '), ...t.rows.map(line)].join('\n');
-}
-
-export function renderMarkdown(t: Table): string {
-  const line = (cells: string[]) => `| ${cells.join(' | ')} |`;
-  return [line(t.header), line(t.align.map((a) => (a === 'r' ? '---:' : '---'))), ...t.rows.map(line)].join('\n');
-}
-
-export function machineLine(m: Machine): string {
-  return `Linux ${m.kernel}, ${m.cpus} CPUs (${m.cpuModel}), page ${m.pageSize} B, Node ${m.node}, load ${m.loadAverage.map((l) => l.toFixed(2)).join(' ')}`;
-}
-
 function statsLine(report: BenchReport): string {
   const b = report.options.bootstrap;
   return `Ratios: median over ${report.options.reps ?? '?'} interleaved repetition pairs (p50, faults/s, per page) or pooled over them (p99, p99.9); `
     + `[95%] = percentile bootstrap over the pairs${b ? ` (${b.resamples} resamples, seed ${b.seed})` : ''}. `
     + 'A target is met when its whole interval is on the right side, MISSED when the whole interval is on the wrong side, otherwise inconclusive (noise).';
-}
-
-const VERDICT_TEXT = { met: 'met', missed: 'MISSED', inconclusive: 'inconclusive: noise' } as const;
-
-export function targetLines(report: Pick<BenchReport, 'targets'>): string[] {
-  const lines: string[] = [];
-  for (const t of report.targets) {
-    if (!t.verdict) {
-      lines.push(`${t.name} (target ${t.target}): n/a, ${t.reason}`);
-      continue;
-    }
-    // The check that decides: the worst interval for the target.
-    // Missed: the check furthest past the target; otherwise the one whose interval reaches furthest.
-    const worst = t.verdict === 'missed'
-      ? [...t.checks].filter((c) => c.verdict === 'missed').sort((a, b) => (t.atLeast ? a.hi - b.hi : b.lo - a.lo))[0]
-      : [...t.checks].sort((a, b) => (t.atLeast ? a.lo - b.lo : b.hi - a.hi))[0];
-    const spread = Math.min(...t.checks.map((c) => c.lo));
-    const top = Math.max(...t.checks.map((c) => c.hi));
-    // Runs from before targets had units are all ratios.
-    const unit = !t.unit || t.unit === 'x' ? 'x' : ` ${t.unit}`;
-    lines.push(`${t.name} (target ${t.target}): ${VERDICT_TEXT[t.verdict]}; ${t.checks.length} row(s), intervals within ${x(spread)}-${x(top)}${unit}, worst ${worst.row} ${x(worst.value)}${unit} [${x(worst.lo)}-${x(worst.hi)}]${worst.n < 5 ? ` (${worst.n} ${unit === 'x' ? 'pairs' : 'repetitions'}: too few to judge)` : ''}`);
-    for (const c of t.checks) if (c.verdict !== 'met' && c.row !== worst.row) lines.push(`    ${VERDICT_TEXT[c.verdict]}: ${c.row} ${x(c.value)}${unit} [${x(c.lo)}-${x(c.hi)}]`);
-  }
-  return lines;
 }
 
 /** What comes before the tables when the run was quick or did not finish. */
@@ -246,7 +218,8 @@ export function textReport(report: BenchReport): string {
     '',
     ...(report.dirty?.length ? [dirtyNote(report), renderText(dirtyTable(report)), ''] : []),
     ...migrationText(report, renderText, (l) => l),
-    ...targetLines(report),
+    ...restoreText(report, false),
+    ...targetLines({ targets: allTargets(report) }),
     ...(isQuick(report) ? ['', QUICK_NOTE] : []),
   ].join('\n');
 }
@@ -272,7 +245,8 @@ export function markdownReport(report: BenchReport): string {
     '',
     ...(report.dirty?.length ? [dirtyNote(report), '', renderMarkdown(dirtyTable(report)), ''] : []),
     ...migrationText(report, (t) => `\n${renderMarkdown(t)}\n`, (l) => `- ${l}`),
-    ...targetLines(report).map((l) => (l.startsWith('    ') ? `  - ${l.trim()}` : `- ${l}`)),
+    ...restoreText(report, true),
+    ...targetLines({ targets: allTargets(report) }).map((l) => (l.startsWith('    ') ? `  - ${l.trim()}` : `- ${l}`)),
   ].join('\n');
 }
 
@@ -311,22 +285,8 @@ export function compareText(deltas: Delta[], file: string): string {
   return [`compare with ${file}: ${moved.filter((d) => d.call === 'worse').length} worse, ${moved.filter((d) => d.call === 'better').length} better, ${deltas.length - moved.length} within noise (worse/better: the two intervals do not overlap)`, renderText(t)].join('\n');
 }
 
-// vega and vega-lite ship as ES modules only; a real dynamic import keeps
-// tsc's CommonJS output from turning it into require().
-const importModule = new Function('specifier', 'return import(specifier)') as (specifier: string) => Promise<any>;
-
 const groupKey = (r: RowResult): string =>
   `${r.kind === 'scan' ? 'scan ' : ''}${r.page} ${r.placement} ${r.order} ${r.threads}t${r.handlers > 1 ? ` ${r.handlers}h` : ''}`;
-
-async function toSvg(spec: object): Promise<string> {
-  const [vega, vegaLite] = await Promise.all([importModule('vega'), importModule('vega-lite')]);
-  const view = new vega.View(vega.parse(vegaLite.compile(spec).spec), { renderer: 'none' });
-  const svg: string = await view.toSVG();
-  view.finalize();
-  return svg;
-}
-
-const CONFIG = { font: 'DejaVu Sans, Helvetica, Arial, sans-serif', background: 'white' };
 
 /**
  * The first chart: every library row's ratio to the C reference of its cell
@@ -397,14 +357,6 @@ export async function renderChart(report: BenchReport): Promise<string> {
   return toSvg(spec);
 }
 
-const escapeHtml = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
-
-function htmlTable(t: Table): string {
-  const head = t.header.map((h) => `<th>${escapeHtml(h)}</th>`).join('');
-  const body = t.rows.map((r) => `<tr>${r.map((c, i) => `<td class="${t.align[i]}">${escapeHtml(c)}</td>`).join('')}</tr>`).join('\n');
-  return `<table><thead><tr>${head}</tr></thead><tbody>\n${body}\n</tbody></table>`;
-}
-
 function migrationHtml(report: BenchReport): string {
   const parts = migrationParts(report);
   if (!parts) return '';
@@ -412,7 +364,13 @@ function migrationHtml(report: BenchReport): string {
     `<ul>${parts.lines.map((l) => `<li>${escapeHtml(l)}</li>`).join('')}</ul>\n`;
 }
 
-/** Writes DIR/index.html (charts and tables), DIR/ratios.svg and DIR/latency-cdf.svg. */
+function restoreHtml(report: BenchReport, chart: string | null): string {
+  const parts = restoreParts(report);
+  if (!parts) return '';
+  return `<h2>Restore: on demand, working-set replay, eager copy</h2>\n<p class="note">${parts.lines.map(escapeHtml).join('<br>\n')}</p>\n${chart ?? ''}\n${parts.tables.map(htmlTable).join('\n')}\n`;
+}
+
+/** Writes DIR/index.html (charts and tables), DIR/ratios.svg, DIR/latency-cdf.svg and, with a restore section, DIR/restore.svg. */
 export async function writeHtmlReport(report: BenchReport, dir: string): Promise<string[]> {
   mkdirSync(dir, { recursive: true });
   const ratioSvg = await renderRatioChart(report);
@@ -421,6 +379,10 @@ export async function writeHtmlReport(report: BenchReport, dir: string): Promise
   const svgPath = join(dir, 'latency-cdf.svg');
   writeFileSync(ratioPath, ratioSvg);
   writeFileSync(svgPath, svg);
+  const restore = report.restore && !('error' in report.restore) && report.restore.rows.some((r) => r.reps > 0) ? report.restore : null;
+  const restoreSvg = restore ? await renderRestoreChart(restore) : null;
+  const restorePath = join(dir, 'restore.svg');
+  if (restoreSvg) writeFileSync(restorePath, restoreSvg);
   const html = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>userfaultfd minor-fault benchmark</title>
 <style>
@@ -439,7 +401,7 @@ ${escapeHtml(statsLine(report))}</p>
 <h2>Ratios to the C reference</h2>
 ${ratioSvg}
 <h2>Targets</h2>
-<ul>${targetLines(report).map((l) => `<li>${escapeHtml(l)}</li>`).join('')}</ul>
+<ul>${targetLines({ targets: allTargets(report) }).map((l) => `<li>${escapeHtml(l)}</li>`).join('')}</ul>
 <h2>Ratios with intervals</h2>
 ${htmlTable(ratioTable(report))}
 <h2>Latency CDF per cell</h2>
@@ -448,9 +410,9 @@ ${svg}
 ${htmlTable(latencyTable(report))}
 <h2>Bulk installation</h2>
 ${htmlTable(bulkTable(report))}
-${report.dirty?.length ? `<h2>Dirty tracking</h2>\n<p class="note">${escapeHtml(dirtyNote(report))}</p>\n${htmlTable(dirtyTable(report))}\n` : ''}${migrationHtml(report)}</body></html>
+${report.dirty?.length ? `<h2>Dirty tracking</h2>\n<p class="note">${escapeHtml(dirtyNote(report))}</p>\n${htmlTable(dirtyTable(report))}\n` : ''}${migrationHtml(report)}${restoreHtml(report, restoreSvg)}</body></html>
 `;
   const htmlPath = join(dir, 'index.html');
   writeFileSync(htmlPath, html);
-  return [htmlPath, ratioPath, svgPath];
+  return [htmlPath, ratioPath, svgPath, ...(restoreSvg ? [restorePath] : [])];
 }

@@ -13,6 +13,7 @@ import { compareRuns, makeTarget, pairRatios, RowResult } from '../../scripts/be
 import type { Rep } from '../../scripts/bench/scenarios';
 import { bootstrap, median, medianInterval, pooledQuantile, pooledRatioInterval, prng, verdict } from '../../scripts/bench/stats';
 import { itWith, root, waitFor } from '../helpers';
+import { expectRestoreReport } from './restore-checks';
 
 const dir = mkdtempSync(join(tmpdir(), 'uffd-bench-test-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -21,7 +22,7 @@ const readHugePages = (): string => readFileSync('/proc/sys/vm/nr_hugepages', 'u
 
 function runBench(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [join(root, 'dist/scripts/bench.js'), ...args], { timeout: 150_000, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [join(root, 'dist/scripts/bench.js'), ...args], { timeout: 270_000, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
       resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
     });
   });
@@ -215,6 +216,8 @@ describe('npm run bench -- --smoke', () => {
       expect(r.downtimeMs, r.mode).toBeGreaterThan(0);
     }
     expect(report.migration.targets).toHaveLength(2);
+    // The restore benchmark as a section, at bench:restore --smoke's size, every scenario restored right.
+    expectRestoreReport(report.restore, { reps: 3, imageBytes: 16 << 20, smoke: true });
     expect(report.targets).toHaveLength(11);
     for (const t of report.targets) {
       expect(t, t.name).toMatchObject({ name: expect.any(String), limit: expect.any(Number), atLeast: expect.any(Boolean) });
@@ -230,6 +233,9 @@ describe('npm run bench -- --smoke', () => {
     expect(run.stdout).toMatch(/inconclusive: noise/);
     expect(run.stdout).toMatch(/p50 ×ref \[95%\]/);
     expect(run.stdout).toMatch(/^\| dirty tracking \| view \| reps \|/m);
+    expect(run.stdout).toMatch(/^\| scenario \| reps \| time ms \| guest ms \| before go ms \|/m);
+    // The restore targets are judged with the others.
+    for (const t of report.restore.targets) expect(run.stdout).toContain(`- restore: ${t.name} (target ${t.target})`);
     expect(report.incomplete).toBeUndefined();
     const ratios = readFileSync(join(reportDir, 'ratios.svg'), 'utf8');
     expect(ratios).toMatch(/^<svg[^>]*>/);
@@ -237,10 +243,18 @@ describe('npm run bench -- --smoke', () => {
     const svg = readFileSync(join(reportDir, 'latency-cdf.svg'), 'utf8');
     expect(svg).toMatch(/^<svg[^>]*>/);
     expect(svg).toContain('C reference');
+    const restoreSvg = readFileSync(join(reportDir, 'restore.svg'), 'utf8');
+    expect(restoreSvg).toMatch(/^<svg[^>]*>/);
+    // Both panels: the phases of each scenario with its time at the bar's end, the ratios with their targets.
+    expect(restoreSvg).toContain('before go: prefetch or eager copy');
+    expect(restoreSvg).toMatch(/>library \d+(\.\d)? ms</);
+    expect(restoreSvg).toMatch(/>C \d+(\.\d)? ms</);
+    expect(restoreSvg).toContain('replay speedup: on-demand time / replay time (matching recording) (target &gt;= 5x)');
     const html = readFileSync(join(reportDir, 'index.html'), 'utf8');
     expect(html).toContain('<svg');
     expect(html).toContain('<table>');
-  }, 180_000);
+    expect(html).toContain('<h2>Restore: on demand, working-set replay, eager copy</h2>');
+  }, 300_000);
 });
 
 describe('bench output files', () => {
@@ -265,6 +279,8 @@ describe('bench output files', () => {
     const jsonPath = join(dir, 'few.json');
     const measured = await runBench(['--smoke', '--no-huge', '--only', '4k/(c-reference|native-resolver)/same', '--json', jsonPath]);
     expect(measured.code).toBe(0);
+    // A selection that does not name the restore section leaves it out.
+    expect(JSON.parse(readFileSync(jsonPath, 'utf8')).restore).toBeUndefined();
     const doc = join(dir, 'doc.md');
     const before = '# Benchmark\n\nintro\n\n<!-- bench:begin (written by npm run bench; do not edit by hand) -->\nold table\n<!-- bench:end -->\n\noutro\n';
     writeFileSync(doc, before);
