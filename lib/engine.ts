@@ -163,7 +163,7 @@ export class FaultEngine {
     return native.engineMapPresent(this.#handle, offset, length);
   }
 
-  /** Copy mode: fills backing range [offset, offset + bytes.length) of every view ahead of its faults. Pages copied, or -errno. */
+  /** Copy mode: fills backing range [offset, offset + bytes.length) of every view ahead of its faults, without waking anyone (see {@link wake}). Pages copied, or -errno. */
   copyRun(offset: number, bytes: Uint8Array): number {
     return native.engineCopyRun(this.#handle, offset, bytes);
   }
@@ -182,6 +182,22 @@ export class FaultEngine {
     const rc = native.engineFillRuns(this.#handle, backingFd, sourceFd, sourceOffset, runs, threads, map ? 1 : 0, control, done);
     if (rc < 0) return Promise.reject(new UffdError(rc, 'copy_file_range', { fd: sourceFd, hint: `prefetching ${runs.length / 2} runs` }));
     return filled;
+  }
+
+  /**
+   * Copy mode: {@link copyRun} for each run ([first page, count] pairs), its
+   * bytes at the same offset of `image`, in one call. A result per run.
+   */
+  copyRuns(image: Uint8Array, runs: Uint32Array): Float64Array {
+    const r = native.engineCopyRuns(this.#handle, image, runs);
+    // Only a backing that is not copy mode answers a number.
+    if (typeof r === 'number') return new Float64Array(runs.length / 2).fill(r);
+    return r;
+  }
+
+  /** Wakes whoever waits on a fault in [address, address + length). */
+  wake(address: number, length: number): number {
+    return native.engineWake(this.#handle, address, length);
   }
 
   /** Counts (stats: watchedTouched) the first fault that finds each page of `words` present, clearing its bit. Once per engine. */

@@ -86,8 +86,10 @@ export interface NativeBinding {
   engineMapPresent(handle: EngineHandle, offset: number, length: number): SysResult;
   enginePoison(handle: EngineHandle, address: number, length: number): SysResult;
   enginePoisonAbsent(handle: EngineHandle): SysResult;
-  /** Copy mode: COPYs whole pages `bytes` at backing `offset` into every view (DONTWAKE, then one WAKE). Pages copied or -errno. */
+  /** Copy mode: COPYs whole pages `bytes` at backing `offset` into every view (DONTWAKE: a fault on them is woken when read, or by engineWake). Pages copied or -errno. */
   engineCopyRun(handle: EngineHandle, offset: number, bytes: ArrayBufferView): SysResult;
+  /** Copy mode: engineCopyRun for each run [first, count, ...], its bytes at the same offset of `image`. A result per run. */
+  engineCopyRuns(handle: EngineHandle, image: ArrayBufferView, runs: Uint32Array): Float64Array | SysResult;
   /**
    * Continue mode, content in a local file (native/run_fill.cc): copies runs [first, count, ...] of
    * pages from `sourceFd` at `sourceOffset` + the run's offset into the backing, marks them present

@@ -339,8 +339,9 @@ int64_t Engine::CopyRun(uint64_t offset, const uint8_t* bytes, uint64_t length) 
       if (first == 0) first = rc;
       break;
     }
-    // DONTWAKE left whoever faulted on the run asleep.
-    if (at > start) Wake(start, at - start);
+    // No wake per run: whoever faulted on the run meanwhile is woken when
+    // its fault is read (the page is present then), and the caller wakes
+    // once when its replay ends; a wake per run doubled a run's cost.
   }
   if (copied > 0) Count(kCopied, static_cast<uint64_t>(copied));
   return copied > 0 ? copied : first;

@@ -153,8 +153,9 @@ class Engine {
   // every view (a push arrived). Returns 0 or the first failure's -errno.
   int MapPresent(uint64_t offset, uint64_t length);
   // Fill mode, a run ahead of its faults: COPY `length` bytes of backing
-  // range [offset, offset + length) into every view showing it, DONTWAKE,
-  // then one WAKE per view. Pages filled meanwhile (EEXIST) are skipped.
+  // range [offset, offset + length) into every view showing it, DONTWAKE
+  // (a fault on the run is woken when it is read, or by the caller's one
+  // WAKE at the end). Pages filled meanwhile (EEXIST) are skipped.
   // Returns the pages copied, or the first failure's -errno when none was.
   int64_t CopyRun(uint64_t offset, const uint8_t* bytes, uint64_t length);
   // Poisons the pages of [address, address + length) (SIGBUS on access).

@@ -178,6 +178,35 @@ Napi::Value CopyRun(const Napi::CallbackInfo& info) {
   return args::Result(info.Env(), static_cast<double>(h->engine->CopyRun(offset, bytes, ta.ByteLength())));
 }
 
+// engineCopyRuns(h, image, runs: Uint32Array [first, count, ...]) -> Float64Array:
+// CopyRun for each run, its bytes at the same offset of `image` (the whole
+// memory at hand): one call for a batch of a replay's runs. A result per
+// run, as CopyRun's.
+Napi::Value CopyRuns(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Handle* h = Of(info);
+  if (!h) return env.Undefined();
+  if (!info[1].IsTypedArray()) return args::Fail(info, "expected the image's bytes"), env.Undefined();
+  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
+      info[2].As<Napi::TypedArray>().ElementLength() % 2 != 0)
+    return args::Fail(info, "expected the runs as a Uint32Array of [first, count] pairs"), env.Undefined();
+  if (h->engine->fill() != engine::Fill::kCopy) return args::Result(env, -EINVAL);
+  Napi::TypedArray image = info[1].As<Napi::TypedArray>();
+  Napi::Uint32Array runs = info[2].As<Napi::Uint32Array>();
+  const uint64_t ps = h->engine->page_size();
+  const uint8_t* bytes = static_cast<const uint8_t*>(image.ArrayBuffer().Data()) + image.ByteOffset();
+  const size_t n = runs.ElementLength() / 2;
+  for (size_t i = 0; i < n; i++)
+    if (runs[2 * i + 1] == 0 || (static_cast<uint64_t>(runs[2 * i]) + runs[2 * i + 1]) * ps > image.ByteLength())
+      return args::Fail(info, "expected runs of pages inside the image"), env.Undefined();
+  Napi::Float64Array out = Napi::Float64Array::New(env, n);
+  for (size_t i = 0; i < n; i++) {
+    const uint64_t offset = static_cast<uint64_t>(runs[2 * i]) * ps;
+    out[i] = static_cast<double>(h->engine->CopyRun(offset, bytes + offset, static_cast<uint64_t>(runs[2 * i + 1]) * ps));
+  }
+  return out;
+}
+
 // engineWatch(h, words: Uint32Array over a SharedArrayBuffer): pages whose first fault is counted.
 Napi::Value Watch(const Napi::CallbackInfo& info) {
   Handle* h = Of(info);
@@ -338,6 +367,7 @@ void InitEngine(Napi::Env env, Napi::Object exports) {
   exports.Set("engineMapPresent", Napi::Function::New(env, MapPresent, "engineMapPresent"));
   exports.Set("enginePoison", Napi::Function::New(env, Poison, "enginePoison"));
   exports.Set("engineCopyRun", Napi::Function::New(env, CopyRun, "engineCopyRun"));
+  exports.Set("engineCopyRuns", Napi::Function::New(env, CopyRuns, "engineCopyRuns"));
   InitRunFill(env, exports);
   exports.Set("engineWatch", Napi::Function::New(env, Watch, "engineWatch"));
   exports.Set("engineWake", Napi::Function::New(env, WakeRange, "engineWake"));

@@ -19,6 +19,8 @@ export interface PageImage {
    * overwrites, so a page served from a file costs no allocation.
    */
   peek(offset: number, length: number): Uint8Array;
+  /** The whole image, when it is memory at hand (a Buffer source): runs can be copied from it in one call. */
+  readonly memory?: Uint8Array;
   close(): void;
 }
 
@@ -76,6 +78,7 @@ export function openImage(source: ImageSource): PageImage {
       size: bytes.byteLength,
       read,
       peek: read,
+      memory: bytes,
       close: () => {},
     };
   }

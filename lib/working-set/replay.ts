@@ -373,8 +373,9 @@ export class Replayer {
   }
 
   /**
-   * Native batches: the JavaScript thread only plans and claims, so it stays
-   * free to read and serve demand faults while the batch is copied.
+   * Batches: filled by native threads (the JavaScript thread only plans and
+   * claims, and stays free to serve demand faults meanwhile), or by one
+   * native call on this thread (a batch of about a millisecond's work).
    */
   #stepBatch(fillBatch: NonNullable<RunFiller['fillBatch']>): void {
     if (this.#state !== 'running') return;
@@ -395,7 +396,9 @@ export class Replayer {
         if (r >= 0) this.#count(batch[2 * i + 1], r);
         else this.#failedRun(batch[2 * i], batch[2 * i + 1], err ?? `errno ${-r}`);
       }
-      this.#stepBatch(fillBatch);
+      // A turn of the loop between batches, as between slices: a batch filled
+      // on this thread must not keep the uffd from being read.
+      this.#schedule();
     };
     let pending: Promise<Float64Array>;
     try {

@@ -1,6 +1,8 @@
 // The restore benchmark's one-fd rows: Firecracker's one-fd backend, a
 // guest whose memory is private anonymous memory registered MISSING, its
-// faults filled by UFFDIO_COPY from the snapshot image file. The library's
+// faults filled by UFFDIO_COPY from the snapshot image: both page servers
+// read it from a mapping filled beforehand (the library's is the image's
+// own, the C reference maps the snapshot file). The library's
 // FirecrackerPageServer gets the guest's uffd as Firecracker hands it over
 // (a connection to its socket, the region message with the uffd attached);
 // the C reference (native/bench/restore.cc, copy mode) gets it over the
@@ -53,7 +55,8 @@ async function libraryOneFd(mode: RestoreMode, env: RestoreEnv, guest: Guest, ex
   const eager = mode === 'fc-eager';
   const replay = eager ? everyPage(env.image.size) : recording?.file;
   const server = FirecrackerPageServer.listen(join(env.dir, `fc-${sessions++}.sock`), {
-    snapshot: env.imageFile, ...(replay ? { workingSet: { replay, start: 'now' as const } } : {}),
+    // The image as memory mapped and filled beforehand, as the C reference has it (a path would add a pread per page).
+    snapshot: new Uint8Array(env.imageView.buffer), ...(replay ? { workingSet: { replay, start: 'now' as const } } : {}),
   });
   let session: FirecrackerSession | undefined;
   try {

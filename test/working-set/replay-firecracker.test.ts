@@ -3,7 +3,7 @@
 // (memory fd writes, CONTINUE runs), with balloon pages that must stay zeros.
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect } from 'vitest';
@@ -36,7 +36,7 @@ function setFor(spec: string, order: number[]): WorkingSet {
   return { pageSize: PS, memorySize: total * PS, regions: 1, entries: order.map((page, rank) => ({ page, rank, timeUs: rank, write: false, region: 0 })) };
 }
 
-async function restore(mode: 1 | 3, spec: string, set: WorkingSet | string, waitMs: number) {
+async function restore(mode: 1 | 3, spec: string, set: WorkingSet | string, waitMs: number, snapshotAs: 'file' | 'buffer' = 'file') {
   const regions = regionsFor(spec);
   const total = regions.reduce((n, r) => n + r.pages, 0);
   const snapshotPath = join(dir, `snapshot-${count}`);
@@ -46,7 +46,9 @@ async function restore(mode: 1 | 3, spec: string, set: WorkingSet | string, wait
   const onWarning = (w: Error & { code?: string }) => warnings.push(`${w.code}: ${w.message}`);
   process.on('warning', onWarning);
   try {
-    using server = FirecrackerPageServer.listen(path, { snapshot: snapshotPath, workingSet: { replay: set, start: 'now' } });
+    // A Buffer snapshot is memory at hand: one-fd runs are then copied a batch per native call.
+    const snapshot = snapshotAs === 'buffer' ? readFileSync(snapshotPath) : snapshotPath;
+    using server = FirecrackerPageServer.listen(path, { snapshot, workingSet: { replay: set, start: 'now' } });
     const child = spawn(standin, [path, String(mode), snapshotPath, spec], {
       stdio: ['ignore', 'pipe', 'pipe'], timeout: scaled(20_000), killSignal: 'SIGKILL', env: { ...process.env, FC_STANDIN_WAIT_MS: String(waitMs) },
     });
@@ -69,12 +71,13 @@ async function restore(mode: 1 | 3, spec: string, set: WorkingSet | string, wait
 }
 
 describe('working-set replay (Firecracker page server)', () => {
-  itWith(['eventRemove'], 'one fd: the set arrives by COPY runs before the guest touches it; ballooned pages still read zeros', async () => {
+  for (const snapshotAs of ['file', 'buffer'] as const)
+  itWith(['eventRemove'], `one fd, snapshot ${snapshotAs === 'file' ? 'file' : 'in memory'}: the set arrives by COPY runs before the guest touches it; ballooned pages still read zeros`, async () => {
     const spec = '4k:64,4k:32';
     // Second region first, then the first one backwards in runs of 8: first-touch order is not address order.
     const order = [...Array.from({ length: 32 }, (_, i) => 64 + i)];
     for (let s = 56; s >= 0; s -= 8) for (let p = s; p < s + 8; p++) order.push(p);
-    const { replayed, stats, report } = await restore(1, spec, setFor(spec, order), 1000);
+    const { replayed, stats, report } = await restore(1, spec, setFor(spec, order), 1000, snapshotAs);
     const replay = replayed.workingSet!.replay;
     expect(replay).toMatchObject({ state: 'done', planned: 96, prefetched: 96, skipped: 0, demandFaults: 0 });
     // One run for the second region, then one per stretch of 8 (each ends where the previous run began).
@@ -101,12 +104,12 @@ describe('working-set replay (Firecracker page server)', () => {
     expect(stats.pagesFromSnapshot).toBe(64);
   });
 
-  itWith(['eventRemove'], 'one fd and three fds: a replay raced by the guest from its first touch keeps every byte right', async () => {
+  itWith(['eventRemove'], 'one fd (snapshot file or memory) and three fds: a replay raced by the guest from its first touch keeps every byte right', async () => {
     const spec = '4k:64,4k:32';
     const order = Array.from({ length: 96 }, (_, i) => (i * 37) % 96);
-    for (const mode of [1, 3] as const) {
+    for (const [mode, snapshotAs] of [[1, 'file'], [1, 'buffer'], [3, 'file']] as const) {
       for (let round = 0; round < 3; round++) {
-        const { replayed, stats } = await restore(mode, spec, setFor(spec, order), 0);
+        const { replayed, stats } = await restore(mode, spec, setFor(spec, order), 0, snapshotAs);
         const replay = replayed.workingSet!.replay;
         // The stand-in checks the bytes (exit 0). Every page of the set is accounted for once.
         if (replay.state === 'done') expect(replay.prefetched + replay.skipped + replay.leftToFaults).toBe(96);
