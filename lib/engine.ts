@@ -195,6 +195,13 @@ export class FaultEngine {
     return r;
   }
 
+  /** {@link fillRuns} on this thread, for a small batch: done when it returns (nothing to claim). */
+  fillRunsNow(backingFd: number, sourceFd: number, sourceOffset: number, runs: Uint32Array, map: boolean): Float64Array {
+    const r = native.engineFillRunsNow(this.#handle, backingFd, sourceFd, sourceOffset, runs, map ? 1 : 0);
+    if (typeof r === 'number') throw new UffdError(r, 'copy_file_range', { fd: sourceFd, hint: `prefetching ${runs.length / 2} runs` });
+    return r;
+  }
+
   /** Wakes whoever waits on a fault in [address, address + length). */
   wake(address: number, length: number): number {
     return native.engineWake(this.#handle, address, length);

@@ -97,6 +97,8 @@ export interface NativeBinding {
    * run (pages made present, or -errno). `control[runFillLayout.cancel] = 1` skips runs not begun.
    */
   engineFillRuns(handle: EngineHandle, backingFd: number, sourceFd: number, sourceOffset: number, runs: Uint32Array, threads: number, map: number, control: Int32Array, done: (results: Float64Array) => void): SysResult;
+  /** engineFillRuns on the calling thread, for a small batch: a result per run, or -errno for bad runs. */
+  engineFillRunsNow(handle: EngineHandle, backingFd: number, sourceFd: number, sourceOffset: number, runs: Uint32Array, map: number): Float64Array | SysResult;
   /** Slots of a run fill's control array, and its thread limit (native/run_fill.cc). */
   runFillLayout: { cancel: number; slots: number; maxThreads: number };
   /** Pages (a bitmap over a SharedArrayBuffer) whose first fault finding them present is counted (stats.watchedTouched). Once per engine. */

@@ -151,7 +151,7 @@ export class FaultHandler implements AsyncDisposable {
       this.#replayer = new Replayer(pages, this.present.pageCount, {
         taken: (page) => this.present.has(page) || this.present.inflight.has(page),
         fill: (first, count, signal) => this.#prefetchRun(first, count, signal, read, mapRuns),
-        ...(source ? { fillBatch: (runs: Uint32Array, signal: AbortSignal) => this.#prefetchBatch(runs, signal, source, threads, mapRuns) } : {}),
+        ...(source ? { fillBatch: (runs: Uint32Array, signal: AbortSignal, busy: boolean) => this.#prefetchBatch(runs, signal, source, threads, mapRuns, busy) } : {}),
       }, maxRunPages);
       if (source) {
         // Ours until the replay is over and its last batch settled (a stop closes it before it resolves).
@@ -189,14 +189,16 @@ export class FaultHandler implements AsyncDisposable {
    * every run first (a fault on one of its pages waits for the batch), then
    * the threads copy, mark and map; a stop cancels the runs not begun.
    */
-  #prefetchBatch(runs: Uint32Array, signal: AbortSignal, file: { fd: number; offset: number }, threads: number, mapRuns: boolean): Promise<Float64Array> {
+  #prefetchBatch(runs: Uint32Array, signal: AbortSignal, file: { fd: number; offset: number }, threads: number, mapRuns: boolean, busy: boolean): Promise<Float64Array> {
     signal.throwIfAborted();
-    const claims: ReturnType<typeof claimRun>[] = [];
     const watched = this.#watched;
-    for (let i = 0; i < runs.length; i += 2) {
-      claims.push(claimRun(this.present, runs[i], runs[i + 1]));
-      if (watched) for (let p = runs[i]; p < runs[i] + runs[i + 1]; p++) Atomics.or(watched, p >>> 5, 1 << (p & 31));
-    }
+    if (watched) for (let i = 0; i < runs.length; i += 2) for (let p = runs[i]; p < runs[i] + runs[i + 1]; p++) Atomics.or(watched, p >>> 5, 1 << (p & 31));
+    // Beside a running guest (faults seen) a small batch goes on this thread:
+    // the other CPUs are the guest's, and the runs are present before another
+    // fault is read, so nothing waits on a claim.
+    if (busy) return Promise.resolve(this.#engine.fillRunsNow(this.memfd.fd, file.fd, file.offset, runs, mapRuns));
+    const claims: ReturnType<typeof claimRun>[] = [];
+    for (let i = 0; i < runs.length; i += 2) claims.push(claimRun(this.present, runs[i], runs[i + 1]));
     const control = new Int32Array(new SharedArrayBuffer(native.runFillLayout.slots * Int32Array.BYTES_PER_ELEMENT));
     // A stop releases the faults that joined the batch at once (they fetch, or are woken, as the handler stops).
     const cancel = (): void => {

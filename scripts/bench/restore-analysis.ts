@@ -78,6 +78,8 @@ function pairRatio(rows: RestoreRow[], a: RestoreMode, b: RestoreMode, metric: '
 export function analyse(rows: RestoreRow[]): { ratios: RestoreRatio[]; targets: Target[] } {
   const ratio = (name: string, a: RestoreMode, b: RestoreMode, metric: 'time' | 'faults' = 'time'): RestoreRatio => ({ name, of: [a, b], metric, interval: pairRatio(rows, a, b, metric) });
   const ratios = [
+    ratio('on demand over the floor: library on-demand time / no-userfaultfd time', 'on-demand', 'floor'),
+    ratio('replay over the floor: library replay time / no-userfaultfd time (matching recording)', 'replay', 'floor'),
     ratio('library replay time / C replay time (matching recording)', 'replay', 'c-replay'),
     ratio('library replay time / C replay time (recording of another run)', 'replay-varying', 'c-replay-varying'),
     ratio('library on-demand time / C on-demand time', 'on-demand', 'c-on-demand'),

@@ -3,6 +3,8 @@
 // - `memfd` (default): it maps the (empty) guest memfd on fd 4, registers
 //   it MISSING|MINOR with its own uffd and sends the uffd over the socket on
 //   fd 3 with its hello;
+// - `plain`: the same memfd mapped and not registered at all (the floor: the
+//   benchmark has filled the memfd, every first touch is an ordinary fault);
 // - `anonymous` (argv[3] = bytes): private anonymous memory registered
 //   MISSING (Firecracker's one-fd backend). It hands its uffd over when told
 //   to: over the socket on fd 3 ({ handoff: 'socket' }), or to a Firecracker
@@ -50,6 +52,14 @@ function memfdMemory(sock: FdSocket): GuestMemory {
   return { address: view.address, buffer: view.buffer, pageSize: mem.pageSize, release: () => (view.unmap(), mem.close()) };
 }
 
+/** The memfd view with no userfaultfd at all: nothing to send but the hello. */
+function plainMemory(sock: FdSocket): GuestMemory {
+  const mem = Memfd.fromFd(4);
+  const view = mem.map();
+  sock.send(JSON.stringify({ address: view.address, length: view.length, pageSize: mem.pageSize }));
+  return { address: view.address, buffer: view.buffer, pageSize: mem.pageSize, release: () => (view.unmap(), mem.close()) };
+}
+
 /** Anonymous memory registered MISSING; the uffd is handed over later, when the benchmark says where. */
 function anonymousMemory(sock: FdSocket, length: number): GuestMemory {
   const mapped = native.mmap(-1, 0, length, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS);
@@ -64,7 +74,7 @@ function anonymousMemory(sock: FdSocket, length: number): GuestMemory {
 async function main(): Promise<void> {
   const sock = new FdSocket(3);
   const kind = process.argv[2] ?? 'memfd';
-  const memory = kind === 'anonymous' ? anonymousMemory(sock, Number(process.argv[3])) : memfdMemory(sock);
+  const memory = kind === 'anonymous' ? anonymousMemory(sock, Number(process.argv[3])) : kind === 'plain' ? plainMemory(sock) : memfdMemory(sock);
   let pageServer: FdSocket | undefined;
   const trace = restoreTrace((await next(sock)).trace as TraceSpec);
   sock.send(JSON.stringify({ ready: true }));

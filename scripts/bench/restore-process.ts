@@ -63,13 +63,15 @@ export interface Guest {
 
 /**
  * Starts a guest, hands it the trace, and waits until it is ready to go:
- * over `mem` (a MISSING|MINOR memfd view, its uffd sent with the hello), or
+ * over `mem` (a MISSING|MINOR memfd view, its uffd sent with the hello;
+ * `register: false`, the view without any userfaultfd), or
  * `{ anonymous: bytes }` (MISSING anonymous memory, handed over later).
  */
-export async function startGuest(memory: Memfd | { anonymous: number }, spec: TraceSpec): Promise<Guest> {
+export async function startGuest(memory: Memfd | { anonymous: number }, spec: TraceSpec, options: { register?: boolean } = {}): Promise<Guest> {
   const [sock, childEnd] = FdSocket.pair();
   const anonymous = !(memory instanceof Memfd);
-  const args = anonymous ? [GUEST, 'anonymous', String(memory.anonymous)] : [GUEST, 'memfd'];
+  const plain = !anonymous && options.register === false;
+  const args = anonymous ? [GUEST, 'anonymous', String(memory.anonymous)] : [GUEST, plain ? 'plain' : 'memfd'];
   const stdio = anonymous ? ['ignore', 'inherit', 'inherit', childEnd.fd] : ['ignore', 'inherit', 'inherit', childEnd.fd, memory.fd];
   const child = spawn(process.execPath, args, { stdio: stdio as ('ignore' | 'inherit' | number)[] });
   childEnd.close();
@@ -79,11 +81,12 @@ export async function startGuest(memory: Memfd | { anonymous: number }, spec: Tr
   };
   try {
     const hello = await withTimeout(receiveJson(sock), GUEST_TIMEOUT_MS, 'guest start', kill);
-    if (hello.fds.length !== (anonymous ? 0 : 1)) throw new Error(`guest sent ${hello.fds.length} descriptors with its hello, expected ${anonymous ? 'none' : 'its uffd'}`);
+    const uffdWithHello = !anonymous && !plain;
+    if (hello.fds.length !== (uffdWithHello ? 1 : 0)) throw new Error(`guest sent ${hello.fds.length} descriptors with its hello, expected ${uffdWithHello ? 'its uffd' : 'none'}`);
     sock.send(JSON.stringify({ trace: spec }));
     await withTimeout(receiveJson(sock), GUEST_TIMEOUT_MS, 'guest trace', kill);
     const guest: Guest = {
-      sock, uffdFd: anonymous ? -1 : hello.fds[0], address: hello.json.address as number, length: hello.json.length as number, kill,
+      sock, uffdFd: uffdWithHello ? hello.fds[0] : -1, address: hello.json.address as number, length: hello.json.length as number, kill,
       async handOff(to) {
         sock.send(JSON.stringify({ handoff: to }));
         const handed = await withTimeout(receiveJson(sock), GUEST_TIMEOUT_MS, 'guest hand-off', kill);

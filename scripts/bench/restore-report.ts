@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import type { Target } from './analysis';
 import { replaceBetweenMarkers, writeFileAtomic } from './output';
 import { CONFIG, Machine, Table, interval, machineLine, renderMarkdown, renderText, targetLines, toSvg } from './render';
-import type { RecordingName } from './restore';
+import { RESTORE_GROUP, RecordingName, RestoreMode } from './restore';
 import type { RestoreRatio, RestoreRow } from './restore-analysis';
 import type { TraceSpec } from './restore-trace';
 
@@ -63,7 +63,8 @@ export function headerLines(report: RestoreReport, caveats = true): string[] {
     'Modes: "library"/"C reference" rows serve that memfd view (MINOR: pwrite + CONTINUE); "one-fd" rows are Firecracker\'s one-fd backend: the guest\'s memory is private anonymous memory registered MISSING, '
       + 'served from the image written to a snapshot file with UFFDIO_COPY by the library\'s FirecrackerPageServer (the guest connects and hands over its uffd as Firecracker does: its time counts from the hand-off) or by the C reference; '
       + '"migration over loopback" rows: a MigrationSource in a process of its own serves the image over TCP on 127.0.0.1 (demand and prefetch requests only, no background push) to a MigrationDestination serving the memfd guest, '
-      + 'which resumes once the destination has the source\'s hello; there is no C reference for migration.',
+      + 'which resumes once the destination has the source\'s hello; there is no C reference for migration. '
+      + '"floor": no page server and no userfaultfd, the image already in the guest\'s memfd before it starts: its time is the guest\'s touches alone, each first touch an ordinary page fault.',
     `Time = page server start to the guest's touchers done (CLOCK_MONOTONIC in both processes); ${o.reps} rounds, every scenario once per round in a rotated order; library handler mode ${o.handlerMode}.`,
     `Recordings (each from a restore of its own trace, on demand, with the library's WorkingSetRecorder): ${report.recordings.map((r) => `${r.name} (program ${r.program}, run ${r.run}: ${r.pages} pages, precision ${pct(r.precision)}, recall ${pct(r.recall)})`).join('; ')}.`,
     `Ratios: median over the rounds of the per-round ratio; [95%] = percentile bootstrap over the rounds (${o.bootstrap.resamples} resamples, seed ${o.bootstrap.seed}). A target is met when its whole interval is on the right side, MISSED when all of it is on the wrong side, otherwise inconclusive.`,
@@ -94,11 +95,19 @@ export function writeRestoreMarkdown(report: RestoreReport, file: string): void 
   if (!replaceBetweenMarkers(file, DOCS.markers, restoreMarkdown(report), DOCS.by)) writeFileAtomic(file, `${restoreMarkdown(report)}\n`);
 }
 
-/** "library, replay (matching recording)" -> page server "library", scenario "replay (matching recording)". */
-function serverAndScenario(label: string): { server: string; scenario: string } {
-  const cut = label.indexOf(', ');
-  return cut < 0 ? { server: label, scenario: label } : { server: label.slice(0, cut), scenario: label.slice(cut + 2) };
+/**
+ * A row's bar: who served it (the library, the C reference, nobody for the
+ * floor) and its scenario within its kind of guest memory, e.g.
+ * "one-fd: replay (matching recording)" for "library one-fd, replay (matching recording)".
+ */
+function serverAndScenario(row: { mode: RestoreMode; label: string }): { server: string; scenario: string } {
+  const cut = row.label.indexOf(', ');
+  const what = cut < 0 ? row.label : row.label.slice(cut + 2);
+  const server = row.mode === 'floor' ? 'no userfaultfd' : row.mode.startsWith('c-') ? 'C reference' : 'library';
+  return { server, scenario: row.mode === 'floor' ? 'floor: image already in place' : `${RESTORE_GROUP[row.mode]}: ${what}` };
 }
+
+const SHORT_SERVER: Record<string, string> = { library: 'library', 'C reference': 'C', 'no userfaultfd': 'floor' };
 
 const PHASES = ['before go: prefetch or eager copy', 'guest: touch phase', 'rest: go sent, touchers not yet started'];
 const VERDICT_COLOR = { met: '#2a9d45', missed: '#d62728', inconclusive: '#e08a00', 'no target': '#555' };
@@ -113,11 +122,11 @@ const VERDICT_COLOR = { met: '#2a9d45', missed: '#d62728', inconclusive: '#e08a0
 export function restoreChartSpec(report: RestoreReport): object {
   const measured = report.rows.filter((r) => r.reps > 0);
   const phases = measured.flatMap((r) => {
-    const { server, scenario } = serverAndScenario(r.label);
+    const { server, scenario } = serverAndScenario(r);
     const rest = Math.max(0, r.timeMs - r.beforeGoMs - r.guestMs);
     // The phases are medians of their own, so their sum may pass the median time: the label goes where the bar ends.
     const barEnd = Math.max(r.timeMs, r.beforeGoMs + r.guestMs);
-    return [r.beforeGoMs, r.guestMs, rest].map((ms, i) => ({ server, scenario, phase: PHASES[i], order: i, ms, barEnd, end: `${server === 'library' ? 'library' : 'C'} ${r.timeMs.toFixed(r.timeMs >= 100 ? 0 : 1)} ms` }));
+    return [r.beforeGoMs, r.guestMs, rest].map((ms, i) => ({ server, scenario, phase: PHASES[i], order: i, ms, barEnd, end: `${SHORT_SERVER[server]} ${r.timeMs.toFixed(r.timeMs >= 100 ? 0 : 1)} ms` }));
   });
   const scenarios = [...new Set(phases.map((p) => p.scenario))];
   const servers = [...new Set(phases.map((p) => p.server))].sort((a, b) => (a === 'library' ? -1 : b === 'library' ? 1 : a.localeCompare(b)));
@@ -142,7 +151,7 @@ export function restoreChartSpec(report: RestoreReport): object {
     },
     vconcat: [
       {
-        title: { text: 'Per scenario, the library beside the C reference page server: median of each phase over the rounds, labelled with the median time', anchor: 'start', fontSize: 12 },
+        title: { text: 'Per scenario (memfd view, one-fd anonymous memory, migration over loopback), the library beside the C reference page server: median of each phase over the rounds, labelled with the median time', anchor: 'start', fontSize: 12 },
         data: { values: phases },
         width: 560,
         height: { step: 13 },

@@ -38,6 +38,8 @@ export function expectRestoreReport(report: any, want: { reps: number; imageByte
   const cReplay = report.rows.find((x: { mode: string }) => x.mode === 'c-replay');
   expect(cReplay).toMatchObject({ faults: 0, prefetched: report.trace.touched, precision: 1, recall: 1 });
   const row = (mode: string) => report.rows.find((x: { mode: string }) => x.mode === mode);
+  // The floor: no userfaultfd, nothing served, every byte still the image's.
+  expect(row('floor')).toMatchObject({ faults: 0, demandFetches: 0, prefetched: 0, bytesMoved: 0, digestOk: true, allResolved: true });
   const touchedBytes = report.trace.touched * report.machine.pageSize;
   // One-fd (anonymous memory, UFFDIO_COPY): on demand every touch faults
   // once and is copied once; a matching replay copies exactly the touched
@@ -55,7 +57,7 @@ export function expectRestoreReport(report: any, want: { reps: number; imageByte
     expect(ratio.interval.lo).toBeLessThanOrEqual(ratio.interval.value);
     expect(ratio.interval.hi).toBeGreaterThanOrEqual(ratio.interval.value);
   }
-  for (const pair of ['on-demand,c-on-demand', 'fc-replay,c-fc-replay', 'fc-on-demand,fc-replay', 'mig-on-demand,mig-replay', 'mig-on-demand,mig-replay-varying'])
+  for (const pair of ['on-demand,floor', 'on-demand,c-on-demand', 'fc-replay,c-fc-replay', 'fc-on-demand,fc-replay', 'mig-on-demand,mig-replay', 'mig-on-demand,mig-replay-varying'])
     expect(report.ratios.find((x: { of: string[] }) => x.of.join() === pair).interval, pair).not.toBeNull();
   expect(report.targets.length).toBe(8);
   for (const t of report.targets) {

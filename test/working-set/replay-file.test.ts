@@ -64,7 +64,8 @@ describe('working-set replay from a local file on native threads', () => {
             fetchedPages[fault.page]++;
             mem.write(fault.offset, pageContent(fault.page));
           },
-          prefetch: { pages: order, file: { fd: image.fd }, threads },
+          // 'now': batches on threads (claimed) until the touchers' first demand fault, then small ones on the loop thread.
+          prefetch: { pages: order, file: { fd: image.fd }, threads, start: threads === 1 ? 'first-fault' : 'now' },
         });
         handlers.push(handler);
         handler.attach(guest).start();
