@@ -18,6 +18,7 @@ import { reserveHugePages } from './bench/hugepages';
 import { MigrationModes, runMigrationModes } from './bench/migration';
 import { writeFileAtomic, writeMarkdown, replaceBetweenMarkers } from './bench/output';
 import { BenchReport, QUICK_NOTE, allTargets, compareText, markdownReport, ratioSummary, textReport, writeHtmlReport } from './bench/report';
+import { analyse } from './bench/restore-analysis';
 import { RestoreReport, writeRestoreDocs } from './bench/restore-report';
 import { RESTORE_SIZES, runRestoreBench, wrongRestores } from './bench/restore-run';
 import { BulkRow, Cell, LibraryCaps, MAP_AHEAD, Mode, Order, PageKind, Placement, Rep, filledMemfd, pageSizeFor, probeLibrary, runBulk, runRep } from './bench/scenarios';
@@ -135,6 +136,8 @@ const repo = join(__dirname, '..', '..');
 function readReport(file: string): BenchReport {
   const report = JSON.parse(readFileSync(file, 'utf8')) as BenchReport;
   if (report.version !== 2) throw new Error(`${file}: version ${report.version} JSON (this benchmark reads version 2: interleaved repetitions with intervals)`);
+  // The restore section's ratios and verdicts, recomputed from its rounds by today's analysis.
+  if (report.restore && !('error' in report.restore)) Object.assign(report.restore, analyse(report.restore.rows));
   return report;
 }
 

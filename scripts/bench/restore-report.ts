@@ -126,10 +126,11 @@ export function restoreChartSpec(report: RestoreReport): object {
     const rest = Math.max(0, r.timeMs - r.beforeGoMs - r.guestMs);
     // The phases are medians of their own, so their sum may pass the median time: the label goes where the bar ends.
     const barEnd = Math.max(r.timeMs, r.beforeGoMs + r.guestMs);
-    return [r.beforeGoMs, r.guestMs, rest].map((ms, i) => ({ server, scenario, phase: PHASES[i], order: i, ms, barEnd, end: `${SHORT_SERVER[server]} ${r.timeMs.toFixed(r.timeMs >= 100 ? 0 : 1)} ms` }));
+    // Two bands per scenario: the C reference's below; the library's (or the floor's) on top.
+    const slot = server === 'C reference' ? 1 : 0;
+    return [r.beforeGoMs, r.guestMs, rest].map((ms, i) => ({ server, slot, scenario, phase: PHASES[i], order: i, ms, barEnd, end: `${SHORT_SERVER[server]} ${r.timeMs.toFixed(r.timeMs >= 100 ? 0 : 1)} ms` }));
   });
   const scenarios = [...new Set(phases.map((p) => p.scenario))];
-  const servers = [...new Set(phases.map((p) => p.server))].sort((a, b) => (a === 'library' ? -1 : b === 'library' ? 1 : a.localeCompare(b)));
   const targetOf = (r: RestoreRatio) => report.targets.find((t) => t.checks.some((c) => c.row === `${r.of[0]}/${r.of[1]}`));
   const ratios = report.ratios.filter((r) => r.metric === 'time' && r.interval && r.interval.lo > 0).map((r) => {
     const t = targetOf(r);
@@ -160,7 +161,7 @@ export function restoreChartSpec(report: RestoreReport): object {
             mark: { type: 'bar' },
             encoding: {
               y: { field: 'scenario', type: 'nominal', title: null, sort: scenarios, axis: { labelLimit: 700 } },
-              yOffset: { field: 'server', type: 'nominal', sort: servers },
+              yOffset: { field: 'slot', type: 'ordinal', scale: { domain: [0, 1] } },
               x: { field: 'ms', type: 'quantitative', stack: 'zero', title: 'ms from the page server\'s start to the guest\'s touchers done' },
               color: { field: 'phase', type: 'nominal', sort: PHASES, title: 'phase', scale: { domain: PHASES, range: ['#72b7b2', '#4c78a8', '#d0d0d0'] }, legend: { orient: 'bottom', direction: 'vertical', labelLimit: 800 } },
               order: { field: 'order' },
@@ -172,7 +173,7 @@ export function restoreChartSpec(report: RestoreReport): object {
             mark: { type: 'text', align: 'left', dx: 4, fontSize: 10 },
             encoding: {
               y: { field: 'scenario', type: 'nominal', sort: scenarios },
-              yOffset: { field: 'server', type: 'nominal', sort: servers },
+              yOffset: { field: 'slot', type: 'ordinal', scale: { domain: [0, 1] } },
               x: { field: 'barEnd', type: 'quantitative' },
               text: { field: 'end' },
             },

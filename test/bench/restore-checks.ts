@@ -59,7 +59,7 @@ export function expectRestoreReport(report: any, want: { reps: number; imageByte
   }
   for (const pair of ['on-demand,floor', 'on-demand,c-on-demand', 'fc-replay,c-fc-replay', 'fc-on-demand,fc-replay', 'mig-on-demand,mig-replay', 'mig-on-demand,mig-replay-varying'])
     expect(report.ratios.find((x: { of: string[] }) => x.of.join() === pair).interval, pair).not.toBeNull();
-  expect(report.targets.length).toBe(8);
+  expect(report.targets.length).toBe(9);
   for (const t of report.targets) {
     expect(['met', 'missed', 'inconclusive', null]).toContain(t.verdict);
     // Fewer than 5 rounds are too few pairs for any verdict.
