@@ -15,7 +15,7 @@
 import { closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { FirecrackerPageServer, FirecrackerSession, FirecrackerStats, PAGE_SIZE } from '../../lib/index';
+import { FirecrackerPageServer, FirecrackerSession, FirecrackerStats, Memfd, PAGE_SIZE } from '../../lib/index';
 import type { ReplaySet } from '../../lib/working-set/replay';
 import { bench } from './native';
 import type { Recording, RestoreEnv, RestoreMode, RestoreRep } from './restore';
@@ -40,9 +40,28 @@ export async function oneFdRestore(mode: RestoreMode, env: RestoreEnv, spec: Tra
         closeSync(imageFd);
       }
     }
-    return await libraryOneFd(mode, env, guest, expectedDigest, recording);
+    return await libraryFirecracker(mode, env, guest, expectedDigest, recording);
   } finally {
     guest.kill();
+  }
+}
+
+/**
+ * Firecracker's three-fd (guest_memfd) backend: the guest's memory fd,
+ * allocated (so every first touch is a MINOR fault) and registered MINOR,
+ * handed over with a userfault bitmap; the library's page server writes
+ * each page into the memory fd, clears its bit and CONTINUEs. Library rows
+ * only: the memfd rows' C reference is the same MINOR restore.
+ */
+export async function threeFdRestore(mode: RestoreMode, env: RestoreEnv, spec: TraceSpec, expectedDigest: string, recording: Recording | undefined): Promise<RestoreRep> {
+  const mem = Memfd.create(env.image.size, { name: 'restore-guest-memfd', allocate: true });
+  let guest: Guest | undefined;
+  try {
+    guest = await startGuest(mem, spec, { threeFd: true });
+    return await libraryFirecracker(mode, env, guest, expectedDigest, recording);
+  } finally {
+    guest?.kill();
+    mem.close();
   }
 }
 
@@ -51,7 +70,7 @@ function everyPage(bytes: number): ReplaySet {
   return { pageSize: PAGE_SIZE, memorySize: bytes, entries: Array.from({ length: bytes / PAGE_SIZE }, (_, page) => ({ page })) };
 }
 
-async function libraryOneFd(mode: RestoreMode, env: RestoreEnv, guest: Guest, expectedDigest: string, recording: Recording | undefined): Promise<RestoreRep> {
+async function libraryFirecracker(mode: RestoreMode, env: RestoreEnv, guest: Guest, expectedDigest: string, recording: Recording | undefined): Promise<RestoreRep> {
   const eager = mode === 'fc-eager';
   const replay = eager ? everyPage(env.image.size) : recording?.file;
   const server = FirecrackerPageServer.listen(join(env.dir, `fc-${sessions++}.sock`), {

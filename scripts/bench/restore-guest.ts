@@ -11,6 +11,10 @@
 //   page server at a Unix socket path ({ handoff: PATH }) with Firecracker's
 //   region message, keeping that connection open until the end as
 //   Firecracker does.
+// - `three-fd`: the memfd on fd 4 (allocated: every first touch a MINOR
+//   fault) registered MINOR, and a userfault bitmap memfd with every bit
+//   set (Firecracker's guest_memfd backend); handed over to a Firecracker
+//   page server at a path with the three fds, as the one-fd kind is.
 // Either way the page server (the library or the C reference) serves its
 // faults. Told its trace, it computes it and says ready; told to go, its
 // native toucher threads touch the trace (bench::TouchGroup), and it reports
@@ -35,8 +39,10 @@ interface GuestMemory {
   address: number;
   buffer: ArrayBuffer;
   pageSize: number;
-  /** Anonymous memory: the uffd, until it is handed over. */
+  /** Anonymous memory and three-fd: the uffd, until it is handed over. */
   uffd?: Userfaultfd;
+  /** Three-fd: the memory fd and the userfault bitmap memfd handed over with the uffd. */
+  extraFds?: number[];
   release(): void;
 }
 
@@ -60,6 +66,22 @@ function plainMemory(sock: FdSocket): GuestMemory {
   return { address: view.address, buffer: view.buffer, pageSize: mem.pageSize, release: () => (view.unmap(), mem.close()) };
 }
 
+/** Firecracker's guest_memfd backend: the memory fd registered MINOR, a bitmap of pages not yet populated. */
+function threeFdMemory(sock: FdSocket): GuestMemory {
+  const mem = Memfd.fromFd(4);
+  const view = mem.map();
+  const uffd = Userfaultfd.open({ features: ['minorShmem', 'threadId'] });
+  uffd.register(view, { minor: true });
+  const pages = view.length / mem.pageSize;
+  const bitmap = Memfd.create(Math.ceil(Math.ceil(pages / 8) / PAGE_SIZE) * PAGE_SIZE, { name: 'userfault_bitmap' });
+  bitmap.write(0, new Uint8Array(Math.ceil(pages / 8)).fill(0xff));
+  sock.send(JSON.stringify({ address: view.address, length: view.length, pageSize: mem.pageSize }));
+  return {
+    address: view.address, buffer: view.buffer, pageSize: mem.pageSize, uffd, extraFds: [mem.fd, bitmap.fd],
+    release: () => (view.unmap(), mem.close(), bitmap.close()),
+  };
+}
+
 /** Anonymous memory registered MISSING; the uffd is handed over later, when the benchmark says where. */
 function anonymousMemory(sock: FdSocket, length: number): GuestMemory {
   const mapped = native.mmap(-1, 0, length, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS);
@@ -74,21 +96,21 @@ function anonymousMemory(sock: FdSocket, length: number): GuestMemory {
 async function main(): Promise<void> {
   const sock = new FdSocket(3);
   const kind = process.argv[2] ?? 'memfd';
-  const memory = kind === 'anonymous' ? anonymousMemory(sock, Number(process.argv[3])) : kind === 'plain' ? plainMemory(sock) : memfdMemory(sock);
+  const memory = kind === 'anonymous' ? anonymousMemory(sock, Number(process.argv[3])) : kind === 'plain' ? plainMemory(sock) : kind === 'three-fd' ? threeFdMemory(sock) : memfdMemory(sock);
   let pageServer: FdSocket | undefined;
   const trace = restoreTrace((await next(sock)).trace as TraceSpec);
   sock.send(JSON.stringify({ ready: true }));
   let msg = await next(sock);
   if (msg.handoff !== undefined) {
     const uffd = memory.uffd;
-    if (!uffd) throw new Error('only anonymous memory is handed over on request');
+    if (!uffd) throw new Error('only anonymous and three-fd memory is handed over on request');
     // The restore's clock starts here, for the library and the C reference alike.
     const handedNs = bench.now();
     if (msg.handoff === 'socket') sock.send(JSON.stringify({ handedNs }), [uffd.fd]);
     else {
       pageServer = FdSocket.connect(msg.handoff as string);
       const regions = [{ base_host_virt_addr: memory.address, size: memory.buffer.byteLength, offset: 0, page_size: memory.pageSize }];
-      pageServer.send(JSON.stringify(regions), [uffd.fd]);
+      pageServer.send(JSON.stringify(regions), [uffd.fd, ...(memory.extraFds ?? [])]);
       sock.send(JSON.stringify({ handedNs }));
     }
     // The page server holds its own copy now: when it goes, the faulters wake.

@@ -64,14 +64,18 @@ export interface Guest {
 /**
  * Starts a guest, hands it the trace, and waits until it is ready to go:
  * over `mem` (a MISSING|MINOR memfd view, its uffd sent with the hello;
- * `register: false`, the view without any userfaultfd), or
+ * `register: false`, the view without any userfaultfd; `threeFd`, the view
+ * registered MINOR and handed over later with a bitmap, as Firecracker's
+ * guest_memfd backend does), or
  * `{ anonymous: bytes }` (MISSING anonymous memory, handed over later).
  */
-export async function startGuest(memory: Memfd | { anonymous: number }, spec: TraceSpec, options: { register?: boolean } = {}): Promise<Guest> {
+export async function startGuest(memory: Memfd | { anonymous: number }, spec: TraceSpec, options: { register?: boolean; threeFd?: boolean } = {}): Promise<Guest> {
   const [sock, childEnd] = FdSocket.pair();
+  // A guest whose uffd is handed over later, at a path (or here): anonymous memory, or Firecracker's three fds.
   const anonymous = !(memory instanceof Memfd);
+  const threeFd = !anonymous && options.threeFd === true;
   const plain = !anonymous && options.register === false;
-  const args = anonymous ? [GUEST, 'anonymous', String(memory.anonymous)] : [GUEST, plain ? 'plain' : 'memfd'];
+  const args = anonymous ? [GUEST, 'anonymous', String(memory.anonymous)] : [GUEST, threeFd ? 'three-fd' : plain ? 'plain' : 'memfd'];
   const stdio = anonymous ? ['ignore', 'inherit', 'inherit', childEnd.fd] : ['ignore', 'inherit', 'inherit', childEnd.fd, memory.fd];
   const child = spawn(process.execPath, args, { stdio: stdio as ('ignore' | 'inherit' | number)[] });
   childEnd.close();
@@ -81,7 +85,7 @@ export async function startGuest(memory: Memfd | { anonymous: number }, spec: Tr
   };
   try {
     const hello = await withTimeout(receiveJson(sock), GUEST_TIMEOUT_MS, 'guest start', kill);
-    const uffdWithHello = !anonymous && !plain;
+    const uffdWithHello = !anonymous && !plain && !threeFd;
     if (hello.fds.length !== (uffdWithHello ? 1 : 0)) throw new Error(`guest sent ${hello.fds.length} descriptors with its hello, expected ${uffdWithHello ? 'its uffd' : 'none'}`);
     sock.send(JSON.stringify({ trace: spec }));
     await withTimeout(receiveJson(sock), GUEST_TIMEOUT_MS, 'guest trace', kill);

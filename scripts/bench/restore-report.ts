@@ -62,6 +62,7 @@ export function headerLines(report: RestoreReport, caveats = true): string[] {
       + `(working set ${t.fixedPages} pages = ${Math.round(t.fixed * 100)}%, seed ${t.program}; varying part ${t.varyingPages} = ${Math.round(t.varying * 100)}%, seed ${t.run}), every byte of them checked against the image.`,
     'Modes: "library"/"C reference" rows serve that memfd view (MINOR: pwrite + CONTINUE); "one-fd" rows are Firecracker\'s one-fd backend: the guest\'s memory is private anonymous memory registered MISSING, '
       + 'served from the image written to a snapshot file with UFFDIO_COPY by the library\'s FirecrackerPageServer (the guest connects and hands over its uffd as Firecracker does: its time counts from the hand-off) or by the C reference; '
+      + '"three-fd" rows are Firecracker\'s guest_memfd backend: the guest\'s memory fd (allocated) registered MINOR and a userfault bitmap, handed over with the uffd to the FirecrackerPageServer, which writes each page into the memory fd, clears its bit and CONTINUEs (library only: the memfd rows\' C reference is the same MINOR restore); '
       + '"migration over loopback" rows: a MigrationSource in a process of its own serves the image over TCP on 127.0.0.1 (demand and prefetch requests only, no background push) to a MigrationDestination serving the memfd guest, '
       + 'which resumes once the destination has the source\'s hello; there is no C reference for migration. '
       + '"floor": no page server and no userfaultfd, the image already in the guest\'s memfd before it starts: its time is the guest\'s touches alone, each first touch an ordinary page fault.',
@@ -152,7 +153,7 @@ export function restoreChartSpec(report: RestoreReport): object {
     },
     vconcat: [
       {
-        title: { text: 'Per scenario (memfd view, one-fd anonymous memory, migration over loopback), the library beside the C reference page server: median of each phase over the rounds, labelled with the median time', anchor: 'start', fontSize: 12 },
+        title: { text: 'Per scenario (memfd view, one-fd anonymous memory, three-fd guest_memfd, migration over loopback), the library beside the C reference page server: median of each phase over the rounds, labelled with the median time', anchor: 'start', fontSize: 12 },
         data: { values: phases },
         width: 560,
         height: { step: 13 },

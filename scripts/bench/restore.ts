@@ -13,7 +13,7 @@ import { Fault, FaultHandler, Memfd, Mapping, PAGE_SIZE, PrefetchSource, Userfau
 import { WorkingSetRecorder, readWorkingSet } from '../../lib/working-set';
 import { bench } from './native';
 import { cRestore } from './restore-c';
-import { oneFdRestore } from './restore-firecracker';
+import { oneFdRestore, threeFdRestore } from './restore-firecracker';
 import { migrationRestore } from './restore-migration';
 import { Guest, finishRep, startGuest } from './restore-process';
 import { Trace, TraceSpec } from './restore-trace';
@@ -37,6 +37,8 @@ export type RestoreMode =
   | 'c-fc-replay-varying'
   | 'fc-replay-varying'
   | 'fc-eager'
+  | 'fc3-on-demand'
+  | 'fc3-replay'
   | 'mig-on-demand'
   | 'mig-replay'
   | 'mig-replay-varying';
@@ -44,6 +46,7 @@ export type RestoreMode =
 export const RESTORE_MODES: RestoreMode[] = [
   'floor', 'c-on-demand', 'on-demand', 'on-demand+record', 'c-replay', 'replay', 'c-replay-varying', 'replay-varying', 'replay-mismatch', 'replay-concurrent', 'eager',
   'c-fc-on-demand', 'fc-on-demand', 'c-fc-replay', 'fc-replay', 'c-fc-replay-varying', 'fc-replay-varying', 'fc-eager',
+  'fc3-on-demand', 'fc3-replay',
   'mig-on-demand', 'mig-replay', 'mig-replay-varying',
 ];
 
@@ -53,14 +56,17 @@ export const RESTORE_MODES: RestoreMode[] = [
  * FaultHandler;
  * `one-fd`, anonymous memory registered MISSING served by the
  * FirecrackerPageServer with UFFDIO_COPY (Firecracker's one-fd backend);
+ * `three-fd`, a memfd view registered MINOR with a userfault bitmap, served
+ * by the FirecrackerPageServer (Firecracker's guest_memfd backend);
  * `migration`, a memfd view served by a MigrationDestination from a
  * MigrationSource over TCP on loopback.
  */
-export type RestoreGroup = 'memfd' | 'one-fd' | 'migration';
+export type RestoreGroup = 'memfd' | 'one-fd' | 'three-fd' | 'migration';
 export const RESTORE_GROUP: Record<RestoreMode, RestoreGroup> = {
   floor: 'memfd', eager: 'memfd', 'on-demand': 'memfd', 'on-demand+record': 'memfd', replay: 'memfd', 'replay-varying': 'memfd', 'replay-mismatch': 'memfd',
   'replay-concurrent': 'memfd', 'c-on-demand': 'memfd', 'c-replay': 'memfd', 'c-replay-varying': 'memfd',
   'c-fc-on-demand': 'one-fd', 'fc-on-demand': 'one-fd', 'c-fc-replay': 'one-fd', 'fc-replay': 'one-fd', 'c-fc-replay-varying': 'one-fd', 'fc-replay-varying': 'one-fd', 'fc-eager': 'one-fd',
+  'fc3-on-demand': 'three-fd', 'fc3-replay': 'three-fd',
   'mig-on-demand': 'migration', 'mig-replay': 'migration', 'mig-replay-varying': 'migration',
 };
 
@@ -86,6 +92,8 @@ export const RESTORE_LABEL: Record<RestoreMode, string> = {
   'c-fc-replay-varying': 'C reference one-fd, replay (recording of another run)',
   'fc-replay-varying': 'library one-fd, replay (recording of another run)',
   'fc-eager': 'library one-fd, eager copy (replay of a set of every page)',
+  'fc3-on-demand': 'library three-fd, on demand',
+  'fc3-replay': 'library three-fd, replay (matching recording)',
   'mig-on-demand': 'migration over loopback, on demand',
   'mig-replay': 'migration over loopback, replay while the guest runs (matching recording)',
   'mig-replay-varying': 'migration over loopback, replay while the guest runs (recording of another run)',
@@ -96,7 +104,7 @@ export type RecordingName = 'match' | 'varying' | 'mismatch';
 export const RECORDING_OF: Partial<Record<RestoreMode, RecordingName>> = {
   replay: 'match', 'replay-varying': 'varying', 'replay-mismatch': 'mismatch', 'replay-concurrent': 'match', 'c-replay': 'match', 'c-replay-varying': 'varying',
   'c-fc-replay': 'match', 'fc-replay': 'match', 'c-fc-replay-varying': 'varying', 'fc-replay-varying': 'varying',
-  'mig-replay': 'match', 'mig-replay-varying': 'varying',
+  'mig-replay': 'match', 'mig-replay-varying': 'varying', 'fc3-replay': 'match',
 };
 
 /** A recording of an earlier restore: the pages in the order they were first needed. */
@@ -223,6 +231,7 @@ export async function runRestore(mode: RestoreMode, env: RestoreEnv, opts: { spe
   const recording = rec ? env.recordings.get(rec) : undefined;
   if (rec && !recording) throw new Error(`no ${rec} recording`);
   if (RESTORE_GROUP[mode] === 'one-fd') return oneFdRestore(mode, env, spec, expectedDigest, recording);
+  if (RESTORE_GROUP[mode] === 'three-fd') return threeFdRestore(mode, env, spec, expectedDigest, recording);
   const size = env.image.size;
   const mem = Memfd.create(size, { name: 'restore-guest' });
   let guest: Guest | undefined;

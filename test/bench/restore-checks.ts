@@ -47,6 +47,9 @@ export function expectRestoreReport(report: any, want: { reps: number; imageByte
   for (const mode of ['c-fc-on-demand', 'fc-on-demand']) expect(row(mode), mode).toMatchObject({ faults: report.trace.touched, demandFetches: report.trace.touched, bytesMoved: touchedBytes });
   for (const mode of ['c-fc-replay', 'fc-replay']) expect(row(mode), mode).toMatchObject({ faults: 0, demandFetches: 0, prefetched: report.trace.touched, precision: 1, recall: 1 });
   expect(row('fc-eager')).toMatchObject({ faults: 0, prefetched: report.options.imageBytes / report.machine.pageSize, recall: 1 });
+  // Three-fd: on demand every touch faults once and is populated once; a matching replay leaves no fault.
+  expect(row('fc3-on-demand')).toMatchObject({ faults: report.trace.touched, demandFetches: report.trace.touched, bytesMoved: touchedBytes });
+  expect(row('fc3-replay')).toMatchObject({ faults: 0, demandFetches: 0, prefetched: report.trace.touched, precision: 1, recall: 1 });
   // Migration: every touched page crosses the wire once, and no other (no push; the recordings hold only touched pages).
   expect(row('mig-on-demand')).toMatchObject({ faults: report.trace.touched, demandFetches: report.trace.touched, bytesMoved: touchedBytes });
   expect(row('mig-replay')).toMatchObject({ bytesMoved: touchedBytes, precision: 1, recall: 1 });
@@ -57,7 +60,7 @@ export function expectRestoreReport(report: any, want: { reps: number; imageByte
     expect(ratio.interval.lo).toBeLessThanOrEqual(ratio.interval.value);
     expect(ratio.interval.hi).toBeGreaterThanOrEqual(ratio.interval.value);
   }
-  for (const pair of ['on-demand,floor', 'on-demand,c-on-demand', 'fc-replay,c-fc-replay', 'fc-on-demand,fc-replay', 'mig-on-demand,mig-replay', 'mig-on-demand,mig-replay-varying'])
+  for (const pair of ['on-demand,floor', 'fc3-on-demand,fc3-replay', 'on-demand,c-on-demand', 'fc-replay,c-fc-replay', 'fc-on-demand,fc-replay', 'mig-on-demand,mig-replay', 'mig-on-demand,mig-replay-varying'])
     expect(report.ratios.find((x: { of: string[] }) => x.of.join() === pair).interval, pair).not.toBeNull();
   expect(report.targets.length).toBe(9);
   for (const t of report.targets) {
