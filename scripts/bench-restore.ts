@@ -75,13 +75,13 @@ const seed = Number(args.seed);
 
 const repo = join(__dirname, '..', '..');
 
-function writeDocs(report: RestoreReport): void {
+async function writeDocs(report: RestoreReport): Promise<void> {
   if (report.options.quick || report.options.smoke || report.incomplete || args.size || args.reps) {
     process.stderr.write('--docs: docs/working-set.md left as it is: only a complete default run (no --quick, --smoke, --size, --reps) is written into it\n');
     process.exitCode = 1;
     return;
   }
-  process.stderr.write(`docs: ${writeRestoreDocs(report, repo)}\n`);
+  process.stderr.write(`docs: ${(await writeRestoreDocs(report, repo)).join(', ')}\n`);
 }
 
 async function main(): Promise<void> {
@@ -104,7 +104,7 @@ async function main(): Promise<void> {
   });
   save(report);
   if (args.markdown && args.markdown !== '-') writeRestoreMarkdown(report, args.markdown);
-  if (args.docs && !failure) writeDocs(report);
+  if (args.docs && !failure) await writeDocs(report);
   process.stdout.write(`${args.markdown === '-' ? restoreMarkdown(report) : restoreText(report)}\n`);
   if (failure) throw failure;
   const wrong = wrongRestores(report);

@@ -148,7 +148,7 @@ async function publish(report: BenchReport): Promise<void> {
     writeMarkdown(args.markdown, markdownReport(report));
     process.stderr.write(`markdown: ${args.markdown}\n`);
   }
-  if (args.docs) writeDocs(report);
+  if (args.docs) await writeDocs(report);
   process.stdout.write(`${args.markdown === '-' ? markdownReport(report) : textReport(report)}\n`);
   if (args.compare) process.stdout.write(`\n${compareText(compareRuns(report, readReport(args.compare)), args.compare)}\n`);
   const missed = allTargets(report).filter((t) => t.verdict === 'missed');
@@ -159,7 +159,7 @@ async function publish(report: BenchReport): Promise<void> {
 }
 
 /** The documented figures: only a complete default run on every scenario may stand for them. */
-function writeDocs(report: BenchReport): void {
+async function writeDocs(report: BenchReport): Promise<void> {
   const o = report.options;
   if (o.quick || o.smoke || o.only !== null || report.incomplete) {
     process.stderr.write('--docs: docs left as they are: only a complete default run (no --quick, --smoke, --only) is written into them\n');
@@ -171,7 +171,7 @@ function writeDocs(report: BenchReport): void {
     process.stderr.write(`docs: ${file}\n`);
   }
   const restore = report.restore;
-  if (restore && !('error' in restore) && !restore.incomplete) process.stderr.write(`docs: ${writeRestoreDocs(restore, repo)}\n`);
+  if (restore && !('error' in restore) && !restore.incomplete) process.stderr.write(`docs: ${(await writeRestoreDocs(restore, repo)).join(', ')}\n`);
   else {
     process.stderr.write(`--docs: docs/working-set.md left as it is: the restore section ${restore ? ('error' in restore ? `failed: ${restore.error}` : `is incomplete: ${restore.incomplete}`) : 'was not run'}\n`);
     process.exitCode = 1;

@@ -83,12 +83,13 @@ export function restoreMarkdown(report: RestoreReport): string {
 }
 
 /** Where the documented restore tables live: one text, written by either benchmark. */
-const DOCS = { file: 'docs/working-set.md', markers: 'restore-bench', by: 'npm run bench:restore -- --docs' };
+const DOCS = { file: 'docs/working-set.md', chart: 'docs/restore-bench.svg', markers: 'restore-bench', by: 'npm run bench:restore -- --docs' };
 
-/** Writes the tables into docs/working-set.md between its restore-bench markers. */
-export function writeRestoreDocs(report: RestoreReport, repo: string): string {
+/** Writes the tables into docs/working-set.md between its restore-bench markers, and the chart beside it. */
+export async function writeRestoreDocs(report: RestoreReport, repo: string): Promise<string[]> {
   if (!replaceBetweenMarkers(join(repo, DOCS.file), DOCS.markers, restoreMarkdown(report), DOCS.by)) throw new Error(`${DOCS.file} lacks the ${DOCS.markers} markers`);
-  return DOCS.file;
+  writeFileAtomic(join(repo, DOCS.chart), await renderRestoreChart(report));
+  return [DOCS.file, DOCS.chart];
 }
 
 /** --markdown FILE: between the file's restore-bench markers when it has them, else the whole file. */

@@ -72,7 +72,8 @@ describe('npm run bench:restore', () => {
     mkdirSync(join(repo, 'docs'), { recursive: true });
     const page = join(repo, 'docs/working-set.md');
     writeFileSync(page, '# Working sets\n\n<!-- restore-bench:begin (written by npm run bench:restore -- --docs; do not edit by hand) -->\nold\n<!-- restore-bench:end -->\n\nafter\n');
-    expect(writeRestoreDocs(report, repo)).toBe('docs/working-set.md');
+    expect(await writeRestoreDocs(report, repo)).toEqual(['docs/working-set.md', 'docs/restore-bench.svg']);
+    expect(readFileSync(join(repo, 'docs/restore-bench.svg'), 'utf8')).toMatch(/^<svg[\s\S]*Restore: time until the guest[\s\S]*<\/svg>\s*$/);
     expect(readFileSync(page, 'utf8')).toBe(`# Working sets\n\n<!-- restore-bench:begin (written by npm run bench:restore -- --docs; do not edit by hand) -->\n${restoreMarkdown(report).trimEnd()}\n<!-- restore-bench:end -->\n\nafter\n`);
   }, 300_000);
 });
