@@ -85,11 +85,17 @@ export function restoreMarkdown(report: RestoreReport): string {
 /** Where the documented restore tables live: one text, written by either benchmark. */
 const DOCS = { file: 'docs/working-set.md', chart: 'docs/restore-bench.svg', markers: 'restore-bench', by: 'npm run bench:restore -- --docs' };
 
-/** Writes the tables into docs/working-set.md between its restore-bench markers, and the chart beside it. */
-export async function writeRestoreDocs(report: RestoreReport, repo: string): Promise<string[]> {
+/** Writes the tables into docs/working-set.md between its restore-bench markers. */
+export function writeRestoreTables(report: RestoreReport, repo: string): string {
   if (!replaceBetweenMarkers(join(repo, DOCS.file), DOCS.markers, restoreMarkdown(report), DOCS.by)) throw new Error(`${DOCS.file} lacks the ${DOCS.markers} markers`);
+  return DOCS.file;
+}
+
+/** The tables, and the chart beside them (docs/restore-bench.svg, the same as --report's restore.svg). */
+export async function writeRestoreDocs(report: RestoreReport, repo: string): Promise<string[]> {
+  const tables = writeRestoreTables(report, repo);
   writeFileAtomic(join(repo, DOCS.chart), await renderRestoreChart(report));
-  return [DOCS.file, DOCS.chart];
+  return [tables, DOCS.chart];
 }
 
 /** --markdown FILE: between the file's restore-bench markers when it has them, else the whole file. */

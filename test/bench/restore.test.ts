@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { prefetchQuality } from '../../scripts/bench/restore';
-import { restoreMarkdown, writeRestoreDocs } from '../../scripts/bench/restore-report';
+import { restoreMarkdown, writeRestoreTables } from '../../scripts/bench/restore-report';
 import { restoreTrace } from '../../scripts/bench/restore-trace';
 import { itWith, root, scaled } from '../helpers';
 import { expectRestoreReport } from './restore-checks';
@@ -72,8 +72,8 @@ describe('npm run bench:restore', () => {
     mkdirSync(join(repo, 'docs'), { recursive: true });
     const page = join(repo, 'docs/working-set.md');
     writeFileSync(page, '# Working sets\n\n<!-- restore-bench:begin (written by npm run bench:restore -- --docs; do not edit by hand) -->\nold\n<!-- restore-bench:end -->\n\nafter\n');
-    expect(await writeRestoreDocs(report, repo)).toEqual(['docs/working-set.md', 'docs/restore-bench.svg']);
-    expect(readFileSync(join(repo, 'docs/restore-bench.svg'), 'utf8')).toMatch(/^<svg[\s\S]*Restore: time until the guest[\s\S]*<\/svg>\s*$/);
+    // (The chart beside them is the one bench's --report writes as restore.svg, checked with bench's smoke run.)
+    expect(writeRestoreTables(report, repo)).toBe('docs/working-set.md');
     expect(readFileSync(page, 'utf8')).toBe(`# Working sets\n\n<!-- restore-bench:begin (written by npm run bench:restore -- --docs; do not edit by hand) -->\n${restoreMarkdown(report).trimEnd()}\n<!-- restore-bench:end -->\n\nafter\n`);
   }, 300_000);
 });
