@@ -1,4 +1,3 @@
-import { ChildProcess, fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -8,10 +7,11 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import {
-  FdServer, FdSocket, MigrationDestination, MigrationSource, Memfd, PAGE_SIZE, ReceivedGuestMemory, Userfaultfd, crc32, receiveGuestMemory,
+  FdSocket, MigrationDestination, MigrationSource, Memfd, PAGE_SIZE, Userfaultfd, crc32, receiveGuestMemory,
 } from '../../lib/index';
 import { Frame, PRIORITY, PROTOCOL_VERSION, encodeBatch, encodeCredit, encodeDone, encodeHello, encodeRequest, FrameDecoder, FRAME_HEADER } from '../../lib/migration/protocol';
-import { distEntry, fixture, itWith, scaled, sleepingIn, waitFor } from '../helpers';
+import { itWith, scaled, sleepingIn, waitFor } from '../helpers';
+import { startGuest } from './guest';
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {
@@ -23,43 +23,6 @@ afterEach(() => {
     }
   }
 });
-
-interface Guest {
-  child: ChildProcess;
-  memory: ReceivedGuestMemory;
-  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  ask<T>(msg: object, reply: string): Promise<T>;
-}
-
-/** Starts a guest process and receives its uffd and memfd over a Unix socket. */
-async function startGuest(pages: number): Promise<Guest> {
-  const dir = mkdtempSync(join(tmpdir(), 'uffd-migrate-'));
-  const path = join(dir, 'guest.sock');
-  const server = FdServer.listen(path);
-  const child = fork(fixture('migrate-guest.js'), [distEntry, path, String(pages)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  cleanups.push(() => server.close());
-  cleanups.push(() => child.kill('SIGKILL'));
-  const sock = await server.accept({ signal: AbortSignal.timeout(scaled(10_000)) });
-  const memory = await receiveGuestMemory(sock, { signal: AbortSignal.timeout(scaled(10_000)) });
-  sock.close();
-  cleanups.push(() => memory.uffd.close());
-  cleanups.push(() => memory.memfd.close());
-  expect(memory.peer.pid).toBe(child.pid);
-  const ask = <T>(msg: object, reply: string) => new Promise<T>((resolve, reject) => {
-    const onMessage = (m: { type: string }) => {
-      if (m.type === reply) {
-        child.off('message', onMessage);
-        resolve(m as T);
-      }
-    };
-    child.on('message', onMessage);
-    child.once('exit', (code, signal) => reject(new Error(`guest exited (${code ?? signal}) before answering ${reply}`)));
-    child.send(msg);
-  });
-  return { child, memory, exit, ask };
-}
 
 /** The CRC a page must have: the image's bytes, with the guest's stamp where it wrote. */
 function expectedSums(image: Buffer, written: Set<number>): number[] {
@@ -103,7 +66,7 @@ describe('post-copy migration over TCP', () => {
   itWith(['minorShmem', 'missingShmem', 'threadId'], `migrates every page while the guest reads and writes; written pages survive (${mode} fault handler)`, async () => {
     const pages = 512;
     const image = randomBytes(pages * PAGE_SIZE);
-    const guest = await startGuest(pages);
+    const guest = await startGuest(pages, cleanups);
     // A throttled push (about 1.5 s for the image) keeps most pages absent
     // while the guest works. How many of its faults the push beats is a
     // race, so only what holds either way is checked; the on-demand path is
@@ -149,7 +112,7 @@ describe('post-copy migration over TCP', () => {
   itWith(['minorShmem', 'missingShmem', 'threadId', 'eventRemove'], `a guest that drops served pages (MADV_${advice.toUpperCase()}) and touches them again is answered (${mode} fault handler)`, async () => {
     const pages = 16;
     const image = randomBytes(pages * PAGE_SIZE);
-    const guest = await startGuest(pages);
+    const guest = await startGuest(pages, cleanups);
     // No push: every page arrives because the guest asked for it.
     const source = await MigrationSource.listen(image, { host: '127.0.0.1', push: false });
     cleanups.push(() => source.close());
@@ -182,7 +145,7 @@ describe('post-copy migration over TCP', () => {
   itWith(['minorShmem', 'missingShmem'], 'a source that re-sends every page cannot overwrite what the guest wrote', async () => {
     const pages = 64;
     const image = randomBytes(pages * PAGE_SIZE);
-    const guest = await startGuest(pages);
+    const guest = await startGuest(pages, cleanups);
     let socketToGuestSource: net.Socket | undefined;
     const port = await fakeSource((socket) => {
       socketToGuestSource = socket;
@@ -208,7 +171,7 @@ describe('post-copy migration over TCP', () => {
   itWith(['minorShmem', 'missingShmem', 'poison'], 'a source that disconnects mid-way: clear error, the blocked guest gets SIGBUS (poison policy)', async () => {
     const pages = 32;
     const image = randomBytes(pages * PAGE_SIZE);
-    const guest = await startGuest(pages);
+    const guest = await startGuest(pages, cleanups);
     const port = await fakeSource((socket) => {
       socket.write(encodeHello(PAGE_SIZE, image.length));
       socket.write(batch(image, 0, 8));
@@ -229,7 +192,7 @@ describe('post-copy migration over TCP', () => {
   itWith(['minorShmem', 'missingShmem'], 'with the zero policy a lost source wakes the guest, which reads zeros for missing pages', async () => {
     const pages = 16;
     const image = randomBytes(pages * PAGE_SIZE);
-    const guest = await startGuest(pages);
+    const guest = await startGuest(pages, cleanups);
     const port = await fakeSource((socket) => {
       socket.write(encodeHello(PAGE_SIZE, image.length));
       socket.write(batch(image, 0, 4));
@@ -247,7 +210,7 @@ describe('post-copy migration over TCP', () => {
   itWith(['minorShmem', 'missingShmem', 'poison'], 'a batch with a bad checksum is rejected and the waiting guest is not left hanging', async () => {
     const pages = 16;
     const image = randomBytes(pages * PAGE_SIZE);
-    const guest = await startGuest(pages);
+    const guest = await startGuest(pages, cleanups);
     const port = await fakeSource((socket) => {
       socket.write(encodeHello(PAGE_SIZE, image.length));
       onRequests(socket, (first, count) => {

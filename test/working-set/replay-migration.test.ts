@@ -1,18 +1,15 @@
 // Working-set replay in a migration destination: the set's runs are asked of
 // the source right after the hello, first touch first, at prefetch priority.
-import { ChildProcess, fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
 import * as net from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterEach, describe, expect } from 'vitest';
 
-import { FdServer, Memfd, MigrationDestination, MigrationSource, PAGE_SIZE, ReceivedGuestMemory, Userfaultfd, receiveGuestMemory } from '../../lib/index';
+import { Memfd, MigrationDestination, MigrationSource, PAGE_SIZE, Userfaultfd } from '../../lib/index';
 import type { WorkingSet } from '../../lib/index';
 import { FrameDecoder, PRIORITY, encodeBatch, encodeDone, encodeHello } from '../../lib/migration/protocol';
-import { distEntry, fixture, itWith, scaled, waitFor } from '../helpers';
+import { itWith, scaled, waitFor } from '../helpers';
+import { startGuest } from '../migration/guest';
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {
@@ -24,6 +21,18 @@ afterEach(() => {
     }
   }
 });
+
+/** This process's guest memory for a destination: a memfd view registered MISSING|MINOR. */
+function destinationMemory(pages: number, name: string) {
+  const memfd = Memfd.create(pages * PAGE_SIZE, { name });
+  cleanups.push(() => memfd.close());
+  const uffd = Userfaultfd.open({ features: ['minorShmem', 'missingShmem'] });
+  cleanups.push(() => uffd.close());
+  const view = memfd.map();
+  cleanups.push(() => view.unmap());
+  uffd.register(view, { minor: true, missing: true });
+  return { memfd, uffd, view };
+}
 
 function asSet(pages: readonly number[], total: number): WorkingSet {
   return { pageSize: PAGE_SIZE, memorySize: total * PAGE_SIZE, regions: 1, entries: pages.map((page, rank) => ({ page, rank, timeUs: rank, write: false, region: 0 })) };
@@ -49,13 +58,7 @@ describe('working-set replay (migration destination)', () => {
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
     cleanups.push(() => server.close());
-    const memfd = Memfd.create(pages * PAGE_SIZE, { name: 'ws-dest' });
-    cleanups.push(() => memfd.close());
-    const uffd = Userfaultfd.open({ features: ['minorShmem', 'missingShmem'] });
-    cleanups.push(() => uffd.close());
-    const view = memfd.map();
-    cleanups.push(() => view.unmap());
-    uffd.register(view, { minor: true, missing: true });
+    const { memfd, uffd, view } = destinationMemory(pages, 'ws-dest');
     // Three stretches in an order that is not address order (12 again: counted once).
     const order = [...range(100, 32), ...range(10, 10), ...range(200, 16), 12];
     const dest = await MigrationDestination.connect({
@@ -88,13 +91,7 @@ describe('working-set replay (migration destination)', () => {
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
     cleanups.push(() => server.close());
-    const memfd = Memfd.create(pages * PAGE_SIZE, { name: 'ws-dest-close' });
-    cleanups.push(() => memfd.close());
-    const uffd = Userfaultfd.open({ features: ['minorShmem', 'missingShmem'] });
-    cleanups.push(() => uffd.close());
-    const view = memfd.map();
-    cleanups.push(() => view.unmap());
-    uffd.register(view, { minor: true, missing: true });
+    const { memfd, uffd, view } = destinationMemory(pages, 'ws-dest-close');
     const dest = await MigrationDestination.connect({
       uffd, memfd, views: [view], port: (server.address() as net.AddressInfo).port, onFailure: 'zero', workingSet: { replay: asSet(range(0, 40), pages) },
     });
@@ -110,7 +107,7 @@ describe('working-set replay (migration destination)', () => {
   itWith(['minorShmem', 'missingShmem', 'threadId'], 'over loopback with a real source and a guest process: the set arrives before it is touched; only pages outside it are demand faults', async () => {
     const pages = 256;
     const image = randomBytes(pages * PAGE_SIZE);
-    const guest = await startGuest(pages);
+    const guest = await startGuest(pages, cleanups);
     const source = await MigrationSource.listen(image, { host: '127.0.0.1', push: false });
     cleanups.push(() => source.close());
     const { uffd, memfd, views } = guest.memory;
@@ -133,7 +130,7 @@ describe('working-set replay (migration destination)', () => {
   itWith(['minorShmem', 'missingShmem'], 'a missing working-set file warns and the migration runs on demand', async () => {
     const pages = 16;
     const image = randomBytes(pages * PAGE_SIZE);
-    const guest = await startGuest(pages);
+    const guest = await startGuest(pages, cleanups);
     const source = await MigrationSource.listen(image, { host: '127.0.0.1' });
     cleanups.push(() => source.close());
     const { uffd, memfd, views } = guest.memory;
@@ -150,38 +147,3 @@ describe('working-set replay (migration destination)', () => {
   });
 });
 
-interface Guest {
-  child: ChildProcess;
-  memory: ReceivedGuestMemory;
-  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  ask<T>(msg: object, reply: string): Promise<T>;
-}
-
-/** A guest process (test/fixtures/migrate-guest.js) whose uffd and memfd come over a Unix socket. */
-async function startGuest(pages: number): Promise<Guest> {
-  const dir = mkdtempSync(join(tmpdir(), 'uffd-ws-migrate-'));
-  const path = join(dir, 'guest.sock');
-  const server = FdServer.listen(path);
-  const child = fork(fixture('migrate-guest.js'), [distEntry, path, String(pages)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  cleanups.push(() => server.close());
-  cleanups.push(() => child.kill('SIGKILL'));
-  const sock = await server.accept({ signal: AbortSignal.timeout(scaled(10_000)) });
-  const memory = await receiveGuestMemory(sock, { signal: AbortSignal.timeout(scaled(10_000)) });
-  sock.close();
-  cleanups.push(() => memory.uffd.close());
-  cleanups.push(() => memory.memfd.close());
-  const ask = <T>(msg: object, reply: string) => new Promise<T>((resolve, reject) => {
-    const onMessage = (m: { type: string }) => {
-      if (m.type === reply) {
-        child.off('message', onMessage);
-        resolve(m as T);
-      }
-    };
-    child.on('message', onMessage);
-    child.once('exit', (code, signal) => reject(new Error(`guest exited (${code ?? signal}) before answering ${reply}`)));
-    child.send(msg);
-  });
-  return { child, memory, exit, ask };
-}
