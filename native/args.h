@@ -68,6 +68,16 @@ inline bool OverShared(Napi::Env env, const Napi::TypedArray& array) {
   return shared;
 }
 
+// Runs of pages as a Uint32Array of [first, count] pairs (a replay's batch).
+inline bool RunPairs(const Napi::CallbackInfo& info, size_t i, Napi::Uint32Array* out) {
+  Napi::Value v = info[i];
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
+      v.As<Napi::TypedArray>().ElementLength() % 2 != 0)
+    return Fail(info, "expected the runs as a Uint32Array of [first, count] pairs");
+  *out = v.As<Napi::Uint32Array>();
+  return true;
+}
+
 // Result convention shared by every syscall wrapper: >= 0 is success,
 // a negative value is -errno. lib/errors.ts turns it into a Node-style error.
 inline Napi::Number Result(Napi::Env env, double value) { return Napi::Number::New(env, value); }

@@ -187,12 +187,10 @@ Napi::Value CopyRuns(const Napi::CallbackInfo& info) {
   Handle* h = Of(info);
   if (!h) return env.Undefined();
   if (!info[1].IsTypedArray()) return args::Fail(info, "expected the image's bytes"), env.Undefined();
-  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
-      info[2].As<Napi::TypedArray>().ElementLength() % 2 != 0)
-    return args::Fail(info, "expected the runs as a Uint32Array of [first, count] pairs"), env.Undefined();
+  Napi::Uint32Array runs;
+  if (!args::RunPairs(info, 2, &runs)) return env.Undefined();
   if (h->engine->fill() != engine::Fill::kCopy) return args::Result(env, -EINVAL);
   Napi::TypedArray image = info[1].As<Napi::TypedArray>();
-  Napi::Uint32Array runs = info[2].As<Napi::Uint32Array>();
   const uint64_t ps = h->engine->page_size();
   const uint8_t* bytes = static_cast<const uint8_t*>(image.ArrayBuffer().Data()) + image.ByteOffset();
   const size_t n = runs.ElementLength() / 2;

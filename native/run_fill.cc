@@ -158,35 +158,36 @@ void Work(std::shared_ptr<FillJob> job) {
   job->tsfn.Release();
 }
 
+// The arguments both entry points share: (engine, backingFd, sourceFd,
+// sourceOffset, runs) into `job` (engine, page size, source offset, runs).
+bool ReadBatch(const Napi::CallbackInfo& info, FillJob* job, int* backing_fd, int* source_fd) {
+  job->engine = SharedEngine(info, 0);
+  Napi::Uint32Array runs;
+  if (!job->engine || !args::Fd(info, 1, backing_fd) || !args::Fd(info, 2, source_fd) || !args::U64(info, 3, &job->source_offset) ||
+      !args::RunPairs(info, 4, &runs))
+    return false;
+  job->page_size = job->engine->page_size();
+  job->runs.assign(runs.Data(), runs.Data() + runs.ElementLength());
+  return true;
+}
+
 // engineFillRuns(engine, backingFd, sourceFd, sourceOffset, runs: Uint32Array
 // [first, count, ...], threads, map, control: Int32Array over a
 // SharedArrayBuffer, callback(results: Float64Array)) -> 0 | -errno.
 Napi::Value FillRuns(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   AddonState* state = AddonState::Of(env);
-  std::shared_ptr<engine::Engine> engine = SharedEngine(info, 0);
+  auto job = std::make_shared<FillJob>();
   int backing_fd, source_fd;
-  uint64_t source_offset;
   int64_t threads, map;
-  if (!engine || !args::Fd(info, 1, &backing_fd) || !args::Fd(info, 2, &source_fd) || !args::U64(info, 3, &source_offset) ||
-      !args::Int(info, 5, &threads) || !args::Int(info, 6, &map))
+  if (!ReadBatch(info, job.get(), &backing_fd, &source_fd) || !args::Int(info, 5, &threads) || !args::Int(info, 6, &map))
     return env.Undefined();
-  if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
-      info[4].As<Napi::TypedArray>().ElementLength() % 2 != 0)
-    return args::Fail(info, "expected the runs as a Uint32Array of [first, count] pairs"), env.Undefined();
   if (!info[7].IsTypedArray() || info[7].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
       info[7].As<Napi::TypedArray>().ElementLength() < kSlots || !args::OverShared(env, info[7].As<Napi::TypedArray>()))
     return args::Fail(info, "expected a control Int32Array of runFillLayout.slots over a SharedArrayBuffer"), env.Undefined();
   if (!info[8].IsFunction()) return args::Fail(info, "expected a callback"), env.Undefined();
   if (threads < 1 || threads > kMaxThreads) return args::Fail(info, "expected 1 to 16 threads"), env.Undefined();
-  const uint64_t ps = engine->page_size();
-  Napi::Uint32Array runs = info[4].As<Napi::Uint32Array>();
-  auto job = std::make_shared<FillJob>();
-  job->runs.assign(runs.Data(), runs.Data() + runs.ElementLength());
-  job->page_size = ps;
   if (int rc = CheckRuns(*job, backing_fd)) return args::Result(env, rc);
-  job->engine = engine;
-  job->source_offset = source_offset;
   job->map = map != 0;
   job->results.assign(job->runs.size() / 2, 0);
   job->backing_fd = fcntl(backing_fd, F_DUPFD_CLOEXEC, 0);
@@ -221,23 +222,11 @@ Napi::Value FillRuns(const Napi::CallbackInfo& info) {
 // runs are present before the loop reads another fault).
 Napi::Value FillRunsNow(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::shared_ptr<engine::Engine> engine = SharedEngine(info, 0);
-  int backing_fd, source_fd;
-  uint64_t source_offset;
-  int64_t map;
-  if (!engine || !args::Fd(info, 1, &backing_fd) || !args::Fd(info, 2, &source_fd) || !args::U64(info, 3, &source_offset) ||
-      !args::Int(info, 5, &map))
-    return env.Undefined();
-  if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
-      info[4].As<Napi::TypedArray>().ElementLength() % 2 != 0)
-    return args::Fail(info, "expected the runs as a Uint32Array of [first, count] pairs"), env.Undefined();
   FillJob job;
-  job.engine = engine;
-  job.page_size = engine->page_size();
-  job.source_offset = source_offset;
+  int backing_fd, source_fd;
+  int64_t map;
+  if (!ReadBatch(info, &job, &backing_fd, &source_fd) || !args::Int(info, 5, &map)) return env.Undefined();
   job.map = map != 0;
-  Napi::Uint32Array runs = info[4].As<Napi::Uint32Array>();
-  job.runs.assign(runs.Data(), runs.Data() + runs.ElementLength());
   if (int rc = CheckRuns(job, backing_fd)) return args::Result(env, rc);
   // Borrowed for the call: nothing outlives it.
   job.backing_fd = backing_fd;
