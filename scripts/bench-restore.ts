@@ -8,9 +8,9 @@
 //
 //   npm run bench:restore -- [--quick | --smoke] [--json FILE] [--markdown [FILE]] [--docs] [--check] [--seed N] [--size MiB] [--reps N]
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 
 import { probe } from '../lib/index';
+import { COMMON_OPTIONS, parseCommandLine } from './bench/cli';
 import { writeFileAtomic } from './bench/output';
 import { RESTORE_QUICK_NOTE, RestoreReport, restoreMarkdown, restoreText, writeRestoreDocs, writeRestoreMarkdown } from './bench/restore-report';
 import { RESTORE_SIZES, runRestoreBench, wrongRestores } from './bench/restore-run';
@@ -30,34 +30,11 @@ const USAGE = [
   '',
 ].join('\n');
 
-const argv = process.argv.slice(2).flatMap((a, i, all) =>
-  a === '--markdown' && (all[i + 1] === undefined || all[i + 1].startsWith('-')) ? ['--markdown=-'] : [a]);
-let parsed;
-try {
-  parsed = parseArgs({
-    args: argv,
-    options: {
-      quick: { type: 'boolean', default: false },
-      smoke: { type: 'boolean', default: false },
-      json: { type: 'string' },
-      markdown: { type: 'string' },
-      docs: { type: 'boolean', default: false },
-      check: { type: 'boolean', default: false },
-      seed: { type: 'string', default: '1' },
-      size: { type: 'string' },
-      reps: { type: 'string' },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-  });
-} catch (err) {
-  process.stderr.write(`bench:restore: ${(err as Error).message}\n\n${USAGE}`);
-  process.exit(2);
-}
-const args = parsed.values;
-if (args.help) {
-  process.stdout.write(USAGE);
-  process.exit(0);
-}
+const args = parseCommandLine('bench:restore', USAGE, {
+  ...COMMON_OPTIONS,
+  size: { type: 'string' },
+  reps: { type: 'string' },
+});
 
 const base = args.smoke ? RESTORE_SIZES.smoke : args.quick ? RESTORE_SIZES.quick : RESTORE_SIZES.full;
 const positive = (name: string, text: string | undefined, fallback: number) => {

@@ -7,12 +7,12 @@
 import { readFileSync } from 'node:fs';
 import { cpus, loadavg, release } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 
 import { SingleBar } from 'cli-progress';
 
 import { PAGE_SIZE, probe } from '../lib/index';
 import { BulkRatio, RowResult, cellRows, compareRuns, rowId, targets } from './bench/analysis';
+import { COMMON_OPTIONS, parseCommandLine } from './bench/cli';
 import { DIRTY_METHOD_LIST, DIRTY_SIZES, DirtyRow, measureDirty } from './bench/dirty';
 import { reserveHugePages } from './bench/hugepages';
 import { MigrationModes, runMigrationModes } from './bench/migration';
@@ -42,40 +42,14 @@ const USAGE = [
   '',
 ].join('\n');
 
-// `--markdown` alone prints to stdout; `--markdown FILE` writes FILE.
-const argv = process.argv.slice(2).flatMap((a, i, all) =>
-  a === '--markdown' && (all[i + 1] === undefined || all[i + 1].startsWith('-')) ? ['--markdown=-'] : [a]);
-
-let parsed;
-try {
-  parsed = parseArgs({
-    args: argv,
-    options: {
-      quick: { type: 'boolean', default: false },
-      smoke: { type: 'boolean', default: false },
-      json: { type: 'string' },
-      report: { type: 'string' },
-      markdown: { type: 'string' },
-      docs: { type: 'boolean', default: false },
-      compare: { type: 'string' },
-      check: { type: 'boolean', default: false },
-      'no-huge': { type: 'boolean', default: false },
-      seed: { type: 'string', default: '1' },
-      only: { type: 'string' },
-      from: { type: 'string' },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-  });
-} catch (err) {
-  process.stderr.write(`bench: ${(err as Error).message}\n\n${USAGE}`);
-  process.exit(2);
-}
-const args = parsed.values;
-
-if (args.help) {
-  process.stdout.write(USAGE);
-  process.exit(0);
-}
+const args = parseCommandLine('bench', USAGE, {
+  ...COMMON_OPTIONS,
+  report: { type: 'string' },
+  compare: { type: 'string' },
+  'no-huge': { type: 'boolean', default: false },
+  only: { type: 'string' },
+  from: { type: 'string' },
+});
 
 // Sizes per run length: interleaved repetitions per cell, pages per
 // repetition (4 KiB rows, 2 MiB rows, per toucher in the scaling rows, the
