@@ -18,6 +18,7 @@
 #include <atomic>
 #include <thread>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "../clock.h"
@@ -308,6 +309,25 @@ inline bool Geometry(const Napi::CallbackInfo& info, size_t* page_size, size_t* 
   *huge = info[2].As<Napi::Boolean>().Value();
   if (*page_size == 0 || (*page_size & (*page_size - 1)) != 0 || *pages == 0) {
     Napi::TypeError::New(info.Env(), "page size must be a power of two and pages > 0").ThrowAsJavaScriptException();
+    return false;
+  }
+  return true;
+}
+
+// The (buffer: ArrayBuffer, pageSize, ...) every entry point over a caller's
+// mapping starts with; `signature` names them all for the TypeError. The page
+// size must be a positive multiple of `granule` (a RangeError otherwise).
+inline bool MappingArgs(const Napi::CallbackInfo& info, const char* signature, size_t granule, Napi::ArrayBuffer* buffer, size_t* page_size) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArrayBuffer() || !info[1].IsNumber()) {
+    Napi::TypeError::New(env, signature).ThrowAsJavaScriptException();
+    return false;
+  }
+  *buffer = info[0].As<Napi::ArrayBuffer>();
+  *page_size = info[1].As<Napi::Number>().Uint32Value();
+  if (*page_size < granule || *page_size % granule) {
+    Napi::RangeError::New(env, granule == 1 ? "page size must be positive" : "page size must be a positive multiple of " + std::to_string(granule))
+        .ThrowAsJavaScriptException();
     return false;
   }
   return true;

@@ -307,16 +307,10 @@ Napi::Value RestoreStop(const Napi::CallbackInfo& info) {
 // the pages combined order-independently (xor), so touchers may split a list.
 Napi::Value PageDigest(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsArrayBuffer() || !info[1].IsNumber()) {
-    Napi::TypeError::New(env, "expected (ArrayBuffer, pageSize, Uint32Array)").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
-  size_t page_size = info[1].As<Napi::Number>().Uint32Value();
-  if (page_size < 8 || page_size % 8) {
-    Napi::RangeError::New(env, "page size must be a positive multiple of 8").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
+  Napi::ArrayBuffer buffer;
+  size_t page_size;
+  // Hashed 8 bytes at a time.
+  if (!bench::MappingArgs(info, "expected (ArrayBuffer, pageSize, Uint32Array)", 8, &buffer, &page_size)) return env.Undefined();
   std::vector<uint32_t> list;
   if (!bench::PageList(info, info[2], buffer.ByteLength() / page_size, &list)) return env.Undefined();
   const uint8_t* base = static_cast<const uint8_t*>(buffer.Data());

@@ -43,14 +43,12 @@ class TouchWorker : public Napi::AsyncWorker {
 // Only reads inside `buffer`, a mapping the caller owns and keeps mapped until the promise settles.
 Napi::Value Touch(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsArrayBuffer() || !info[1].IsNumber() || !info[2].IsArray() || !info[3].IsArray()) {
-    Napi::TypeError::New(env, "expected (ArrayBuffer, pageSize, Uint32Array[], number[])").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
-  size_t page_size = info[1].As<Napi::Number>().Uint32Value();
-  if (page_size == 0) {
-    Napi::RangeError::New(env, "page size must be positive").ThrowAsJavaScriptException();
+  const char* signature = "expected (ArrayBuffer, pageSize, Uint32Array[], number[])";
+  Napi::ArrayBuffer buffer;
+  size_t page_size;
+  if (!bench::MappingArgs(info, signature, 1, &buffer, &page_size)) return env.Undefined();
+  if (!info[2].IsArray() || !info[3].IsArray()) {
+    Napi::TypeError::New(env, signature).ThrowAsJavaScriptException();
     return env.Undefined();
   }
   Napi::Array order_list = info[2].As<Napi::Array>();
@@ -72,16 +70,9 @@ Napi::Value Touch(const Napi::CallbackInfo& info) {
 // Only reads inside `buffer`, which is a mapping the caller owns.
 Napi::Value TouchHere(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsArrayBuffer() || !info[1].IsNumber()) {
-    Napi::TypeError::New(env, "expected (ArrayBuffer, pageSize, Uint32Array)").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
-  size_t page_size = info[1].As<Napi::Number>().Uint32Value();
-  if (page_size == 0) {
-    Napi::RangeError::New(env, "page size must be positive").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
+  Napi::ArrayBuffer buffer;
+  size_t page_size;
+  if (!bench::MappingArgs(info, "expected (ArrayBuffer, pageSize, Uint32Array)", 1, &buffer, &page_size)) return env.Undefined();
   std::vector<uint32_t> order;
   if (!bench::PageList(info, info[2], buffer.ByteLength() / page_size, &order)) return env.Undefined();
   std::vector<double> latency(order.size());
